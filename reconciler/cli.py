@@ -1,0 +1,175 @@
+"""The `reconciler` command line: parse, call a command module, exit. Nothing else.
+
+Global options may stand before or after the command name (`reconciler plan --format
+json` and `reconciler --format json plan` are the same); usage errors exit 1, because 2
+means "changes" or "drift".
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from reconciler import __version__
+from reconciler.commands.context import Options
+from reconciler.errors import InvalidModels, UserError
+
+app = typer.Typer(
+    name="reconciler",
+    help="A GitOps reconciler for machines and services.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+    context_settings={"help_option_names": ["-h", "--help"]},
+)
+
+# Options that take a value, and flags, as accepted anywhere on the line.
+GLOBAL_VALUED = {"--repo", "--path", "--ref", "--state", "-d", "--deployment", "--format"}
+GLOBAL_FLAGS = {"-v", "--verbose", "-q", "--quiet"}
+
+WorktreeOpt = Annotated[
+    bool, typer.Option("--worktree", help="Read uncommitted files of the work tree.")
+]
+
+
+def hoist_globals(argv: list[str]) -> list[str]:
+    """Move global options found after the command name in front of it."""
+    front: list[str] = []
+    rest: list[str] = []
+    i = 0
+    while i < len(argv):
+        arg = argv[i]
+        if arg == "--":
+            rest += argv[i:]
+            break
+        name = arg.split("=", 1)[0]
+        if name in GLOBAL_VALUED:
+            take = 1 if "=" in arg else 2
+            front += argv[i : i + take]
+            i += take
+            continue
+        if arg in GLOBAL_FLAGS or (arg.startswith("-v") and set(arg[1:]) == {"v"}):
+            front.append(arg)
+        else:
+            rest.append(arg)
+        i += 1
+    return front + rest
+
+
+@app.callback()
+def main_options(
+    ctx: typer.Context,
+    repo: Annotated[str, typer.Option(help="Models repository: a local path or a Git URL.")] = ".",
+    path: Annotated[
+        str | None, typer.Option(help="Folder of the models tree inside the repository.")
+    ] = None,
+    ref: Annotated[
+        str | None,
+        typer.Option(
+            help="Commit, branch or tag to read (default: HEAD of a work tree, "
+            "else the deployment's branch)."
+        ),
+    ] = None,
+    state: Annotated[
+        str | None,
+        typer.Option(help="State DB file (default: $RECONCILER_STATE, else .reconciler/state.db)."),
+    ] = None,
+    deployment: Annotated[
+        str | None, typer.Option("-d", "--deployment", help="Deployment to act on.")
+    ] = None,
+    format: Annotated[
+        str, typer.Option("--format", help="Output: text, json, markdown (plan), svg (graph).")
+    ] = "text",
+    verbose: Annotated[int, typer.Option("-v", "--verbose", count=True, help="Say more.")] = 0,
+    quiet: Annotated[bool, typer.Option("-q", "--quiet", help="Say less.")] = False,
+    version: Annotated[bool, typer.Option("--version", help="Print the version.")] = False,
+) -> None:
+    if version:
+        print(f"reconciler {__version__}")
+        raise typer.Exit(0)
+    ctx.obj = Options(
+        repo=repo,
+        path=path,
+        ref=ref,
+        state=state,
+        deployment=deployment,
+        format=format,
+        verbose=verbose,
+        quiet=quiet,
+    )
+
+
+@app.command()
+def init(
+    ctx: typer.Context,
+    directory: Annotated[Path, typer.Argument(help="Folder for the new models repository.")],
+) -> int:
+    """Scaffold a models repository: git init, a working example, committed."""
+    from reconciler.commands import init as cmd
+
+    return cmd.run(directory, ctx.obj.quiet)
+
+
+@app.command()
+def validate(ctx: typer.Context, worktree: WorktreeOpt = False) -> int:
+    """Load and check every deployment; problems as file:line: key: message."""
+    from reconciler.commands import validate as cmd
+
+    return cmd.run(ctx.obj, worktree)
+
+
+@app.command()
+def plan(
+    ctx: typer.Context,
+    against: Annotated[
+        str | None,
+        typer.Option(help="Plan against this commit compiled from empty; no state DB (PR review)."),
+    ] = None,
+    exit_code: Annotated[
+        bool, typer.Option("--exit-code", help="Exit 2 when there are changes.")
+    ] = False,
+    worktree: WorktreeOpt = False,
+) -> int:
+    """Show what apply would do: desired state at --ref against the recorded state."""
+    from reconciler.commands import plan as cmd
+
+    return cmd.run(ctx.obj, against, exit_code, worktree)
+
+
+@app.command()
+def graph(ctx: typer.Context, worktree: WorktreeOpt = False) -> int:
+    """Services, instances and machines with dependency edges, as Graphviz DOT (or SVG)."""
+    from reconciler.commands import graph as cmd
+
+    return cmd.run(ctx.obj, worktree)
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = hoist_globals(list(sys.argv[1:] if argv is None else argv))
+    try:
+        result = app(args=args, prog_name="reconciler", standalone_mode=False)
+    except typer.TyperException as e:  # usage errors: exit 1, since 2 means changes
+        show = getattr(e, "show", None)
+        if show:
+            show()
+        else:
+            print(f"error: {e}", file=sys.stderr)
+        sys.exit(1)
+    except typer.Abort:
+        print("Aborted.", file=sys.stderr)
+        sys.exit(130)
+    except InvalidModels as e:
+        for problem in e.problems:
+            print(problem, file=sys.stderr)
+        n = len(e.problems)
+        print(f"{n} problem{'s' * (n != 1)}; nothing was changed.", file=sys.stderr)
+        sys.exit(1)
+    except UserError as e:
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(e.exit_code)
+    except KeyboardInterrupt:
+        sys.exit(130)
+    sys.exit(result if isinstance(result, int) else 0)

@@ -1,0 +1,1 @@
+"""One module per command: options in, exit code out; the CLI only parses and calls."""

@@ -1,0 +1,81 @@
+"""The global options, and loading what every command needs from them."""
+
+from __future__ import annotations
+
+import os
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+from reconciler.desired.state import DesiredState
+from reconciler.errors import UserError
+from reconciler.models.load import (
+    Config,
+    LoadedDeployment,
+    load_config,
+    load_deployment,
+    pick_deployment,
+)
+from reconciler.models.source import ModelSource, at_ref, is_remote, open_source
+from reconciler.state.recorded import RecordedState
+
+
+@dataclass(frozen=True)
+class Options:
+    repo: str = "."
+    path: str | None = None
+    ref: str | None = None
+    state: str | None = None
+    deployment: str | None = None
+    format: str = "text"
+    verbose: int = 0
+    quiet: bool = False
+
+    @property
+    def state_path(self) -> Path:
+        return Path(self.state or os.environ.get("RECONCILER_STATE") or ".reconciler/state.db")
+
+    @property
+    def colour(self) -> bool:
+        return sys.stdout.isatty() and "NO_COLOR" not in os.environ
+
+
+def check_format(opts: Options, allowed: tuple[str, ...]) -> None:
+    if opts.format not in allowed:
+        raise UserError(f"--format {opts.format}: this command writes {', '.join(allowed)}")
+
+
+def open_models(opts: Options, worktree: bool = False) -> tuple[ModelSource, Config]:
+    source = open_source(opts.repo, opts.path, opts.ref, worktree, opts.state_path.parent)
+    return source, load_config(source)
+
+
+def deployment_source(opts: Options, source: ModelSource, config: Config, name: str) -> ModelSource:
+    """Where a deployment's models are read: --ref or the work tree as given; for a
+    remote (or bare) repository without --ref, the head of the deployment's branch."""
+    branch = config.root.deployments[name].branch
+    tracks_branch = is_remote(opts.repo) or source.repo.bare
+    if opts.ref is None and branch and tracks_branch and source.revision is not None:
+        return at_ref(source, branch)
+    return source
+
+
+def load_one(opts: Options, worktree: bool = False) -> tuple[LoadedDeployment, Config]:
+    source, config = open_models(opts, worktree)
+    name = pick_deployment(config, opts.deployment)
+    return load_deployment(deployment_source(opts, source, config, name), config, name), config
+
+
+def compile_with_record(
+    opts: Options, loaded: LoadedDeployment
+) -> tuple[DesiredState, RecordedState]:
+    """Compile against the recorded allocations; returns (desired, recorded state)."""
+    from reconciler.desired.compile import compile_deployment
+
+    recorded = RecordedState(deployment=loaded.name)
+    if opts.state_path.exists():
+        from reconciler.state.db import open_db
+        from reconciler.state.record import read_recorded
+
+        recorded = read_recorded(open_db(opts.state_path, write=False), loaded.name)
+    return compile_deployment(loaded, recorded.allocations), recorded

@@ -1,0 +1,307 @@
+"""Compile a loaded deployment into its desired state. Pure: no I/O, no repository code.
+
+Package store hashes follow package deps; instance identities follow `dependsOn`
+through service digests (SPEC §2.5), so a change cascades to exactly its dependents.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from reconciler import BUILDER_VERSION
+from reconciler.desired.allocate import (
+    AllocationError,
+    allocate_container_addresses,
+    allocate_local_addresses,
+    allocate_ports,
+)
+from reconciler.desired.state import (
+    DesiredInstance,
+    DesiredMachine,
+    DesiredState,
+    Received,
+    StorePackage,
+    canonical_json,
+    sha256_hex,
+)
+from reconciler.errors import InvalidModels, Problem
+from reconciler.models.checks import container_type
+from reconciler.models.graph import topological_order
+from reconciler.models.load import LoadedDeployment
+from reconciler.models.merge import locate
+from reconciler.models.schema import ModelDocument
+
+_SHORT = 48  # input values up to this long are shown as they are; longer ones as a hash
+
+
+def compile_deployment(
+    loaded: LoadedDeployment, recorded_allocations: Mapping[str, str] | None = None
+) -> DesiredState:
+    recorded = recorded_allocations or {}
+    doc = loaded.model
+    packages = compile_packages(doc, loaded.src_trees)
+    allocations: dict[str, str] = {}
+    addresses = _machine_addresses(loaded, recorded, allocations)
+    placements = _placements(doc)
+    ports = _ports(loaded, placements, recorded, allocations)
+    instances, digests = _instances(doc, packages, addresses, placements, ports)
+    deployed = {svc for svc, _, _ in placements}
+    order = {
+        svc: tuple(sorted(d for d in (*s.dependsOn, *s.activatesAfter) if d in deployed))
+        for svc, s in doc.services.items()
+        if svc in deployed
+    }
+    machines = _machines(doc, packages, addresses, instances)
+    return DesiredState(
+        deployment=loaded.name,
+        revision=loaded.revision,
+        packages=packages,
+        machines=machines,
+        instances=instances,
+        service_order=order,
+        digests=digests,
+        allocations=allocations,
+    )
+
+
+def package_hash(name: str, src_tree: str | None, build: str | None, dep_hashes: list[str]) -> str:
+    doc = {
+        "name": name,
+        "srcTree": src_tree,
+        "build": build,
+        "deps": sorted(dep_hashes),
+        "builderVersion": BUILDER_VERSION,
+    }
+    return sha256_hex(canonical_json(doc))[:32]
+
+
+def compile_packages(
+    doc: ModelDocument, src_trees: Mapping[str, str | None]
+) -> dict[str, StorePackage]:
+    deps = {n: p.deps for n, p in doc.packages.items()}
+    out: dict[str, StorePackage] = {}
+    for name in topological_order(doc.packages, deps):
+        spec = doc.packages[name]
+        dep_pkgs = [out[d] for d in spec.deps]
+        h = package_hash(name, src_trees.get(name), spec.build, [d.hash for d in dep_pkgs])
+        closure = {f"{h}-{name}"}
+        for d in dep_pkgs:
+            closure.update(d.closure)
+        out[name] = StorePackage(
+            name=name,
+            hash=h,
+            src=spec.src,
+            src_tree=src_trees.get(name),
+            build=spec.build,
+            deps=tuple(spec.deps),
+            closure=tuple(sorted(closure)),
+        )
+    return out
+
+
+def _machine_addresses(
+    loaded: LoadedDeployment, recorded: Mapping[str, str], allocations: dict[str, str]
+) -> dict[str, str | None]:
+    doc = loaded.model
+    by_env: dict[str, list[str]] = {}
+    for name, m in doc.machines.items():
+        if m.deployment.address is None:
+            by_env.setdefault(m.deployment.targetEnv, []).append(name)
+    if by_env.get("local"):
+        allocations.update(allocate_local_addresses(by_env["local"], recorded))
+    if by_env.get("container"):
+        allocations.update(allocate_container_addresses(loaded.name, by_env["container"], recorded))
+    out: dict[str, str | None] = {}
+    for name, m in doc.machines.items():
+        d = m.deployment
+        if d.address is not None:
+            out[name] = d.address
+        elif d.targetEnv == "ssh":
+            out[name] = d.ssh.host if d.ssh else None
+        elif d.targetEnv == "local":
+            out[name] = allocations[f"local-address/{name}"]
+        elif d.targetEnv == "container":
+            out[name] = allocations[f"container-address/{loaded.name}/{name}"]
+        else:  # ec2: the private address, once provisioning recorded it
+            out[name] = recorded.get(f"ec2-address/{loaded.name}/{name}")
+            if out[name]:
+                allocations[f"ec2-address/{loaded.name}/{name}"] = str(out[name])
+    return out
+
+
+# (service, machine, container) in distribution order
+Placement = tuple[str, str, str]
+
+
+def _placements(doc: ModelDocument) -> list[Placement]:
+    return [
+        (svc, e.target, e.container or doc.services[svc].type)
+        for svc, entries in doc.distribution.items()
+        for e in entries
+    ]
+
+
+def _ports(
+    loaded: LoadedDeployment,
+    placements: list[Placement],
+    recorded: Mapping[str, str],
+    allocations: dict[str, str],
+) -> dict[str, int]:
+    doc = loaded.model
+    wanted: dict[str, tuple[str, int | str | None, tuple[int, int] | None]] = {}
+    for svc, machine, container in placements:
+        spec = doc.services[svc]
+        if spec.port is not None:
+            prange = doc.machines[machine].containers[container].portRange
+            wanted[f"{svc}@{machine}"] = (machine, spec.port, prange)
+    try:
+        ports = allocate_ports(loaded.name, wanted, recorded)
+    except AllocationError as e:
+        svc = e.key.split("@")[0]
+        file, line = locate(loaded.marks, ("services", svc, "port")) or ("", 0)
+        raise InvalidModels([Problem(file, line, f"services.{svc}.port", str(e))]) from None
+    for key, port in ports.items():
+        if doc.services[key.split("@")[0]].port == "auto":
+            allocations[f"port/{loaded.name}/{key}"] = str(port)
+    return ports
+
+
+def _instances(
+    doc: ModelDocument,
+    packages: dict[str, StorePackage],
+    addresses: Mapping[str, str | None],
+    placements: list[Placement],
+    ports: Mapping[str, int],
+) -> tuple[dict[str, DesiredInstance], dict[str, str]]:
+    by_service: dict[str, list[Placement]] = {}
+    for p in placements:
+        by_service.setdefault(p[0], []).append(p)
+    deps_only = {s: doc.services[s].dependsOn for s in by_service}
+    received_cache: dict[tuple[str, str], Received] = {}
+
+    def receives(dep: str, machine: str) -> Received:
+        cached = received_cache.get((dep, machine))
+        if cached:
+            return cached
+        places = sorted(by_service[dep], key=lambda p: p[1] != machine)  # own machine first
+        dep_type = doc.services[dep].type
+        hosts = []
+        for _, m, _ in places:
+            host = addresses[m] or "(known after apply)"
+            port = ports.get(f"{dep}@{m}")
+            hosts.append(f"{host}:{port}" if port else host)
+        first = places[0][1]
+        r = Received(
+            host=addresses[first] or "(known after apply)",
+            port=ports.get(f"{dep}@{first}"),
+            path=f"state/{dep}/{dep}.sqlite" if dep_type == "sqlite-database" else None,
+            hosts=tuple(hosts),
+        )
+        received_cache[(dep, machine)] = r
+        return r
+
+    instances: dict[str, DesiredInstance] = {}
+    digests: dict[str, str] = {}
+    for svc in topological_order(by_service, deps_only):
+        spec = doc.services[svc]
+        pkg = packages[spec.package]
+        identities = []
+        for _, machine, container in by_service[svc]:
+            key = f"{svc}@{machine}"
+            got = {d: receives(d, machine) for d in (*spec.dependsOn, *spec.connectsTo)}
+            c = doc.machines[machine].containers[container]
+            container_settings = {
+                "name": container,
+                "type": container_type(container, c.type),
+                "portRange": list(c.portRange) if c.portRange else None,
+                "properties": c.properties,
+            }
+            parts: dict[str, Any] = {
+                "service": svc,
+                "type": spec.type,
+                "package": pkg.hash,
+                "command": spec.command,
+                "user": spec.user,
+                "port": ports.get(key),
+                "env": spec.env,
+                "address": addresses[machine],
+                "properties": spec.properties,
+                "container": container_settings,
+                "dependsOn": {d: digests[d] for d in spec.dependsOn},
+                "connectsTo": {d: got[d].as_dict() for d in spec.connectsTo},
+            }
+            identity = sha256_hex(canonical_json(parts))
+            identities.append(identity)
+            instances[key] = DesiredInstance(
+                key=key,
+                service=svc,
+                machine=machine,
+                container=container,
+                type=spec.type,
+                package=spec.package,
+                package_path=pkg.path,
+                command=spec.command,
+                user=spec.user,
+                port=ports.get(key),
+                env=dict(spec.env),
+                health=spec.healthCheck,
+                depends_on=tuple(spec.dependsOn),
+                connects_to=tuple(spec.connectsTo),
+                activates_after=tuple(spec.activatesAfter),
+                receives=got,
+                properties=dict(spec.properties),
+                identity=identity,
+                inputs=identity_inputs(parts, pkg.path),
+            )
+        digests[svc] = sha256_hex("\n".join(sorted(identities)))
+    return instances, digests
+
+
+def identity_inputs(parts: Mapping[str, Any], package_path: str) -> dict[str, str]:
+    """One short, comparable value per identity input: the plan says which one changed."""
+    out: dict[str, str] = {"package": package_path}
+    for name in ("type", "command", "user", "port", "address", "env", "properties", "container"):
+        out[name] = _short(parts[name])
+    for dep, digest in parts["dependsOn"].items():
+        out[f"dependsOn:{dep}"] = digest[:12]
+    for dep, values in parts["connectsTo"].items():
+        out[f"connectsTo:{dep}"] = _short(values)
+    return out
+
+
+def _short(value: Any) -> str:
+    text = value if isinstance(value, str) else canonical_json(value)
+    return text if len(text) <= _SHORT else "sha256:" + sha256_hex(text)[:12]
+
+
+def _machines(
+    doc: ModelDocument,
+    packages: Mapping[str, StorePackage],
+    addresses: Mapping[str, str | None],
+    instances: Mapping[str, DesiredInstance],
+) -> dict[str, DesiredMachine]:
+    needed: dict[str, set[str]] = {name: set() for name in doc.machines}
+    for inst in instances.values():
+        needed[inst.machine].update(packages[inst.package].closure)
+    out = {}
+    for name, m in doc.machines.items():
+        d = m.deployment
+        for pkg in m.packages:
+            needed[name].update(packages[pkg].closure)
+        provider = d.ec2.model_dump() if d.ec2 else d.container.model_dump() if d.container else {}
+        out[name] = DesiredMachine(
+            name=name,
+            target_env=d.targetEnv,
+            address=addresses[name],
+            ssh=d.ssh,
+            state_dir=d.stateDir,
+            max_parallel=d.maxParallel,
+            compression=d.compression,
+            profile=tuple(m.packages),
+            keys=dict(d.keys),
+            properties=dict(m.properties),
+            provider=provider,
+            closure=tuple(sorted(needed[name])),
+        )
+    return out

@@ -1,0 +1,1 @@
+"""Model files → typed, validated models, with file:line for every problem."""

@@ -1,0 +1,247 @@
+"""The model schema of SPEC §2 as pydantic models; unknown keys are errors everywhere."""
+
+from __future__ import annotations
+
+import re
+from typing import Annotated, Any, Literal
+
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    StringConstraints,
+    field_validator,
+    model_validator,
+)
+
+NAME_PATTERN = r"^[a-z0-9][a-z0-9._-]{0,62}$"
+Name = Annotated[str, StringConstraints(pattern=NAME_PATTERN)]
+
+ActivationType = Literal["process", "sqlite-database", "wrapper", "package"]
+ACTIVATION_TYPES: tuple[str, ...] = ("process", "sqlite-database", "wrapper", "package")
+TargetEnv = Literal["ssh", "local", "container", "ec2"]
+
+_DURATION = re.compile(r"^(\d+(?:\.\d+)?)(ms|s|m|h)$")
+_UNIT_SECONDS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
+
+
+def parse_duration(value: Any) -> float:
+    """'500ms', '30s', '5m', '1h' → seconds."""
+    if isinstance(value, str):
+        m = _DURATION.match(value.strip())
+        if m:
+            return float(m.group(1)) * _UNIT_SECONDS[m.group(2)]
+    raise ValueError(f"{value!r} is not a duration; write a number with a unit: 500ms, 30s, 5m, 1h")
+
+
+Duration = Annotated[float, BeforeValidator(parse_duration)]
+
+
+def _scalar_to_str(value: Any) -> Any:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int | float):
+        return str(value)
+    return value
+
+
+EnvValue = Annotated[str, BeforeValidator(_scalar_to_str)]
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", populate_by_name=False)
+
+
+# --- reconciler.yaml ---------------------------------------------------------------
+
+
+class DeploymentConfig(Strict):
+    models: list[str] = Field(min_length=1)
+    branch: str | None = None
+    autoApply: bool = True
+    selfHeal: bool = True
+    interval: Duration = 30.0
+    destroyMachines: bool = False
+    allowRewind: bool = False
+
+
+class RootConfig(Strict):
+    deployments: dict[Name, DeploymentConfig] = Field(min_length=1)
+
+
+# --- machines ------------------------------------------------------------------------
+
+
+class SshSettings(Strict):
+    host: str | None = None
+    port: int = Field(default=22, ge=1, le=65535)
+    user: str = "root"
+    identityFile: str | None = None
+    hostKey: str | None = None
+
+
+class LocalSettings(Strict):
+    pass
+
+
+class ContainerSettings(Strict):
+    pass
+
+
+class Ec2Settings(Strict):
+    region: str
+    instanceType: str = "t3.micro"
+    ami: str
+    keyPair: str | None = None
+    securityGroups: list[str] = []
+    subnetId: str | None = None
+    rootVolumeSize: int | None = Field(default=None, ge=1)
+    tags: dict[str, str] = {}
+
+
+class KeySpec(Strict):
+    env: str | None = None
+    file: str | None = None
+    permissions: str = Field(default="0400", pattern=r"^0?[0-7]{3}$")
+    user: str | None = None
+
+    @model_validator(mode="after")
+    def _one_source(self) -> KeySpec:
+        if (self.env is None) == (self.file is None):
+            raise ValueError("a key needs exactly one source: env: VARIABLE or file: PATH")
+        return self
+
+
+class DeploymentSettings(Strict):
+    targetEnv: TargetEnv
+    address: str | None = None
+    maxParallel: int = Field(default=4, ge=1)
+    stateDir: str | None = None
+    compression: Literal["auto", "zstd", "gzip", "none"] = "auto"
+    ssh: SshSettings | None = None
+    local: LocalSettings | None = None
+    container: ContainerSettings | None = None
+    ec2: Ec2Settings | None = None
+    keys: dict[Name, KeySpec] = {}
+
+    @field_validator("stateDir")
+    @classmethod
+    def _absolute(cls, v: str | None) -> str | None:
+        if v is not None and not v.startswith("/"):
+            raise ValueError(f"stateDir must be an absolute path, not {v!r}")
+        return v
+
+
+class ContainerSpec(Strict):
+    """What services can be deployed into; its type defaults to its name."""
+
+    type: ActivationType | None = None
+    portRange: tuple[int, int] | None = None
+    properties: dict[str, Any] = {}
+
+    @field_validator("portRange")
+    @classmethod
+    def _range(cls, v: tuple[int, int] | None) -> tuple[int, int] | None:
+        if v is not None and not (1 <= v[0] <= v[1] <= 65535):
+            raise ValueError(
+                f"portRange {list(v)} must be [low, high] with 1 <= low <= high <= 65535"
+            )
+        return v
+
+
+DEFAULT_CONTAINERS: dict[str, dict[str, Any]] = {
+    "process": {"portRange": [8000, 8999]},
+    "sqlite-database": {},
+    "wrapper": {},
+    "package": {},
+}
+
+
+class MachineSpec(Strict):
+    properties: dict[str, Any] = {}
+    packages: list[Name] = []
+    containers: dict[Name, ContainerSpec] = {}
+    deployment: DeploymentSettings
+
+
+# --- packages and services -------------------------------------------------------------
+
+
+class PackageSpec(Strict):
+    src: str | None = None
+    build: str | None = None
+    deps: list[Name] = []
+
+
+class HealthCheck(Strict):
+    http: str | None = None
+    tcp: bool | None = None
+    command: str | None = None
+    timeout: Duration = 10.0
+
+    @model_validator(mode="after")
+    def _one_kind(self) -> HealthCheck:
+        kinds = [k for k in ("http", "tcp", "command") if getattr(self, k)]
+        if len(kinds) != 1:
+            raise ValueError(
+                "a healthCheck needs exactly one of http: /path, tcp: true, command: …"
+            )
+        return self
+
+
+def _port_value(value: Any) -> Any:
+    if value is None or value == "auto":
+        return value
+    if isinstance(value, int) and not isinstance(value, bool) and 1 <= value <= 65535:
+        return value
+    raise ValueError(f"port must be a number from 1 to 65535, or auto; got {value!r}")
+
+
+class ServiceSpec(Strict):
+    package: Name
+    type: ActivationType = "process"
+    command: str | None = None
+    user: str | None = None
+    port: Annotated[int | Literal["auto"] | None, BeforeValidator(_port_value)] = None
+    dependsOn: list[Name] = []
+    connectsTo: list[Name] = []
+    activatesAfter: list[Name] = []
+    env: dict[str, EnvValue] = {}
+    healthCheck: HealthCheck | None = None
+    properties: dict[str, Any] = {}
+
+    @field_validator("env")
+    @classmethod
+    def _env_names(cls, v: dict[str, str]) -> dict[str, str]:
+        for key in v:
+            if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", key):
+                raise ValueError(f"{key!r} is not a valid environment variable name")
+        return v
+
+
+class DistributionTarget(Strict):
+    target: Name
+    container: Name | None = None
+
+
+def _entry(value: Any) -> Any:
+    return {"target": value} if isinstance(value, str) else value
+
+
+DistributionEntry = Annotated[DistributionTarget, BeforeValidator(_entry)]
+
+
+class ModelDocument(Strict):
+    """The merged model of one deployment (and the shape of every model file)."""
+
+    description: str | None = None
+    machines: dict[Name, MachineSpec] = {}
+    packages: dict[Name, PackageSpec] = {}
+    services: dict[Name, ServiceSpec] = {}
+    distribution: dict[Name, list[DistributionEntry]] = {}
+
+
+def env_prefix(name: str) -> str:
+    """The environment-variable prefix a name maps to: `staff-db` → `STAFF_DB`."""
+    return re.sub(r"[^A-Z0-9]", "_", name.upper())

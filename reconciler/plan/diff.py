@@ -1,0 +1,264 @@
+"""DesiredState × RecordedState → Plan. Pure: the same inputs always give the same plan.
+
+Instances are compared by identity (Disnix's set arithmetic on mappings): deactivate
+old − new in reverse dependency order of the old graph, activate new − old in
+dependency order of the new graph; unchanged mappings are untouched.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+from reconciler.desired.state import PROVISIONED_ENVS, STATEFUL_TYPES, DesiredState
+from reconciler.models.graph import topological_order
+from reconciler.plan.types import (
+    InstanceChange,
+    MachineChange,
+    Plan,
+    ProfileChange,
+    StateMove,
+    Transfer,
+)
+from reconciler.state.recorded import RecordedState
+
+_EC2_IMMUTABLE = ("region", "ami", "subnetId")
+_INPUT_WORDS = {
+    "package": "package",
+    "type": "type",
+    "command": "command",
+    "user": "user",
+    "port": "port",
+    "address": "machine address",
+    "env": "env",
+    "properties": "properties",
+    "container": "container settings",
+}
+
+
+def make_plan(
+    desired: DesiredState,
+    recorded: RecordedState,
+    *,
+    kill_obsolete: bool = False,
+    destroy_machines: bool = False,
+    allow_recreate: bool = False,
+) -> Plan:
+    machines, blockers = _machine_changes(
+        desired, recorded, kill_obsolete or destroy_machines, allow_recreate
+    )
+    moves = _moves(desired, recorded)
+    instances = _instance_changes(desired, recorded, moves)
+    deactivate = [c.key for c in instances if c.action in ("deactivate", "replace")]
+    activate = [c.key for c in instances if c.action in ("activate", "replace")]
+    return Plan(
+        deployment=desired.deployment,
+        revision=desired.revision.sha if desired.revision else None,
+        base_revision=recorded.revision,
+        base_generation=recorded.generation,
+        machines=machines,
+        transfers=_transfers(desired, recorded),
+        profiles=_profiles(desired, recorded),
+        instances=instances,
+        moves=moves,
+        deactivation_order=_order(
+            deactivate,
+            recorded.service_order,
+            reverse=True,
+            service_of={k: recorded.instances[k].service for k in deactivate},
+        ),
+        activation_order=_order(
+            activate,
+            desired.service_order,
+            reverse=False,
+            service_of={k: desired.instances[k].service for k in activate},
+        ),
+        blockers=blockers,
+    )
+
+
+def _machine_changes(
+    desired: DesiredState, recorded: RecordedState, destroy: bool, allow_recreate: bool
+) -> tuple[list[MachineChange], list[str]]:
+    changes: list[MachineChange] = []
+    blockers: list[str] = []
+    for name in sorted(set(desired.machines) | set(recorded.machines)):
+        want, have = desired.machines.get(name), recorded.machines.get(name)
+        if want and not have:
+            action = "create" if want.target_env in PROVISIONED_ENVS else "add"
+            changes.append(MachineChange(name, action, want.target_env, want.address, ()))
+        elif have and not want:
+            provisioned = have.provider_id is not None
+            action = ("destroy" if destroy else "obsolete") if provisioned else "remove"
+            why = (
+                ()
+                if action != "obsolete"
+                else (
+                    "no longer in the model; kept until destroyMachines: true or --kill-obsolete",
+                )
+            )
+            changes.append(MachineChange(name, action, have.target_env, have.address, why))
+        elif want and have:
+            reasons = []
+            if want.target_env != have.target_env:
+                reasons.append(f"targetEnv {have.target_env} → {want.target_env}")
+            if want.target_env == "ec2" and have.provider_id:
+                for key in _EC2_IMMUTABLE:
+                    old, new = have.provider.get(key), want.provider.get(key)
+                    if old != new:
+                        reasons.append(f"ec2.{key} {old} → {new}")
+            if reasons and have.provider_id is not None:
+                action = "replace"
+                if not allow_recreate:
+                    blockers.append(
+                        f"machine {name}: {', '.join(reasons)} cannot change on an existing "
+                        "machine; destroy it first, or apply with --allow-recreate to replace it"
+                    )
+            elif reasons or (want.address and want.address != have.address):
+                action = "update"
+                if want.address != have.address:
+                    reasons.append(f"address {have.address} → {want.display_address}")
+            else:
+                action = "keep"
+            changes.append(
+                MachineChange(name, action, want.target_env, want.address, tuple(reasons))
+            )
+    return changes, blockers
+
+
+def _instance_changes(
+    desired: DesiredState, recorded: RecordedState, moves: list[StateMove]
+) -> list[InstanceChange]:
+    changes = []
+    moved_from = {m.service: m.source for m in moves}
+    for key in sorted(set(desired.instances) | set(recorded.instances)):
+        want, have = desired.instances.get(key), recorded.instances.get(key)
+        if want and have:
+            if want.identity == have.identity:
+                changes.append(
+                    InstanceChange(
+                        key, want.service, want.machine, "keep", (), have.identity, want.identity
+                    )
+                )
+            else:
+                changes.append(
+                    InstanceChange(
+                        key,
+                        want.service,
+                        want.machine,
+                        "replace",
+                        changed_inputs(have.inputs, want.inputs),
+                        have.identity,
+                        want.identity,
+                    )
+                )
+        elif want:
+            why = f"moved from {moved_from[want.service]}" if want.service in moved_from else "new"
+            changes.append(
+                InstanceChange(
+                    key, want.service, want.machine, "activate", (why,), None, want.identity
+                )
+            )
+        elif have:
+            if have.machine not in desired.machines:
+                why = f"machine {have.machine} removed"
+            elif any(i.service == have.service for i in desired.instances.values()):
+                why = f"no longer distributed to {have.machine}"
+            else:
+                why = "service no longer deployed"
+            changes.append(
+                InstanceChange(
+                    key, have.service, have.machine, "deactivate", (why,), have.identity, None
+                )
+            )
+    return changes
+
+
+def changed_inputs(old: Mapping[str, str], new: Mapping[str, str]) -> tuple[str, ...]:
+    """Which identity inputs differ, in words: ("port 8001 → 8002", "dependsOn staff-db")."""
+    out = []
+    for name in sorted(set(old) | set(new)):
+        before, after = old.get(name), new.get(name)
+        if before == after:
+            continue
+        if ":" in name and not name.startswith("sha256"):
+            kind, dep = name.split(":", 1)
+            if before is None:
+                out.append(f"{kind} {dep} added")
+            elif after is None:
+                out.append(f"{kind} {dep} removed")
+            else:
+                out.append(f"{kind} {dep} changed")
+        elif name == "package":
+            out.append(f"package {_short_path(before)} → {_short_path(after)}")
+        else:
+            word = _INPUT_WORDS.get(name, name)
+            if (
+                before
+                and after
+                and len(before) + len(after) <= 60
+                and not before.startswith("sha256")
+            ):
+                out.append(f"{word} {before} → {after}")
+            else:
+                out.append(word)
+    return tuple(out)
+
+
+def _short_path(path: str | None) -> str:
+    if path is None:
+        return "none"
+    digest, _, name = path.partition("-")
+    return f"{name}@{digest[:8]}"
+
+
+def _transfers(desired: DesiredState, recorded: RecordedState) -> list[Transfer]:
+    out = []
+    for name, m in sorted(desired.machines.items()):
+        have = recorded.machines.get(name)
+        present = have.paths if have else frozenset()
+        missing = tuple(p for p in m.closure if p not in present)
+        if not missing:
+            continue
+        sizes = [recorded.path_sizes.get(p) for p in missing]
+        known = [s for s in sizes if s is not None]
+        out.append(Transfer(name, missing, sum(known), len(sizes) - len(known)))
+    return out
+
+
+def _profiles(desired: DesiredState, recorded: RecordedState) -> list[ProfileChange]:
+    out = []
+    for name, m in sorted(desired.machines.items()):
+        have = recorded.machines.get(name)
+        old = have.profile if have else ()
+        if tuple(m.profile) != tuple(old):
+            out.append(ProfileChange(name, tuple(old), tuple(m.profile)))
+    return out
+
+
+def _moves(desired: DesiredState, recorded: RecordedState) -> list[StateMove]:
+    """Stateful services whose machines changed: state goes from a removed instance's
+    machine to an added one's, paired in name order."""
+    old: dict[str, list[str]] = {}
+    for i in recorded.instances.values():
+        if i.type in STATEFUL_TYPES:
+            old.setdefault(i.service, []).append(i.machine)
+    moves = []
+    for service, machines in sorted(old.items()):
+        new = [i.machine for i in desired.instances_of(service) if i.type in STATEFUL_TYPES]
+        gone = sorted(set(machines) - set(new))
+        added = sorted(set(new) - set(machines))
+        for source, target in zip(gone, added, strict=False):
+            moves.append(StateMove(service, source, target))
+    return moves
+
+
+def _order(
+    keys: list[str],
+    service_order: Mapping[str, tuple[str, ...]],
+    reverse: bool,
+    service_of: Mapping[str, str],
+) -> list[str]:
+    services = topological_order({service_of[k] for k in keys}, service_order)
+    rank = {s: i for i, s in enumerate(services)}
+    ordered = sorted(keys, key=lambda k: (rank[service_of[k]], k))
+    return ordered[::-1] if reverse else ordered

@@ -1,0 +1,123 @@
+"""The plan: what an apply would do, as plain data that renders to text, markdown, JSON."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+PLAN_FORMAT_VERSION = 1
+
+
+@dataclass(frozen=True)
+class MachineChange:
+    name: str
+    # create (provision) | add (first deploy) | update | keep | replace |
+    # destroy | obsolete (kept) | remove (forget an unprovisioned machine)
+    action: str
+    target_env: str
+    address: str | None
+    reasons: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class InstanceChange:
+    key: str
+    service: str
+    machine: str
+    action: str  # activate | deactivate | replace | keep
+    reasons: tuple[str, ...]
+    old_identity: str | None
+    new_identity: str | None
+
+
+@dataclass(frozen=True)
+class Transfer:
+    machine: str
+    paths: tuple[str, ...]
+    known_bytes: int  # sum of the sizes known (built paths)
+    unknown: int  # how many paths have no size yet (not built)
+
+
+@dataclass(frozen=True)
+class ProfileChange:
+    machine: str
+    old: tuple[str, ...]
+    new: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class StateMove:
+    service: str
+    source: str
+    target: str
+
+
+@dataclass(frozen=True)
+class Plan:
+    deployment: str
+    revision: str | None
+    base_revision: str | None
+    base_generation: int | None
+    machines: list[MachineChange]
+    transfers: list[Transfer]
+    profiles: list[ProfileChange]
+    instances: list[InstanceChange]
+    moves: list[StateMove]
+    deactivation_order: list[str]
+    activation_order: list[str]
+    blockers: list[str] = field(default_factory=list)
+
+    def count(self, action: str) -> int:
+        return sum(1 for c in self.instances if c.action == action)
+
+    def machine_count(self, *actions: str) -> int:
+        return sum(1 for m in self.machines if m.action in actions)
+
+    @property
+    def has_changes(self) -> bool:
+        return bool(
+            self.transfers
+            or self.profiles
+            or self.moves
+            or any(c.action != "keep" for c in self.instances)
+            or any(m.action not in ("keep", "obsolete") for m in self.machines)
+        )
+
+    def summary(self) -> dict[str, int]:
+        return {
+            "machinesToCreate": self.machine_count("create"),
+            "machinesToAdd": self.machine_count("add"),
+            "machinesToReplace": self.machine_count("replace"),
+            "machinesToDestroy": self.machine_count("destroy", "remove"),
+            "machinesObsolete": self.machine_count("obsolete"),
+            "pathsToTransfer": sum(len(t.paths) for t in self.transfers),
+            "bytesToTransfer": sum(t.known_bytes for t in self.transfers),
+            "toActivate": self.count("activate"),
+            "toReplace": self.count("replace"),
+            "toDeactivate": self.count("deactivate"),
+            "unchanged": self.count("keep"),
+            "stateMoves": len(self.moves),
+            "profileChanges": len(self.profiles),
+        }
+
+    def to_json(self) -> dict[str, Any]:
+        """The stable JSON form (documented in the README; version bumps on breaking change)."""
+        data = asdict(self)
+        data["formatVersion"] = PLAN_FORMAT_VERSION
+        data["hasChanges"] = self.has_changes
+        data["summary"] = self.summary()
+        camel: dict[str, Any] = _camel(data)
+        return camel
+
+
+def _camel(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {_camel_key(k): _camel(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_camel(v) for v in value]
+    return value
+
+
+def _camel_key(key: str) -> str:
+    head, *rest = key.split("_")
+    return head + "".join(p.title() for p in rest)

@@ -1,0 +1,1 @@
+"""The SQLite record: what was deployed where, generations, attempts, and the journal."""

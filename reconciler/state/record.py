@@ -1,0 +1,170 @@
+"""Reading and writing the record of a deployment in the state DB."""
+
+from __future__ import annotations
+
+import json
+import uuid
+from collections.abc import Mapping
+from datetime import UTC, datetime
+from typing import Any
+
+import sqlite_utils
+
+from reconciler.desired.state import DesiredState
+from reconciler.state.recorded import RecordedInstance, RecordedMachine, RecordedState
+
+
+def now() -> str:
+    return datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def read_recorded(db: sqlite_utils.Database | None, deployment: str) -> RecordedState:
+    """The recorded state of one deployment; empty when nothing was recorded."""
+    if db is None:
+        return RecordedState(deployment=deployment)
+    allocations = {r["key"]: r["value"] for r in db.query("SELECT key, value FROM allocations")}
+    sizes = {r["path"]: r["size"] for r in db.query("SELECT path, size FROM store_paths")}
+    row = next(db.query("SELECT * FROM deployments WHERE name = ?", [deployment]), None)
+    if row is None:
+        return RecordedState(deployment=deployment, allocations=allocations, path_sizes=sizes)
+    paths: dict[str, set[str]] = {}
+    for r in db.query("SELECT machine, path FROM machine_paths WHERE deployment = ?", [deployment]):
+        paths.setdefault(r["machine"], set()).add(r["path"])
+    machines = {
+        r["name"]: RecordedMachine(
+            name=r["name"],
+            target_env=r["target_env"],
+            address=r["address"],
+            profile=tuple(json.loads(r["profile"])),
+            paths=frozenset(paths.get(r["name"], ())),
+            provider_id=r["provider_id"],
+            provider_state=r["provider_state"],
+            provider=json.loads(r["provider"]),
+        )
+        for r in db.query("SELECT * FROM machines WHERE deployment = ?", [deployment])
+    }
+    instances = {
+        r["key"]: RecordedInstance(
+            key=r["key"],
+            service=r["service"],
+            machine=r["machine"],
+            type=r["type"],
+            identity=r["identity"],
+            inputs=json.loads(r["inputs"]),
+            package_path=r["package_path"],
+            port=r["port"],
+        )
+        for r in db.query("SELECT * FROM instances WHERE deployment = ?", [deployment])
+    }
+    gen = next(
+        db.query(
+            "SELECT generation, commit_sha FROM attempts WHERE deployment = ? AND generation "
+            "IS NOT NULL ORDER BY generation DESC LIMIT 1",
+            [deployment],
+        ),
+        None,
+    )
+    return RecordedState(
+        deployment=deployment,
+        generation=gen["generation"] if gen else None,
+        revision=gen["commit_sha"] if gen else None,
+        machines=machines,
+        instances=instances,
+        service_order={k: tuple(v) for k, v in json.loads(row["service_order"]).items()},
+        allocations=allocations,
+        path_sizes=sizes,
+    )
+
+
+def record_generation(
+    db: sqlite_utils.Database,
+    desired: DesiredState,
+    plan: Mapping[str, Any],
+    present_paths: Mapping[str, Mapping[str, str]],
+) -> int:
+    """Record a successful attempt as the deployment's next generation; returns its number.
+
+    `present_paths` maps machine → {store path: content hash} now on that target.
+    """
+    dep = desired.deployment
+    rev = desired.revision
+    stamp = now()
+    with db.conn:
+        db.execute(
+            "INSERT INTO deployments (name, created_at) VALUES (?, ?) ON CONFLICT DO NOTHING",
+            [dep, stamp],
+        )
+        number = 1 + (
+            db.execute(
+                "SELECT max(generation) FROM attempts WHERE deployment = ?", [dep]
+            ).fetchone()[0]
+            or 0
+        )
+        db.table("attempts").insert(
+            {
+                "id": str(uuid.uuid4()),
+                "deployment": dep,
+                "generation": number,
+                "commit_sha": rev.sha if rev else None,
+                "author": rev.author if rev else None,
+                "email": rev.email if rev else None,
+                "subject": rev.subject if rev else None,
+                "commit_time": rev.time if rev else None,
+                "started_at": stamp,
+                "finished_at": stamp,
+                "status": "succeeded",
+                "plan": json.dumps(plan),
+            }
+        )
+        db.execute(
+            "UPDATE deployments SET last_applied_sha = ?, last_attempted_sha = ?, "
+            "service_order = ? WHERE name = ?",
+            [
+                rev.sha if rev else None,
+                rev.sha if rev else None,
+                json.dumps({k: list(v) for k, v in desired.service_order.items()}),
+                dep,
+            ],
+        )
+        db.execute("DELETE FROM machines WHERE deployment = ?", [dep])
+        db.table("machines").insert_all(
+            {
+                "deployment": dep,
+                "name": m.name,
+                "target_env": m.target_env,
+                "address": m.address,
+                "state_dir": m.state_dir,
+                "profile": json.dumps(list(m.profile)),
+                "provider": json.dumps(m.provider),
+                "updated_at": stamp,
+            }
+            for m in desired.machines.values()
+        )
+        db.execute("DELETE FROM instances WHERE deployment = ?", [dep])
+        db.table("instances").insert_all(
+            {
+                "deployment": dep,
+                "key": i.key,
+                "service": i.service,
+                "machine": i.machine,
+                "type": i.type,
+                "identity": i.identity,
+                "inputs": json.dumps(i.inputs),
+                "package_path": i.package_path,
+                "port": i.port,
+                "generation": number,
+            }
+            for i in desired.instances.values()
+        )
+        db.execute("DELETE FROM machine_paths WHERE deployment = ?", [dep])
+        db.table("machine_paths").insert_all(
+            {"deployment": dep, "machine": m, "path": p, "content_hash": h}
+            for m, paths in present_paths.items()
+            for p, h in paths.items()
+        )
+        db.execute("DELETE FROM allocations WHERE deployment = ?", [dep])
+        db.table("allocations").insert_all(
+            ({"key": k, "value": v, "deployment": dep} for k, v in desired.allocations.items()),
+            replace=True,
+        )
+    return number
