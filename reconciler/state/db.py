@@ -15,7 +15,9 @@ import sqlite_utils
 from reconciler.errors import UserError
 from reconciler.state.migrations import MIGRATIONS
 
-SCHEMA_VERSION = len(MIGRATIONS)
+
+def current_version() -> int:
+    return len(MIGRATIONS)
 
 
 def schema_version(conn: sqlite3.Connection) -> int:
@@ -36,13 +38,13 @@ def open_db(path: Path, write: bool) -> sqlite_utils.Database | None:
         conn = sqlite3.connect(path, timeout=30, isolation_level=None, check_same_thread=False)
         conn.execute("PRAGMA busy_timeout = 30000")
         version = schema_version(conn)
-        if version > SCHEMA_VERSION:
+        if version > current_version():
             conn.close()
             raise UserError(
                 f"{path}: written by a newer reconciler (schema {version}, this one knows "
-                f"{SCHEMA_VERSION}); upgrade reconciler to use it"
+                f"{current_version()}); upgrade reconciler to use it"
             )
-        if version < SCHEMA_VERSION:
+        if version < current_version():
             if write:
                 _migrate_file(conn, path, version)
             else:
