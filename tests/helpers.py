@@ -25,8 +25,9 @@ def loaded(
     if problems:
         raise InvalidModels(problems)
     trees = {p: (src_trees or {}).get(p, f"tree-of-{p}") for p in model.packages}
-    return LoadedDeployment(name, DeploymentConfig(models=["models.yaml"]), model, {}, trees,
-                            None, "test")
+    return LoadedDeployment(
+        name, DeploymentConfig(models=["models.yaml"]), model, {}, trees, None, "test"
+    )
 
 
 def compiled(

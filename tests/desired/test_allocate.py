@@ -32,7 +32,9 @@ def test_container_addresses_skip_the_bridge_and_are_kept() -> None:
     got = allocate_container_addresses("d", ["b", "a"], {})
     assert got["container-address/d/a"] == "10.213.0.2"
     assert got["container-address/d/b"] == "10.213.0.3"
-    again = allocate_container_addresses("d", ["b", "c"], {**got, "container-subnet": "10.213.0.0/16"})
+    again = allocate_container_addresses(
+        "d", ["b", "c"], {**got, "container-subnet": "10.213.0.0/16"}
+    )
     assert again["container-address/d/b"] == "10.213.0.3"
     assert again["container-address/d/c"] == "10.213.0.4"
 

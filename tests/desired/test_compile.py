@@ -34,8 +34,11 @@ def test_store_hash_is_32_hex_of_the_documented_inputs() -> None:
 def test_changing_a_dep_changes_the_dependent_package_path_and_closure() -> None:
     model = {
         "machines": {"m": {"packages": ["app"]}},
-        "packages": {"lib": {"src": "lib"}, "app": {"src": "app", "deps": ["lib"]},
-                     "other": {"src": "other"}},
+        "packages": {
+            "lib": {"src": "lib"},
+            "app": {"src": "app", "deps": ["lib"]},
+            "other": {"src": "other"},
+        },
     }
     before = compiled(model, {"lib": "1" * 40})
     after = compiled(model, {"lib": "2" * 40})
@@ -43,7 +46,8 @@ def test_changing_a_dep_changes_the_dependent_package_path_and_closure() -> None
     assert before.packages["app"].path != after.packages["app"].path
     assert before.packages["other"].path == after.packages["other"].path
     assert set(after.packages["app"].closure) == {
-        after.packages["app"].path, after.packages["lib"].path
+        after.packages["app"].path,
+        after.packages["lib"].path,
     }
     assert after.machines["m"].closure == after.packages["app"].closure
 
@@ -54,8 +58,9 @@ def test_one_changed_src_changes_exactly_the_paths_that_depend_on_it(
     length: int, data: st.DataObject
 ) -> None:
     # packages q0 <- q1 <- … (each depends on the previous), plus unrelated r0..r2
-    packages: dict[str, Any] = {f"q{i}": {"src": f"q{i}", "deps": [f"q{i - 1}"] if i else []}
-                                for i in range(length)}
+    packages: dict[str, Any] = {
+        f"q{i}": {"src": f"q{i}", "deps": [f"q{i - 1}"] if i else []} for i in range(length)
+    }
     packages.update({f"r{i}": {"src": f"r{i}"} for i in range(3)})
     model = {"packages": packages}
     changed = data.draw(st.integers(min_value=0, max_value=length - 1))
@@ -67,20 +72,28 @@ def test_one_changed_src_changes_exactly_the_paths_that_depend_on_it(
 
 def test_identity_change_cascades_through_depends_on_only() -> None:
     model = chain_model(length=3)
-    model["services"]["watcher"] = {"package": "p0", "command": "bin/w", "port": 9000,
-                                    "activatesAfter": ["s0"]}
+    model["services"]["watcher"] = {
+        "package": "p0",
+        "command": "bin/w",
+        "port": 9000,
+        "activatesAfter": ["s0"],
+    }
     model["distribution"]["watcher"] = ["m1"]
     before = compiled(model)
     after = compiled(model, {"p0": "9" * 40})
-    changed = {k for k in before.instances
-               if before.instances[k].identity != after.instances[k].identity}
+    changed = {
+        k for k in before.instances if before.instances[k].identity != after.instances[k].identity
+    }
     # s0's package changed; s1, s2 depend on it transitively; watcher uses p0 too
     assert changed == {"s0@m0", "s1@m1", "s2@m0", "watcher@m1"}
     env_only = copy.deepcopy(model)
     env_only["services"]["s2"]["env"] = {"LOG": "debug"}
     after_env = compiled(env_only)
-    changed = {k for k in before.instances
-               if before.instances[k].identity != after_env.instances[k].identity}
+    changed = {
+        k
+        for k in before.instances
+        if before.instances[k].identity != after_env.instances[k].identity
+    }
     assert changed == {"s2@m0"}
 
 

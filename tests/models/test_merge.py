@@ -11,9 +11,7 @@ scalars = st.one_of(st.integers(), st.text(max_size=5), st.booleans())
 keys = st.sampled_from(["a", "b", "c", "d"])
 values: st.SearchStrategy[Any] = st.recursive(
     scalars,
-    lambda inner: st.one_of(
-        st.lists(inner, max_size=3), st.dictionaries(keys, inner, max_size=3)
-    ),
+    lambda inner: st.one_of(st.lists(inner, max_size=3), st.dictionaries(keys, inner, max_size=3)),
     max_leaves=10,
 )
 documents = st.dictionaries(keys, values, max_size=4)
@@ -65,4 +63,3 @@ def test_locate_falls_back_to_the_nearest_marked_ancestor() -> None:
     marks = {("machines",): ("a.yaml", 1), ("machines", "m1"): ("b.yaml", 4)}
     assert locate(marks, ("machines", "m1", "deployment", "targetEnv")) == ("b.yaml", 4)
     assert locate(marks, ("services",)) is None
-

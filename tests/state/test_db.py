@@ -72,8 +72,10 @@ def test_migration_is_refused_while_an_attempt_is_in_flight(
     db = open_db(path, write=True)
     assert db is not None
     db.execute("INSERT INTO deployments (name, created_at) VALUES ('d', 'now')")
-    db.execute("INSERT INTO attempts (id, deployment, started_at, status) "
-               "VALUES ('a1', 'd', 'now', 'running')")
+    db.execute(
+        "INSERT INTO attempts (id, deployment, started_at, status) "
+        "VALUES ('a1', 'd', 'now', 'running')"
+    )
     db.conn.close()
     monkeypatch.setattr(dbmod, "MIGRATIONS", [*dbmod.MIGRATIONS, ("x", ["SELECT 1"])])
     with pytest.raises(UserError, match="in flight"):
@@ -104,5 +106,6 @@ def test_recorded_allocations_survive_and_keep_ports(tmp_path: Path) -> None:
     recorded = read_recorded(db, desired.deployment)
     assert recorded.allocations["local-address/m0"] == "127.0.0.10"
     assert {k for k in recorded.allocations if k.startswith("port/")} == {
-        "port/test/s0@m0", "port/test/s1@m0"
+        "port/test/s0@m0",
+        "port/test/s1@m0",
     }
