@@ -49,22 +49,25 @@ def plan_against(opts: Options, base_ref: str, worktree: bool) -> Plan:
     name = pick_deployment(config, opts.deployment)
     head = load_deployment(deployment_source(opts, source, config, name), config, name)
     base_source = at_ref(source, base_ref)
+    base_sha = base_source.revision.sha if base_source.revision else None
+    recorded = RecordedState(deployment=name, revision=base_sha)
     try:
         base_config = load_config(base_source)
         if name in base_config.root.deployments:
-            base = compile_deployment(load_deployment(base_source, base_config, name))
-            recorded = as_recorded(base)
+            recorded = as_recorded(
+                compile_deployment(load_deployment(base_source, base_config, name))
+            )
         else:
-            recorded = RecordedState(deployment=name)
+            _note(f"deployment {name} does not exist at {base_ref}; planning against nothing")
     except InvalidModels as e:
-        print(
-            f"note: the base {base_ref} does not validate; planning against nothing:",
-            file=sys.stderr,
-        )
+        _note(f"{base_ref} does not validate; planning against nothing:")
         for p in e.problems:
             print(f"  {p}", file=sys.stderr)
-        recorded = RecordedState(deployment=name)
-    except UserError:
-        recorded = RecordedState(deployment=name)
+    except UserError as e:
+        _note(f"{base_ref} has no models ({e}); planning against nothing")
     desired = compile_deployment(head, recorded.allocations)
     return make_plan(desired, recorded, destroy_machines=head.config.destroyMachines)
+
+
+def _note(text: str) -> None:
+    print(f"note: {text}", file=sys.stderr)

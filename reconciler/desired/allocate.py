@@ -2,7 +2,7 @@
 
 Recorded values are kept; new ones go, in sorted name order, to the lowest free value.
 Pure: recorded allocations in, allocations out. Keys:
-  local-address/<machine>                  (one host: unique across deployments)
+  local-address/<deployment>/<machine>     (one host: unique across all deployments)
   container-subnet                          (the private /16 of container machines)
   container-address/<deployment>/<machine>
   port/<deployment>/<service>@<machine>
@@ -25,14 +25,14 @@ class AllocationError(ValueError):
 
 
 def allocate_local_addresses(
-    machines: Iterable[str], recorded: Mapping[str, str]
+    deployment: str, machines: Iterable[str], recorded: Mapping[str, str]
 ) -> dict[str, str]:
     """Addresses for the given local machines; `recorded` holds every deployment's."""
     taken = {v for k, v in recorded.items() if k.startswith("local-address/")}
     out: dict[str, str] = {}
     pending = []
     for name in sorted(machines):
-        key = f"local-address/{name}"
+        key = f"local-address/{deployment}/{name}"
         if key in recorded:
             out[key] = recorded[key]
         else:

@@ -109,7 +109,7 @@ def _machine_addresses(
         if m.deployment.address is None:
             by_env.setdefault(m.deployment.targetEnv, []).append(name)
     if by_env.get("local"):
-        allocations.update(allocate_local_addresses(by_env["local"], recorded))
+        allocations.update(allocate_local_addresses(loaded.name, by_env["local"], recorded))
     if by_env.get("container"):
         allocations.update(allocate_container_addresses(loaded.name, by_env["container"], recorded))
     out: dict[str, str | None] = {}
@@ -120,7 +120,7 @@ def _machine_addresses(
         elif d.targetEnv == "ssh":
             out[name] = d.ssh.host if d.ssh else None
         elif d.targetEnv == "local":
-            out[name] = allocations[f"local-address/{name}"]
+            out[name] = allocations[f"local-address/{loaded.name}/{name}"]
         elif d.targetEnv == "container":
             out[name] = allocations[f"container-address/{loaded.name}/{name}"]
         else:  # ec2: the private address, once provisioning recorded it

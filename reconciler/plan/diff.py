@@ -8,6 +8,7 @@ dependency order of the new graph; unchanged mappings are untouched.
 from __future__ import annotations
 
 from collections.abc import Mapping
+from dataclasses import dataclass
 
 from reconciler.desired.state import PROVISIONED_ENVS, STATEFUL_TYPES, DesiredState
 from reconciler.models.graph import topological_order
@@ -46,8 +47,9 @@ def make_plan(
     machines, blockers = _machine_changes(
         desired, recorded, kill_obsolete or destroy_machines, allow_recreate
     )
-    moves = _moves(desired, recorded)
-    instances = _instance_changes(desired, recorded, moves)
+    relocations = _relocations(desired, recorded)
+    moves = [m for m in relocations if m.stateful]
+    instances = _instance_changes(desired, recorded, relocations)
     deactivate = [c.key for c in instances if c.action in ("deactivate", "replace")]
     activate = [c.key for c in instances if c.action in ("activate", "replace")]
     return Plan(
@@ -59,7 +61,7 @@ def make_plan(
         transfers=_transfers(desired, recorded),
         profiles=_profiles(desired, recorded),
         instances=instances,
-        moves=moves,
+        moves=[StateMove(m.service, m.source, m.target) for m in moves],
         deactivation_order=_order(
             deactivate,
             recorded.service_order,
@@ -126,10 +128,10 @@ def _machine_changes(
 
 
 def _instance_changes(
-    desired: DesiredState, recorded: RecordedState, moves: list[StateMove]
+    desired: DesiredState, recorded: RecordedState, relocations: list[_Relocation]
 ) -> list[InstanceChange]:
     changes = []
-    moved_from = {m.service: m.source for m in moves}
+    moved_from = {(m.service, m.target): m.source for m in relocations}
     for key in sorted(set(desired.instances) | set(recorded.instances)):
         want, have = desired.instances.get(key), recorded.instances.get(key)
         if want and have:
@@ -152,7 +154,8 @@ def _instance_changes(
                     )
                 )
         elif want:
-            why = f"moved from {moved_from[want.service]}" if want.service in moved_from else "new"
+            source = moved_from.get((want.service, want.machine))
+            why = f"moved from {source}" if source else "new"
             changes.append(
                 InstanceChange(
                     key, want.service, want.machine, "activate", (why,), None, want.identity
@@ -235,21 +238,29 @@ def _profiles(desired: DesiredState, recorded: RecordedState) -> list[ProfileCha
     return out
 
 
-def _moves(desired: DesiredState, recorded: RecordedState) -> list[StateMove]:
-    """Stateful services whose machines changed: state goes from a removed instance's
-    machine to an added one's, paired in name order."""
+@dataclass(frozen=True)
+class _Relocation:
+    service: str
+    source: str
+    target: str
+    stateful: bool
+
+
+def _relocations(desired: DesiredState, recorded: RecordedState) -> list[_Relocation]:
+    """Services whose machines changed, paired removed → added in name order; the state
+    of a stateful one moves along (snapshot on the old machine, restore on the new)."""
     old: dict[str, list[str]] = {}
     for i in recorded.instances.values():
-        if i.type in STATEFUL_TYPES:
-            old.setdefault(i.service, []).append(i.machine)
-    moves = []
+        old.setdefault(i.service, []).append(i.machine)
+    out = []
     for service, machines in sorted(old.items()):
-        new = [i.machine for i in desired.instances_of(service) if i.type in STATEFUL_TYPES]
-        gone = sorted(set(machines) - set(new))
-        added = sorted(set(new) - set(machines))
+        new = desired.instances_of(service)
+        gone = sorted(set(machines) - {i.machine for i in new})
+        added = sorted({i.machine for i in new} - set(machines))
+        stateful = any(i.type in STATEFUL_TYPES for i in new)
         for source, target in zip(gone, added, strict=False):
-            moves.append(StateMove(service, source, target))
-    return moves
+            out.append(_Relocation(service, source, target, stateful))
+    return out
 
 
 def _order(

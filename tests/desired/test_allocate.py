@@ -14,17 +14,18 @@ from tests.helpers import chain_model, compiled
 
 
 def test_local_addresses_start_at_127_0_0_10_in_name_order() -> None:
-    got = allocate_local_addresses(["web", "db"], {})
-    assert got == {"local-address/db": "127.0.0.10", "local-address/web": "127.0.0.11"}
+    got = allocate_local_addresses("d", ["web", "db"], {})
+    assert got == {"local-address/d/db": "127.0.0.10", "local-address/d/web": "127.0.0.11"}
 
 
 def test_recorded_local_addresses_are_kept_and_new_ones_fill_gaps() -> None:
-    recorded = {"local-address/web": "127.0.0.10", "local-address/other": "127.0.0.12"}
-    got = allocate_local_addresses(["web", "api", "zz"], recorded)
+    # another deployment's machine of the same name is another machine: it keeps .12
+    recorded = {"local-address/d/web": "127.0.0.10", "local-address/other/web": "127.0.0.12"}
+    got = allocate_local_addresses("d", ["web", "api", "zz"], recorded)
     assert got == {
-        "local-address/web": "127.0.0.10",
-        "local-address/api": "127.0.0.11",
-        "local-address/zz": "127.0.0.13",
+        "local-address/d/web": "127.0.0.10",
+        "local-address/d/api": "127.0.0.11",
+        "local-address/d/zz": "127.0.0.13",
     }
 
 

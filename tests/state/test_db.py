@@ -104,7 +104,7 @@ def test_recorded_allocations_survive_and_keep_ports(tmp_path: Path) -> None:
     assert db is not None
     record_generation(db, desired, {}, {})
     recorded = read_recorded(db, desired.deployment)
-    assert recorded.allocations["local-address/m0"] == "127.0.0.10"
+    assert recorded.allocations["local-address/test/m0"] == "127.0.0.10"
     assert {k for k in recorded.allocations if k.startswith("port/")} == {
         "port/test/s0@m0",
         "port/test/s1@m0",

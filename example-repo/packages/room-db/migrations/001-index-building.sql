@@ -1,0 +1,2 @@
+-- Rooms are looked up by building too.
+CREATE INDEX rooms_building ON rooms (building);
