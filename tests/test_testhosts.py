@@ -12,8 +12,9 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-import testhosts as th
-from testhosts import TestHost, TestHostNetwork, network_of
+
+from tests import testhosts as th
+from tests.testhosts import TestHost, TestHostNetwork, network_of
 
 pytestmark = pytest.mark.hosts
 
@@ -21,7 +22,7 @@ pytestmark = pytest.mark.hosts
 ssh_hosts = th.ssh_hosts
 ssh_hosts_factory = th.ssh_hosts_factory
 
-TESTS_DIR = Path(__file__).resolve().parent
+REPO_DIR = Path(__file__).resolve().parent.parent
 HostsFactory = Callable[[int], list[TestHost]]
 
 
@@ -70,8 +71,8 @@ def test_var_lib_is_private_per_host(ssh_hosts: list[TestHost]) -> None:
 def test_hosts_reach_each_other(ssh_hosts: list[TestHost]) -> None:
     host1, host2 = ssh_hosts[0], ssh_hosts[1]
     probe = (
-        "import socket; s = socket.create_connection(('%s', 22), timeout=3); "
-        "print(s.recv(8).decode())" % host2.address
+        f"import socket; s = socket.create_connection(('{host2.address}', 22), timeout=3); "
+        "print(s.recv(8).decode())"
     )
     out = host1.run(f'python3 -c "{probe}"').stdout
     assert out.startswith("SSH-2.0")
@@ -82,9 +83,7 @@ def test_wrong_host_key_is_refused(ssh_hosts: list[TestHost], tmp_path: Path) ->
     other = ssh_hosts[1].host_key  # a real key, just not this host's
     bogus = tmp_path / "known_hosts"
     bogus.write_text(f"{host.address} {other}\n")
-    argv = [
-        a.replace(str(host.known_hosts_file), str(bogus)) for a in host.ssh_command()
-    ]
+    argv = [a.replace(str(host.known_hosts_file), str(bogus)) for a in host.ssh_command()]
     result = subprocess.run(
         [*argv, "true"], capture_output=True, text=True, stdin=subprocess.DEVNULL, timeout=30
     )
@@ -187,26 +186,32 @@ def test_close_leaves_nothing_behind(tmp_path: Path) -> None:
 def test_cleanup_stale_removes_runs_of_dead_processes(tmp_path: Path) -> None:
     _require_hosts()
     workdir = tmp_path / "orphan"
-    # a process that starts two hosts and then dies without any chance to tear down
-    child = subprocess.run(
+    # a process that starts two hosts, then gets SIGKILLed without any chance to tear down
+    child = subprocess.Popen(
         [
             sys.executable, "-c",
             textwrap.dedent(f"""
-                import os, signal, sys
+                import sys, time
                 from pathlib import Path
-                sys.path.insert(0, {str(TESTS_DIR)!r})
-                import testhosts
+                sys.path.insert(0, {str(REPO_DIR)!r})
+                from tests import testhosts
                 net = testhosts.TestHostNetwork(2, Path({str(workdir)!r}))
                 print(net.runid, flush=True)
-                os.kill(os.getpid(), signal.SIGKILL)
+                time.sleep(60)
             """),
         ],
-        capture_output=True, text=True, timeout=60,
+        stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, text=True,
     )  # fmt: skip
-    assert child.returncode == -9, child.stderr
-    runid = child.stdout.strip()
-    assert f"rth-{runid}-1" in _sh("ip netns list")
-    assert (th.REGISTRY_DIR / f"{runid}.json").exists()
+    try:
+        assert child.stdout is not None
+        runid = child.stdout.readline().strip()
+        assert runid, "child failed to start hosts"
+        assert f"rth-{runid}-1" in _sh("ip netns list")
+        th.cleanup_stale()  # the owner is alive: nothing of it is touched
+        assert f"rth-{runid}-1" in _sh("ip netns list")
+    finally:
+        child.kill()
+        child.wait()
 
     th.cleanup_stale()
 

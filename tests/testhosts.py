@@ -151,9 +151,7 @@ class TestHost:
 
 
 def _ip(*args: str, stdin: str | None = None, check: bool = True) -> str:
-    result = subprocess.run(
-        ["ip", *args], input=stdin, capture_output=True, text=True, check=False
-    )
+    result = subprocess.run(["ip", *args], input=stdin, capture_output=True, text=True, check=False)
     if check and result.returncode != 0:
         raise RuntimeError(
             f"ip {' '.join(args)} failed ({result.returncode}): "
@@ -463,7 +461,8 @@ class TestHostNetwork:
     """N sshd test hosts on a private bridge; a context manager, closed also at exit.
 
     ``workdir`` must be empty or not exist yet (and contain no whitespace); it receives the
-    client key pair (``id_ed25519``), ``known_hosts``, ``authorized_keys``, ``hosts.json`` and
+    client key pair (``id_ed25519``), ``known_hosts``, ``authorized_keys``, ``hosts.json``,
+    ``ssh_config`` (``ssh -F <workdir>/ssh_config host1`` works by hand) and
     per host ``host<i>/`` with sshd_config, host key, sshd.log and ``var-lib/``. Files are left
     in place on close() (for debugging); namespaces, links and processes are removed.
     """
@@ -492,6 +491,7 @@ class TestHostNetwork:
         self.known_hosts_file = self.workdir / "known_hosts"
         self.authorized_keys_file = self.workdir / "authorized_keys"
         self.hosts_json = self.workdir / "hosts.json"
+        self.ssh_config_file = self.workdir / "ssh_config"  # for `ssh -F FILE host1` by hand
         atexit.register(self.close)
         try:
             self._setup(count)
@@ -653,6 +653,7 @@ class TestHostNetwork:
         self._wait_ready(states)
         self.hosts = [st.host for st in self._states]
         self._write_known_hosts()
+        self._write_ssh_config()
         self._write_hosts_json()
         return states
 
@@ -745,8 +746,27 @@ class TestHostNetwork:
                 time.sleep(0.01)
 
     def _write_known_hosts(self) -> None:
+        _write_atomic(self.known_hosts_file, "".join(h.known_hosts_line + "\n" for h in self.hosts))
+
+    def _write_ssh_config(self) -> None:
         _write_atomic(
-            self.known_hosts_file, "".join(h.known_hosts_line + "\n" for h in self.hosts)
+            self.ssh_config_file,
+            "".join(
+                f"Host {h.name} {h.address}\n"
+                f"    HostName {h.address}\n"
+                f"    Port {h.port}\n"
+                f"    User {h.user}\n"
+                f"    IdentityFile {h.identity_file}\n"
+                "    IdentitiesOnly yes\n"
+                "    IdentityAgent none\n"
+                "    BatchMode yes\n"
+                f"    UserKnownHostsFile {h.known_hosts_file}\n"
+                "    GlobalKnownHostsFile /dev/null\n"
+                "    StrictHostKeyChecking yes\n"
+                "    UpdateHostKeys no\n"
+                "    LogLevel ERROR\n"
+                for h in self.hosts
+            ),
         )
 
     def _write_hosts_json(self) -> None:
@@ -757,6 +777,7 @@ class TestHostNetwork:
             "bridge_address": self.bridge_address,
             "identity_file": str(self.identity_file),
             "known_hosts_file": str(self.known_hosts_file),
+            "ssh_config_file": str(self.ssh_config_file),
             "hosts": [
                 {
                     "name": h.name,

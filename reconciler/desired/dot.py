@@ -16,7 +16,7 @@ def _q(text: str) -> str:
 def to_dot(desired: DesiredState) -> str:
     lines = [
         f"digraph {_q(desired.deployment)} {{",
-        "  rankdir=LR;",
+        '  rankdir=LR; fontname="Helvetica";',
         '  node [shape=box, style="rounded,filled", fillcolor="#eef3fb", fontname="Helvetica"];',
         '  edge [fontname="Helvetica", fontsize=9];',
     ]
