@@ -46,8 +46,9 @@ def hoist_globals(argv: list[str]) -> list[str]:
             rest += argv[i:]
             break
         name = arg.split("=", 1)[0]
-        if name in GLOBAL_VALUED:
-            take = 1 if "=" in arg else 2
+        attached = arg.startswith("-d") and len(arg) > 2 and not arg.startswith("--")  # -dNAME
+        if name in GLOBAL_VALUED or attached:
+            take = 1 if "=" in arg or attached else 2
             front += argv[i : i + take]
             i += take
             continue
@@ -57,6 +58,12 @@ def hoist_globals(argv: list[str]) -> list[str]:
             rest.append(arg)
         i += 1
     return front + rest
+
+
+def _version(value: bool) -> None:
+    if value:
+        print(f"reconciler {__version__}")
+        raise typer.Exit(0)
 
 
 @app.callback()
@@ -85,11 +92,11 @@ def main_options(
     ] = "text",
     verbose: Annotated[int, typer.Option("-v", "--verbose", count=True, help="Say more.")] = 0,
     quiet: Annotated[bool, typer.Option("-q", "--quiet", help="Say less.")] = False,
-    version: Annotated[bool, typer.Option("--version", help="Print the version.")] = False,
+    version: Annotated[
+        bool,
+        typer.Option("--version", help="Print the version.", is_eager=True, callback=_version),
+    ] = False,
 ) -> None:
-    if version:
-        print(f"reconciler {__version__}")
-        raise typer.Exit(0)
     ctx.obj = Options(
         repo=repo,
         path=path,

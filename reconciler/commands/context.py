@@ -56,7 +56,7 @@ def deployment_source(opts: Options, source: ModelSource, config: Config, name: 
     branch = config.root.deployments[name].branch
     tracks_branch = is_remote(opts.repo) or source.repo.bare
     if opts.ref is None and branch and tracks_branch and source.revision is not None:
-        return at_ref(source, branch)
+        return at_ref(source, branch, f"deployment {name}: branch")
     return source
 
 

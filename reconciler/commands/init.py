@@ -19,6 +19,10 @@ _FALLBACK_IDENTITY = {
 
 
 def run(directory: Path, quiet: bool) -> int:
+    if directory.exists() and not directory.is_dir():
+        raise UserError(
+            f"{directory}: exists and is not a folder; init needs a new or empty folder"
+        )
     if directory.exists() and any(directory.iterdir()):
         raise UserError(f"{directory}: exists and is not empty; init needs a new or empty folder")
     template = resources.files("reconciler.scaffold") / "template"
@@ -29,7 +33,8 @@ def run(directory: Path, quiet: bool) -> int:
         exe.chmod(0o755)
     env = dict(os.environ)
     if not _git_identity_configured(directory):
-        env.update(_FALLBACK_IDENTITY)
+        for key, value in _FALLBACK_IDENTITY.items():
+            env.setdefault(key, value)
     for args in (
         ["init", "-q", "-b", "main"],
         ["add", "-A"],

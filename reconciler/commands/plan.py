@@ -18,7 +18,7 @@ from reconciler.models.load import load_config, load_deployment, pick_deployment
 from reconciler.models.source import at_ref
 from reconciler.plan.against import as_recorded
 from reconciler.plan.diff import make_plan
-from reconciler.plan.render import render_json, render_markdown, render_text
+from reconciler.plan.render import render_json, render_markdown, render_text, summary_line
 from reconciler.plan.types import Plan
 from reconciler.state.recorded import RecordedState
 
@@ -30,6 +30,8 @@ def run(opts: Options, against: str | None, exit_code: bool, worktree: bool) -> 
         print(render_json(plan))
     elif opts.format == "markdown":
         print(render_markdown(plan))
+    elif opts.quiet:
+        print(summary_line(plan))
     else:
         print(render_text(plan, colour=opts.colour, verbose=opts.verbose > 0))
     if plan.blockers:
@@ -48,7 +50,7 @@ def plan_against(opts: Options, base_ref: str, worktree: bool) -> Plan:
     source, config = open_models(opts, worktree)
     name = pick_deployment(config, opts.deployment)
     head = load_deployment(deployment_source(opts, source, config, name), config, name)
-    base_source = at_ref(source, base_ref)
+    base_source = at_ref(source, base_ref, "--against")
     base_sha = base_source.revision.sha if base_source.revision else None
     recorded = RecordedState(deployment=name, revision=base_sha)
     try:

@@ -4,28 +4,60 @@ from __future__ import annotations
 
 import json
 import sys
+from typing import Any
 
 from reconciler.commands.context import Options, check_format, deployment_source, open_models
 from reconciler.desired.compile import compile_deployment
-from reconciler.errors import InvalidModels, Problem
+from reconciler.errors import InvalidModels, Problem, UserError
 from reconciler.models.load import load_deployment, pick_deployment
+from reconciler.text import plural
 
 
 def run(opts: Options, worktree: bool) -> int:
     check_format(opts, ("text", "json"))
-    problems: list[Problem] = []
-    checked: list[dict[str, object]] = []
+    try:
+        problems, checked = _check(opts, worktree)
+    except UserError as e:
+        if opts.format != "json":
+            raise
+        print(json.dumps({"valid": False, "deployments": [], "problems": [], "error": str(e)}))
+        return 1
+    if opts.format == "json":
+        result = {
+            "valid": not problems,
+            "deployments": checked,
+            "problems": [p.__dict__ for p in problems],
+        }
+        print(json.dumps(result, indent=2))
+    else:
+        for p in problems:
+            print(p, file=sys.stderr)
+        if problems:
+            bad = ", ".join(str(d["name"]) for d in checked if not d["valid"])
+            which = f" in {bad}" if bad else ""
+            print(
+                f"{plural(len(problems), 'problem')}{which}; nothing was changed.", file=sys.stderr
+            )
+        elif not opts.quiet:
+            for d in checked:
+                print(
+                    f"{d['name']}: valid ({plural(d['machines'], 'machine')}, "
+                    f"{plural(d['services'], 'service')}, {plural(d['instances'], 'instance')}, "
+                    f"{plural(d['packages'], 'package')})"
+                )
+    return 1 if problems else 0
+
+
+def _check(opts: Options, worktree: bool) -> tuple[list[Problem], list[dict[str, Any]]]:
     try:
         source, config = open_models(opts, worktree)
     except InvalidModels as e:
-        problems = e.problems
-        names: list[str] = []
-    else:
-        names = (
-            [pick_deployment(config, opts.deployment)]
-            if opts.deployment
-            else config.deployment_names()
-        )
+        return sorted(set(e.problems)), []
+    names = (
+        [pick_deployment(config, opts.deployment)] if opts.deployment else config.deployment_names()
+    )
+    problems: list[Problem] = []
+    checked: list[dict[str, Any]] = []
     for name in names:
         try:
             loaded = load_deployment(deployment_source(opts, source, config, name), config, name)
@@ -45,30 +77,4 @@ def run(opts: Options, worktree: bool) -> int:
                 "packages": len(desired.packages),
             }
         )
-    problems = sorted(set(problems))
-    if opts.format == "json":
-        print(
-            json.dumps(
-                {
-                    "valid": not problems,
-                    "deployments": checked,
-                    "problems": [p.__dict__ for p in problems],
-                },
-                indent=2,
-            )
-        )
-    else:
-        for p in problems:
-            print(p, file=sys.stderr)
-        if problems:
-            print(
-                f"{len(problems)} problem{'s' * (len(problems) != 1)}; nothing was changed.",
-                file=sys.stderr,
-            )
-        elif not opts.quiet:
-            for d in checked:
-                print(
-                    f"{d['name']}: valid ({d['machines']} machines, {d['services']} services, "
-                    f"{d['instances']} instances, {d['packages']} packages)"
-                )
-    return 1 if problems else 0
+    return sorted(set(problems)), checked

@@ -11,6 +11,7 @@ from reconciler.models.graph import find_cycle
 from reconciler.models.merge import locate
 from reconciler.models.problems import dotted
 from reconciler.models.schema import ACTIVATION_TYPES, ModelDocument, ServiceSpec, env_prefix
+from reconciler.models.source import within_tree
 from reconciler.models.yamlmarks import Marks
 
 _ENV_FOR = {"ssh": "ssh", "local": "local", "container": "container", "ec2": "ec2"}
@@ -64,8 +65,8 @@ def _check_machines(r: _Report, doc: ModelDocument) -> None:
             if getattr(d, block) is not None and d.targetEnv != block:
                 r.add(
                     (*base, block),
-                    f"a {block}: block on a machine with targetEnv {d.targetEnv}; "
-                    f"remove it or set targetEnv: {block}",
+                    f"the {block}: block does not belong on a machine with targetEnv "
+                    f"{d.targetEnv}; remove it or set targetEnv: {block}",
                 )
         if d.ssh is not None and d.targetEnv not in _SSH_USERS:
             r.add((*base, "ssh"), f"targetEnv {d.targetEnv} is not reached over SSH; remove ssh:")
@@ -89,7 +90,7 @@ def _check_machines(r: _Report, doc: ModelDocument) -> None:
 
 def _check_packages(r: _Report, doc: ModelDocument) -> None:
     for name, p in doc.packages.items():
-        if p.src is not None and (p.src.startswith("/") or ".." in p.src.split("/")):
+        if p.src is not None and within_tree(p.src) is None:
             r.add(
                 ("packages", name, "src"),
                 f"{p.src!r} is outside the models tree; use a relative folder inside it",

@@ -17,7 +17,7 @@ from reconciler.models.checks import check_model
 from reconciler.models.merge import merge_patch
 from reconciler.models.problems import from_validation
 from reconciler.models.schema import DEFAULT_CONTAINERS, DeploymentConfig, ModelDocument, RootConfig
-from reconciler.models.source import ModelSource, Revision
+from reconciler.models.source import ModelSource, Revision, within_tree
 from reconciler.models.yamlmarks import Marks, load_yaml
 
 CONFIG_FILE = "reconciler.yaml"
@@ -60,7 +60,7 @@ def load_config(source: ModelSource) -> Config:
     root = _validate(RootConfig, data, marks, file)
     for name, dep in root.deployments.items():
         for i, rel in enumerate(dep.models):
-            if rel.startswith("/") or ".." in rel.split("/"):
+            if within_tree(rel) is None:
                 line = marks.get(("deployments", name, "models", i), (file, 0))[1]
                 raise InvalidModels(
                     [
@@ -172,7 +172,11 @@ def _src_trees(
     problems: list[Problem],
     default_file: str,
 ) -> dict[str, str | None]:
-    wanted = {name: p.src.strip("/") or "." for name, p in model.packages.items() if p.src}
+    wanted = {
+        name: rel
+        for name, p in model.packages.items()
+        if p.src is not None and (rel := within_tree(p.src)) is not None
+    }
     entries = source.entries(sorted(set(wanted.values())))
     trees: dict[str, str | None] = {name: None for name in model.packages}
     for name, rel in wanted.items():

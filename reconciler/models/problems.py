@@ -65,6 +65,12 @@ def _message(err: Any, root: type[BaseModel]) -> str:
         return msg.removeprefix("Value error, ")
     if msg.startswith("Assertion failed, "):
         return msg.removeprefix("Assertion failed, ")
+    if kind in ("dict_type", "model_type", "model_attributes_type"):
+        return f"expected a mapping (key: value), got {_kind(got)}"
+    if kind == "list_type":
+        return f"expected a list, got {_kind(got)}"
+    if kind == "too_short":
+        return "needs at least one entry"
     msg = msg.replace("Input should be", "expected").replace("Input should have", "expected")
     return f"{msg}; got {got!r}" if not isinstance(got, dict | list) else msg
 
@@ -101,3 +107,11 @@ def _as_model(tp: Any) -> type[BaseModel] | None:
             if found:
                 return found
     return None
+
+
+def _kind(value: Any) -> str:
+    if isinstance(value, dict):
+        return "a mapping"
+    if isinstance(value, list):
+        return "a list"
+    return f"{value!r}"

@@ -6,8 +6,10 @@ work tree (built in a temporary index, so the user's index is untouched).
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
+import posixpath
 import re
 import shutil
 import subprocess
@@ -54,7 +56,14 @@ class ModelSource:
 
     def display(self, rel: str) -> str:
         """The path a person sees in errors: relative to the repository root."""
+        rel = posixpath.normpath(rel)
+        if rel == ".":
+            return self.prefix or "."
         return f"{self.prefix}/{rel}" if self.prefix else rel
+
+    def _spec(self, rel: str) -> str:
+        path = self.display(rel)
+        return f"{self.tree}:{'' if path == '.' else path}"
 
     def read(self, rel: str) -> bytes | None:
         entry = self.entries([rel]).get(rel)
@@ -67,7 +76,7 @@ class ModelSource:
         """Look up many paths with one `git cat-file --batch-check`."""
         if not rels:
             return {}
-        lines = "".join(f"{self.tree}:{self.display(r)}\n" for r in rels)
+        lines = "".join(f"{self._spec(r)}\n" for r in rels)
         out = subprocess.run(
             ["git", "cat-file", "--batch-check=%(objectname) %(objecttype)"],
             cwd=self.repo.git_dir,
@@ -85,6 +94,14 @@ class ModelSource:
                 else None
             )
         return found
+
+
+def within_tree(rel: str) -> str | None:
+    """`rel` normalised inside the models tree ("." is its root); None if it leaves it."""
+    if rel.startswith("/"):
+        return None
+    norm = posixpath.normpath(rel)
+    return None if norm == ".." or norm.startswith("../") else norm
 
 
 def is_remote(repo: str) -> bool:
@@ -114,23 +131,31 @@ def open_source(
             ) from None
         root = Path(repo.working_tree_dir or repo.git_dir).resolve()
         inside = Path(repo_arg).resolve().relative_to(root).as_posix()
-        prefix = str(PurePosixPath(inside, path or "")).strip(".").strip("/")
-    if prefix.startswith("..") or prefix.startswith("/"):
+        prefix = str(PurePosixPath(inside, path or ""))
+    normal = within_tree(prefix)
+    if normal is None:
         raise UserError(f"--path {path}: must be a folder inside the repository")
+    prefix = "" if normal == "." else normal
     if worktree:
         if repo.bare:
             raise UserError("--worktree needs a work tree; this repository is bare")
         return ModelSource(repo, _worktree_tree(repo), prefix, None, "work tree")
-    commit = resolve(repo, ref or "HEAD")
+    commit = resolve(repo, ref or "HEAD", "--ref" if ref else None)
     return ModelSource(repo, commit.tree.hexsha, prefix, revision_of(commit), commit.hexsha[:12])
 
 
-def resolve(repo: git.Repo, ref: str) -> git.Commit:
+def resolve(repo: git.Repo, ref: str, option: str | None) -> git.Commit:
+    """The commit `ref` names; `option` is what the user typed it as, for the message."""
     try:
         return repo.commit(ref)
     except (git.BadName, ValueError):
-        hint = "" if repo.head.is_valid() else "; the repository has no commits yet"
-        raise UserError(f"--ref {ref}: no such commit, branch or tag{hint}") from None
+        if not repo.head.is_valid() and option is None:
+            raise UserError(
+                "the repository has no commits yet; models are read from commits: "
+                "commit them (or use --worktree with validate and plan)"
+            ) from None
+        named = f"{option} {ref}" if option else ref
+        raise UserError(f"{named}: no such commit, branch or tag") from None
 
 
 def revision_of(commit: git.Commit) -> Revision:
@@ -144,9 +169,9 @@ def revision_of(commit: git.Commit) -> Revision:
     )
 
 
-def at_ref(source: ModelSource, ref: str) -> ModelSource:
+def at_ref(source: ModelSource, ref: str, option: str | None) -> ModelSource:
     """The same models tree at another commit (a deployment's branch, a PR's base)."""
-    commit = resolve(source.repo, ref)
+    commit = resolve(source.repo, ref, option)
     return ModelSource(
         source.repo, commit.tree.hexsha, source.prefix, revision_of(commit), commit.hexsha[:12]
     )
@@ -156,14 +181,18 @@ def mirror(url: str, cache_dir: Path) -> git.Repo:
     """A bare mirror of a remote repository in the cache, fetched now."""
     target = cache_dir / "repos" / hashlib.sha256(url.encode()).hexdigest()[:16]
     try:
-        if target.exists():
+        try:
             repo = git.Repo(target)
-            repo.git.fetch(
-                "--prune", "origin", "+refs/heads/*:refs/heads/*", "+HEAD:refs/remotes/origin/HEAD"
-            )
-        else:
+        except (git.InvalidGitRepositoryError, git.NoSuchPathError):
+            shutil.rmtree(target, ignore_errors=True)  # a half-made mirror: start again
             target.parent.mkdir(parents=True, exist_ok=True)
-            repo = git.Repo.clone_from(url, target, mirror=True)
+            # clone beside it and rename into place, so a concurrent run never sees half
+            with tempfile.TemporaryDirectory(dir=target.parent) as tmp:
+                git.Repo.clone_from(url, Path(tmp) / "m", mirror=True)
+                with contextlib.suppress(OSError):  # another run was first: use its mirror
+                    os.rename(Path(tmp) / "m", target)
+            return git.Repo(target)
+        repo.git.fetch("--prune", "origin", "+refs/heads/*:refs/heads/*")
     except git.GitCommandError as e:
         raise UserError(f"{url}: cannot fetch: {e.stderr.strip() or e}") from None
     return repo

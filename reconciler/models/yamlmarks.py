@@ -18,6 +18,8 @@ Marks = dict[Path, tuple[str, int]]
 
 _Loader: type[yaml.SafeLoader] = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
 _STR = "tag:yaml.org,2002:str"
+_SEQ = "tag:yaml.org,2002:seq"
+_MAP = "tag:yaml.org,2002:map"
 _MERGE = "tag:yaml.org,2002:merge"
 
 
@@ -39,6 +41,10 @@ def load_yaml(text: bytes | str, file: str) -> tuple[Any, Marks, list[Problem]]:
         if node is None:
             return None, marks, []
         return _build(loader, node, (), file, marks), marks, []
+    except yaml.reader.ReaderError as e:
+        raw = text if isinstance(text, bytes) else text.encode()
+        line = raw[: e.position].count(b"\n") + 1
+        return None, marks, [Problem(file, line, "", f"not UTF-8 text: {e.reason}")]
     except yaml.MarkedYAMLError as e:
         mark = e.problem_mark or e.context_mark
         line = mark.line + 1 if mark else 0
@@ -57,6 +63,10 @@ def load_yaml(text: bytes | str, file: str) -> tuple[Any, Marks, list[Problem]]:
 def _build(loader: yaml.SafeLoader, node: yaml.Node, path: Path, file: str, marks: Marks) -> Any:
     if isinstance(node, yaml.ScalarNode):
         return node.value if node.tag == _STR else loader.construct_object(node)
+    if isinstance(node, yaml.SequenceNode | yaml.MappingNode) and node.tag not in (_SEQ, _MAP):
+        raise yaml.constructor.ConstructorError(
+            None, None, f"unknown tag {node.tag}; model files use plain YAML", node.start_mark
+        )
     if isinstance(node, yaml.SequenceNode):
         items = []
         for i, child in enumerate(node.value):

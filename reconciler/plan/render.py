@@ -6,6 +6,7 @@ import json
 from collections import defaultdict
 
 from reconciler.plan.types import InstanceChange, Plan
+from reconciler.text import human_bytes
 
 _SIGN = {
     "activate": "+",
@@ -21,15 +22,6 @@ _SIGN = {
     "replace-machine": "±",
 }
 _COLOUR = {"+": "32", "-": "31", "~": "33", "!": "35", "±": "33", "=": "2"}
-
-
-def human_bytes(n: int) -> str:
-    size = float(n)
-    for unit in ("B", "KiB", "MiB", "GiB"):
-        if size < 1024 or unit == "GiB":
-            return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
-        size /= 1024
-    return f"{n} B"
 
 
 def summary_line(plan: Plan) -> str:

@@ -35,26 +35,32 @@ def open_db(path: Path, write: bool) -> sqlite_utils.Database | None:
         os.close(fd)
     old_umask = os.umask(0o077)  # the -wal and -shm files sqlite creates stay private too
     try:
-        conn = sqlite3.connect(path, timeout=30, isolation_level=None, check_same_thread=False)
-        conn.execute("PRAGMA busy_timeout = 30000")
-        version = schema_version(conn)
-        if version > current_version():
-            conn.close()
-            raise UserError(
-                f"{path}: written by a newer reconciler (schema {version}, this one knows "
-                f"{current_version()}); upgrade reconciler to use it"
-            )
-        if version < current_version():
-            if write:
-                _migrate_file(conn, path, version)
-            else:
-                conn = _migrated_copy(conn, version)
-        if write:
-            conn.execute("PRAGMA journal_mode = WAL")
-            conn.execute("PRAGMA synchronous = FULL")
-        conn.execute("PRAGMA foreign_keys = ON")
+        return _open(path, write)
+    except sqlite3.DatabaseError as e:
+        raise UserError(f"{path}: not a usable reconciler state DB ({e})") from None
     finally:
         os.umask(old_umask)
+
+
+def _open(path: Path, write: bool) -> sqlite_utils.Database:
+    conn = sqlite3.connect(path, timeout=30, isolation_level=None, check_same_thread=False)
+    conn.execute("PRAGMA busy_timeout = 30000")
+    version = schema_version(conn)
+    if version > current_version():
+        conn.close()
+        raise UserError(
+            f"{path}: written by a newer reconciler (schema {version}, this one knows "
+            f"{current_version()}); upgrade reconciler to use it"
+        )
+    if version < current_version():
+        if write:
+            _migrate_file(conn, path, version)
+        else:
+            conn = _migrated_copy(conn, version)
+    if write:
+        conn.execute("PRAGMA journal_mode = WAL")
+        conn.execute("PRAGMA synchronous = FULL")
+    conn.execute("PRAGMA foreign_keys = ON")
     return sqlite_utils.Database(conn)
 
 
