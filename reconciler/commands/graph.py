@@ -6,15 +6,22 @@ import shutil
 import subprocess
 import sys
 
-from reconciler.commands.context import Options, check_format, compile_with_record, load_one
+from reconciler.commands.context import (
+    Options,
+    check_format,
+    compile_with_record,
+    load_one,
+    paused_gc,
+)
 from reconciler.desired.dot import to_dot
 from reconciler.errors import UserError
 
 
 def run(opts: Options, worktree: bool) -> int:
     check_format(opts, ("text", "dot", "svg"))
-    loaded, _ = load_one(opts, worktree)
-    desired, _ = compile_with_record(opts, loaded)
+    with paused_gc():
+        loaded, _ = load_one(opts, worktree)
+        desired, _ = compile_with_record(opts, loaded)
     dot = to_dot(desired)
     if opts.format != "svg":
         sys.stdout.write(dot)

@@ -11,6 +11,7 @@ from reconciler.commands.context import (
     deployment_source,
     load_one,
     open_models,
+    paused_gc,
 )
 from reconciler.desired.compile import compile_deployment
 from reconciler.errors import InvalidModels, UserError
@@ -25,7 +26,8 @@ from reconciler.state.recorded import RecordedState
 
 def run(opts: Options, against: str | None, exit_code: bool, worktree: bool) -> int:
     check_format(opts, ("text", "json", "markdown"))
-    plan = plan_against(opts, against, worktree) if against else plan_recorded(opts, worktree)
+    with paused_gc():
+        plan = plan_against(opts, against, worktree) if against else plan_recorded(opts, worktree)
     if opts.format == "json":
         print(render_json(plan))
     elif opts.format == "markdown":

@@ -6,7 +6,13 @@ import json
 import sys
 from typing import Any
 
-from reconciler.commands.context import Options, check_format, deployment_source, open_models
+from reconciler.commands.context import (
+    Options,
+    check_format,
+    deployment_source,
+    open_models,
+    paused_gc,
+)
 from reconciler.desired.compile import compile_deployment
 from reconciler.errors import InvalidModels, Problem, UserError
 from reconciler.models.load import load_deployment, pick_deployment
@@ -16,7 +22,8 @@ from reconciler.text import plural
 def run(opts: Options, worktree: bool) -> int:
     check_format(opts, ("text", "json"))
     try:
-        problems, checked = _check(opts, worktree)
+        with paused_gc():
+            problems, checked = _check(opts, worktree)
     except UserError as e:
         if opts.format != "json":
             raise
