@@ -154,6 +154,46 @@ def graph(ctx: typer.Context, worktree: WorktreeOpt = False) -> int:
     return cmd.run(ctx.obj, worktree)
 
 
+@app.command()
+def apply(
+    ctx: typer.Context,
+    dry_run: Annotated[
+        bool, typer.Option("--dry-run", help="Show the plan; change nothing.")
+    ] = False,
+    only: Annotated[str | None, typer.Option("--only", help="Only these machines: M1,M2.")] = None,
+    max_concurrent: Annotated[
+        int, typer.Option("--max-concurrent", min=1, help="Machines transferred to at once.")
+    ] = 10,
+    yes: Annotated[bool, typer.Option("--yes", help="Do not ask for confirmation.")] = False,
+    copy_only: Annotated[
+        bool, typer.Option("--copy-only", help="Build and transfer (steps 1-3); activate nothing.")
+    ] = False,
+    kill_obsolete: Annotated[
+        bool,
+        typer.Option(
+            "--kill-obsolete", help="Destroy provisioned machines no longer in the model."
+        ),
+    ] = False,
+    allow_recreate: Annotated[
+        bool,
+        typer.Option("--allow-recreate", help="Replace machines whose immutable settings changed."),
+    ] = False,
+) -> int:
+    """Run the plan: build, transfer only what machines lack, (then activate)."""
+    from reconciler.commands import apply as cmd
+
+    return cmd.run(
+        ctx.obj,
+        dry_run=dry_run,
+        only=only,
+        max_concurrent=max_concurrent,
+        yes=yes,
+        copy_only=copy_only,
+        kill_obsolete=kill_obsolete,
+        allow_recreate=allow_recreate,
+    )
+
+
 def main(argv: list[str] | None = None) -> None:
     args = hoist_globals(list(sys.argv[1:] if argv is None else argv))
     try:

@@ -44,6 +44,7 @@ class LoadedDeployment:
     src_trees: dict[str, str | None]  # package → Git tree id of its src (None: no src)
     revision: Revision | None
     label: str  # what it was read from, for messages
+    git_dir: str = ""  # the repository, for exporting package sources at build time
 
 
 def load_config(source: ModelSource) -> Config:
@@ -140,7 +141,9 @@ def load_deployment(source: ModelSource, config: Config, name: str) -> LoadedDep
     src_trees = _src_trees(source, model, marks, problems, first_file)
     if problems:
         raise InvalidModels(problems)
-    return LoadedDeployment(name, dep, model, marks, src_trees, source.revision, source.label)
+    return LoadedDeployment(
+        name, dep, model, marks, src_trees, source.revision, source.label, str(source.repo.git_dir)
+    )
 
 
 def _seed_containers(merged: dict[str, Any], patch: dict[str, Any]) -> None:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import uuid
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from datetime import UTC, datetime
 from typing import Any
 
@@ -12,6 +12,7 @@ import sqlite_utils
 
 from reconciler.desired.state import DesiredState
 from reconciler.state.recorded import RecordedInstance, RecordedMachine, RecordedState
+from reconciler.store.local import PathInfo
 
 
 def now() -> str:
@@ -168,3 +169,55 @@ def record_generation(
             replace=True,
         )
     return number
+
+
+def record_store_paths(db: sqlite_utils.Database, infos: Iterable[PathInfo]) -> None:
+    """What the local store cache holds: sizes for plans, hashes for transfers."""
+    stamp = now()
+    with db.conn:
+        db.table("store_paths").upsert_all(
+            (
+                {"path": i.path, "size": i.size, "content_hash": i.content_hash, "built_at": stamp}
+                for i in infos
+            ),
+            pk="path",
+        )
+
+
+def record_transfer(
+    db: sqlite_utils.Database,
+    desired: DesiredState,
+    present: Mapping[str, Mapping[str, str]],
+) -> None:
+    """After step 3: the machines exist and hold these paths; their allocations are kept.
+
+    `present` maps machine → {store path: content hash} now verified on that target.
+    """
+    dep = desired.deployment
+    stamp = now()
+    with db.conn:
+        db.execute(
+            "INSERT INTO deployments (name, created_at) VALUES (?, ?) ON CONFLICT DO NOTHING",
+            [dep, stamp],
+        )
+        for name in present:
+            m = desired.machines[name]
+            db.execute(
+                "INSERT INTO machines (deployment, name, target_env, address, state_dir, "
+                "provider, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?) "
+                "ON CONFLICT (deployment, name) DO UPDATE SET address = excluded.address, "
+                "updated_at = excluded.updated_at",
+                [dep, name, m.target_env, m.address, m.state_dir, json.dumps(m.provider), stamp],
+            )
+        db.table("machine_paths").upsert_all(
+            (
+                {"deployment": dep, "machine": m, "path": p, "content_hash": h}
+                for m, paths in present.items()
+                for p, h in paths.items()
+            ),
+            pk=("deployment", "machine", "path"),
+        )
+        db.table("allocations").upsert_all(
+            ({"key": k, "value": v, "deployment": dep} for k, v in desired.allocations.items()),
+            pk="key",
+        )

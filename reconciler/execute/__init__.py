@@ -1,0 +1,1 @@
+"""Running a plan: provision → build → transfer → lock → transition → record."""

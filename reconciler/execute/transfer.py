@@ -1,0 +1,96 @@
+"""Step 3: per machine, ask which closure paths it has and send only the missing ones,
+as one stream per machine; machines in parallel. Nothing running is touched."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from dataclasses import dataclass, field
+from typing import Protocol
+
+from reconciler.desired.state import DesiredMachine
+from reconciler.store.local import LocalStore, PathInfo
+from reconciler.targets.base import Target, TargetError
+from reconciler.targets.store import choose_compression, present, receive
+
+
+class Progress(Protocol):
+    def start(self, machine: str, paths: int, size: int) -> None: ...
+    def advance(self, machine: str, wire_bytes: int) -> None: ...
+    def finish(self, machine: str, result: MachineTransfer) -> None: ...
+
+
+@dataclass
+class MachineTransfer:
+    machine: str
+    sent: list[str] = field(default_factory=list)  # paths sent now
+    size: int = 0  # their size unpacked
+    wire_bytes: int = 0
+    compression: str = "none"
+    seconds: float = 0.0
+    present: dict[str, str] = field(default_factory=dict)  # path → content hash, after
+
+
+class TransferFailed(Exception):
+    def __init__(self, errors: dict[str, str], done: dict[str, MachineTransfer]) -> None:
+        self.errors, self.done = errors, done
+        super().__init__("\n".join(f"{m}: {e}" for m, e in sorted(errors.items())))
+
+
+async def transfer_all(
+    machines: list[DesiredMachine],
+    targets: dict[str, Target],
+    store: LocalStore,
+    infos: dict[str, PathInfo],
+    max_concurrent: int,
+    progress: Progress,
+) -> dict[str, MachineTransfer]:
+    limit = asyncio.Semaphore(max_concurrent)
+
+    async def one(m: DesiredMachine) -> MachineTransfer:
+        async with limit:
+            return await transfer_machine(m, targets[m.name], store, infos, progress)
+
+    results = await asyncio.gather(*(one(m) for m in machines), return_exceptions=True)
+    done: dict[str, MachineTransfer] = {}
+    errors: dict[str, str] = {}
+    for m, r in zip(machines, results, strict=True):
+        if isinstance(r, TargetError):
+            errors[m.name] = str(r).removeprefix(f"{m.name}: ")
+        elif isinstance(r, BaseException):
+            raise r
+        else:
+            done[m.name] = r
+    if errors:
+        raise TransferFailed(errors, done)
+    return done
+
+
+async def transfer_machine(
+    machine: DesiredMachine,
+    target: Target,
+    store: LocalStore,
+    infos: dict[str, PathInfo],
+    progress: Progress,
+) -> MachineTransfer:
+    started = time.monotonic()
+    expected = {p: infos[p].content_hash for p in machine.closure}
+    have = await present(target, expected)
+    missing = sorted(set(expected) - have)
+    result = MachineTransfer(machine.name, sent=missing, size=sum(infos[p].size for p in missing))
+    progress.start(machine.name, len(missing), result.size)
+    if missing:
+        result.compression = await choose_compression(
+            target, machine.compression, local=machine.target_env == "local"
+        )
+        result.wire_bytes = await receive(
+            target,
+            store,
+            missing,
+            result.compression,
+            on_bytes=lambda n: progress.advance(machine.name, n),
+        )
+    result.present = expected
+    result.seconds = time.monotonic() - started
+    progress.finish(machine.name, result)
+    return result

@@ -1,0 +1,27 @@
+"""Host keys trusted on first use, recorded in the state DB."""
+
+from __future__ import annotations
+
+import sqlite_utils
+
+from reconciler.state.record import now
+
+
+class RecordedHostKeys:
+    def __init__(self, db: sqlite_utils.Database) -> None:
+        self.db = db
+
+    def recorded(self, host: str, port: int) -> str | None:
+        row = next(
+            self.db.query("SELECT key FROM host_keys WHERE host = ? AND port = ?", [host, port]),
+            None,
+        )
+        return str(row["key"]) if row else None
+
+    def record(self, host: str, port: int, key: str) -> None:
+        with self.db.conn:
+            self.db.execute(
+                "INSERT INTO host_keys (host, port, key, first_seen) VALUES (?, ?, ?, ?) "
+                "ON CONFLICT DO NOTHING",
+                [host, port, key, now()],
+            )

@@ -1,0 +1,1 @@
+"""The local store cache: built packages as immutable, content-hashed store paths."""

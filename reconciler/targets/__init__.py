@@ -1,0 +1,1 @@
+"""Target environments: one module each (local, ssh, …), the same few operations."""

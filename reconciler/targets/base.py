@@ -1,0 +1,73 @@
+"""What every target environment offers: run a shell command (with streamed stdin) and
+close. Everything else — store queries, transfers, files — is built on `run`."""
+
+from __future__ import annotations
+
+import shlex
+from abc import ABC, abstractmethod
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+
+Stdin = bytes | AsyncIterator[bytes] | None
+
+
+@dataclass(frozen=True)
+class RunResult:
+    exit_status: int
+    stdout: bytes
+    stderr: bytes
+
+
+class TargetError(Exception):
+    """A machine could not be reached or refused an operation; reported per machine."""
+
+    def __init__(self, machine: str, message: str) -> None:
+        super().__init__(f"{machine}: {message}")
+        self.machine = machine
+
+
+class Target(ABC):
+    def __init__(self, machine: str, state_dir: str) -> None:
+        self.machine = machine
+        self.state_dir = state_dir
+        self._commands: dict[str, bool] = {}
+
+    @property
+    def store_dir(self) -> str:
+        return f"{self.state_dir}/store"
+
+    @abstractmethod
+    async def run(self, command: str, stdin: Stdin = None) -> RunResult:
+        """Run `command` with sh on the target; stdin is sent as given, streamed."""
+
+    @abstractmethod
+    async def close(self) -> None: ...
+
+    async def check(self, command: str, stdin: Stdin = None) -> RunResult:
+        result = await self.run(command, stdin)
+        if result.exit_status != 0:
+            err = result.stderr.decode(errors="replace").strip()
+            raise TargetError(
+                self.machine, f"`{command[:80]}` failed ({result.exit_status}): {err}"
+            )
+        return result
+
+    async def has_command(self, name: str) -> bool:
+        if name not in self._commands:
+            found = await self.run(f"command -v {shlex.quote(name)} >/dev/null 2>&1")
+            self._commands[name] = found.exit_status == 0
+        return self._commands[name]
+
+    async def read_file(self, path: str) -> bytes | None:
+        q = shlex.quote(path)
+        result = await self.run(f"test -f {q} && cat {q}")
+        return result.stdout if result.exit_status == 0 else None
+
+    async def write_file(self, path: str, data: bytes, mode: str = "0644") -> None:
+        """Written under a temporary name and renamed: readers see old or new, never half."""
+        q, tmp = shlex.quote(path), shlex.quote(f"{path}.tmp.{id(data)}")
+        await self.check(
+            f'mkdir -p "$(dirname {q})" && umask 077 && cat > {tmp} && chmod {mode} {tmp} '
+            f"&& mv -f {tmp} {q}",
+            data,
+        )

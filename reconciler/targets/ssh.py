@@ -1,0 +1,130 @@
+"""`ssh`: an existing machine reached over SSH (NixOps' `none`), one asyncssh connection
+per machine reused for everything.
+
+Host keys: a `hostKey` in the model pins the key; without it the first key seen is
+trusted and recorded, and a later mismatch is refused.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+import asyncssh
+
+from reconciler.targets.base import RunResult, Stdin, Target, TargetError
+
+
+class HostKeyStore(Protocol):
+    def recorded(self, host: str, port: int) -> str | None: ...
+    def record(self, host: str, port: int, key: str) -> None: ...
+
+
+@dataclass(frozen=True)
+class SshEndpoint:
+    host: str
+    port: int
+    user: str
+    identity_file: str | None
+    host_key: str | None  # pinned "type base64"
+
+
+def key_text(key: asyncssh.SSHKey) -> str:
+    """'ssh-ed25519 AAAA…' without a comment: the form hostKey takes."""
+    return " ".join(key.export_public_key("openssh").decode().split()[:2])
+
+
+class _HostKeyCheck(asyncssh.SSHClient):
+    def __init__(self, endpoint: SshEndpoint, store: HostKeyStore) -> None:
+        self.endpoint, self.store = endpoint, store
+        self.refusal: str | None = None
+        self.first_seen: str | None = None
+
+    def validate_host_public_key(self, host: str, addr: str, port: int, key: Any) -> bool:
+        seen = key_text(key)
+        if self.endpoint.host_key:
+            expected = " ".join(self.endpoint.host_key.split()[:2])
+            source = "pinned by hostKey in the model"
+        else:
+            expected = self.store.recorded(self.endpoint.host, self.endpoint.port) or ""
+            source = "recorded when first connected"
+            if not expected:
+                self.first_seen = seen
+                return True
+        if seen == expected:
+            return True
+        self.refusal = (
+            f"host key of {self.endpoint.host}:{self.endpoint.port} does not match: expected "
+            f"{expected} ({source}), got {seen}. Refusing to connect: this may be another "
+            "machine. If it was re-installed, set its new key as deployment.ssh.hostKey."
+        )
+        return False
+
+
+class SshTarget(Target):
+    def __init__(
+        self, machine: str, state_dir: str, endpoint: SshEndpoint, host_keys: HostKeyStore
+    ) -> None:
+        super().__init__(machine, state_dir)
+        self.endpoint = endpoint
+        self.host_keys = host_keys
+        self._conn: asyncssh.SSHClientConnection | None = None
+
+    async def connect(self) -> None:
+        e = self.endpoint
+        check = _HostKeyCheck(e, self.host_keys)
+        factory: Callable[[], asyncssh.SSHClient] = lambda: check  # noqa: E731
+        # with an identityFile, only that key (like IdentitiesOnly); else agent and defaults
+        auth: dict[str, Any] = (
+            {"client_keys": [os.path.expanduser(e.identity_file)], "agent_path": None}
+            if e.identity_file
+            else {}
+        )
+        try:
+            self._conn = await asyncssh.connect(
+                e.host,
+                e.port,
+                username=e.user,
+                known_hosts=([], [], []),
+                server_host_key_algs="default",
+                client_factory=factory,
+                connect_timeout=15,
+                keepalive_interval=15,
+                **auth,
+            )
+        except asyncssh.HostKeyNotVerifiable:
+            raise TargetError(self.machine, check.refusal or "host key refused") from None
+        except (OSError, asyncssh.Error) as exc:
+            raise TargetError(
+                self.machine, f"cannot connect to {e.user}@{e.host}:{e.port}: {exc}"
+            ) from None
+        if check.first_seen:
+            self.host_keys.record(e.host, e.port, check.first_seen)
+
+    async def run(self, command: str, stdin: Stdin = None) -> RunResult:
+        if self._conn is None:
+            await self.connect()
+        assert self._conn is not None
+        try:
+            proc = await self._conn.create_process(command, encoding=None)
+            if isinstance(stdin, bytes):
+                proc.stdin.write(stdin)
+            elif stdin is not None:
+                async for chunk in stdin:
+                    proc.stdin.write(chunk)
+                    await proc.stdin.drain()
+            proc.stdin.write_eof()
+            done = await proc.wait()
+        except (OSError, asyncssh.Error) as exc:
+            raise TargetError(self.machine, f"connection lost: {exc}") from None
+        out = done.stdout if isinstance(done.stdout, bytes) else b""
+        err = done.stderr if isinstance(done.stderr, bytes) else b""
+        return RunResult(done.exit_status if done.exit_status is not None else 255, out, err)
+
+    async def close(self) -> None:
+        if self._conn is not None:
+            self._conn.close()
+            await self._conn.wait_closed()
+            self._conn = None
