@@ -4,10 +4,17 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import sys
 import time
 
-from reconciler.commands.context import Options, compile_with_record, load_one, paused_gc
+from reconciler.commands.context import (
+    Options,
+    check_format,
+    compile_with_record,
+    load_one,
+    paused_gc,
+)
 from reconciler.commands.progress import make_progress
 from reconciler.desired.state import DesiredState
 from reconciler.errors import UserError
@@ -47,7 +54,8 @@ def run(
             destroy_machines=loaded.config.destroyMachines,
             allow_recreate=allow_recreate,
         )
-    if not opts.quiet:
+    check_format(opts, ("text", "json"))
+    if not opts.quiet and opts.format == "text":
         print(render_text(plan, colour=opts.colour, verbose=opts.verbose > 0))
     if plan.blockers:
         return 1
@@ -96,14 +104,14 @@ def copy(
     started = time.monotonic()
     infos, built = asyncio.run(build_missing(packages, git_dir, store))
     record_store_paths(db, infos.values())
-    if built and not opts.quiet:
+    if built and not opts.quiet and opts.format == "text":
         print(f"Built {plural(len(built), 'package')}: {', '.join(built)}", file=sys.stderr)
     host_keys = RecordedHostKeys(db)
     targets = {m: open_target(desired.machines[m], state_root, host_keys) for m in machines}
 
     async def send() -> dict[str, MachineTransfer]:
         try:
-            with make_progress(opts.quiet) as progress:
+            with make_progress(opts.quiet or opts.format == "json") as progress:
                 return await transfer_all(
                     [desired.machines[m] for m in machines],
                     targets,
@@ -127,7 +135,14 @@ def copy(
         )
         return 1
     record_transfer(db, desired, {m: r.present for m, r in results.items()})
-    if not opts.quiet:
+    if opts.format == "json":
+        print(
+            json.dumps(
+                {"built": built, "transfers": {m: _as_json(r) for m, r in results.items()}},
+                indent=2,
+            )
+        )
+    elif not opts.quiet:
         sent = sum(len(r.sent) for r in results.values())
         wire = sum(r.wire_bytes for r in results.values())
         size = sum(r.size for r in results.values())
@@ -137,6 +152,16 @@ def copy(
             f"{time.monotonic() - started:.1f} s."
         )
     return 0
+
+
+def _as_json(r: MachineTransfer) -> dict[str, object]:
+    return {
+        "sent": r.sent,
+        "size": r.size,
+        "wireBytes": r.wire_bytes,
+        "compression": r.compression,
+        "seconds": round(r.seconds, 3),
+    }
 
 
 async def _close(targets: dict[str, Target]) -> None:

@@ -7,125 +7,18 @@ configuration switched off, so results do not depend on the machine running them
 
 from __future__ import annotations
 
-import json
-import os
 import shutil
 import subprocess
-import sys
 import textwrap
 from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Any
 
 import pytest
 
-_NEXT_TO_PYTHON = Path(sys.executable).with_name("reconciler")
-RECONCILER = str(_NEXT_TO_PYTHON) if _NEXT_TO_PYTHON.exists() else "reconciler"
-
-GIT_IDENTITY = {
-    "GIT_AUTHOR_NAME": "Test Author",
-    "GIT_AUTHOR_EMAIL": "author@example.test",
-    "GIT_AUTHOR_DATE": "2024-01-02T03:04:05+00:00",
-    "GIT_COMMITTER_NAME": "Test Committer",
-    "GIT_COMMITTER_EMAIL": "committer@example.test",
-    "GIT_COMMITTER_DATE": "2024-01-02T03:04:05+00:00",
-}
-
-
-def clean_env(**extra: str) -> dict[str, str]:
-    """The environment for git and the CLI: no user/system git config, no colours, no
-    inherited RECONCILER_STATE."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("GIT_", "RECONCILER_"))}
-    env.update(GIT_IDENTITY)
-    env.update(
-        {
-            "GIT_CONFIG_GLOBAL": os.devnull,
-            "GIT_CONFIG_NOSYSTEM": "1",
-            "NO_COLOR": "1",
-            "COLUMNS": "200",
-        }
-    )
-    env.update(extra)
-    return env
-
-
-def git(repo: Path, *args: str) -> str:
-    done = subprocess.run(
-        ["git", *args], cwd=repo, env=clean_env(), capture_output=True, text=True, check=True
-    )
-    return done.stdout.strip()
-
-
-def write_files(root: Path, files: Mapping[str, str | None]) -> None:
-    """Write {relpath: text} under root; a value of None deletes the file."""
-    for rel, text in files.items():
-        path = root / rel
-        if text is None:
-            path.unlink()
-            continue
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(textwrap.dedent(text))
-
-
-def commit(repo: Path, files: Mapping[str, str | None], message: str = "change") -> str:
-    """Write files into repo, commit everything, return the new commit's SHA."""
-    write_files(repo, files)
-    git(repo, "add", "-A")
-    git(repo, "commit", "-q", "--allow-empty", "-m", message)
-    return git(repo, "rev-parse", "HEAD")
-
-
-def make_repo(path: Path, files: Mapping[str, str | None], branch: str = "main") -> Path:
-    """A new Git repository at path holding files in one commit on `branch`."""
-    path.mkdir(parents=True, exist_ok=True)
-    git(path, "init", "-q", "-b", branch)
-    commit(path, files, "initial models")
-    return path
-
-
-def run_cli(
-    *args: str, cwd: Path, env: Mapping[str, str] | None = None, timeout: float = 60
-) -> subprocess.CompletedProcess[str]:
-    """Run the installed `reconciler` console script."""
-    return subprocess.run(
-        [RECONCILER, *args],
-        cwd=cwd,
-        env=clean_env(**(env or {})),
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-    )
-
-
-def run_parallel(
-    *commands: list[str], cwd: Path, env: Mapping[str, str] | None = None, timeout: float = 60
-) -> list[subprocess.CompletedProcess[str]]:
-    """Run several independent CLI calls at once (each costs ~0.3 s of start-up)."""
-    procs = [
-        (
-            args,
-            subprocess.Popen(
-                [RECONCILER, *args],
-                cwd=cwd,
-                env=clean_env(**(env or {})),
-                stdout=subprocess.PIPE,
-                stderr=subprocess.PIPE,
-                text=True,
-            ),
-        )
-        for args in commands
-    ]
-    results = []
-    for args, proc in procs:
-        out, err = proc.communicate(timeout=timeout)
-        results.append(subprocess.CompletedProcess([RECONCILER, *args], proc.returncode, out, err))
-    return results
-
-
-def run_json(*args: str, cwd: Path, **kw: Any) -> Any:
-    done = run_cli(*args, "--format", "json", cwd=cwd, **kw)
-    assert done.returncode in (0, 2), done.stderr
-    return json.loads(done.stdout)
+from tests.support import (
+    make_repo,
+    run_cli,
+)
 
 
 def no_state_db(cwd: Path) -> bool:

@@ -11,17 +11,20 @@ from pathlib import Path
 
 import pytest
 
-from .conftest import (
-    SCRIPT,
-    assert_clean_failure,
+from tests.support import (
     commit,
     git,
     make_repo,
-    no_state_db,
-    problem_lines,
     run_cli,
     run_parallel,
     write_files,
+)
+
+from .conftest import (
+    SCRIPT,
+    assert_clean_failure,
+    no_state_db,
+    problem_lines,
 )
 
 RECONCILER_YAML = """\

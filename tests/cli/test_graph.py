@@ -9,7 +9,16 @@ from pathlib import Path
 
 import pytest
 
-from .conftest import assert_clean_failure, basic_files, make_repo, run_cli, run_parallel
+from tests.support import (
+    make_repo,
+    run_cli,
+    run_parallel,
+)
+
+from .conftest import (
+    assert_clean_failure,
+    basic_files,
+)
 
 EDGE = re.compile(r'^  "([^"]+)" -> "([^"]+)" \[style=(\w+), label="(\w+)"\];$', re.M)
 

@@ -7,7 +7,14 @@ from pathlib import Path
 
 import pytest
 
-from .conftest import assert_clean_failure, git, run_cli
+from tests.support import (
+    git,
+    run_cli,
+)
+
+from .conftest import (
+    assert_clean_failure,
+)
 
 
 @pytest.fixture(scope="module")

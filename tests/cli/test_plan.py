@@ -10,16 +10,19 @@ from typing import Any
 
 import pytest
 
-from .conftest import (
-    assert_clean_failure,
-    basic_files,
+from tests.support import (
     commit,
     git,
     make_repo,
-    no_state_db,
-    problem_lines,
     run_cli,
     run_parallel,
+)
+
+from .conftest import (
+    assert_clean_failure,
+    basic_files,
+    no_state_db,
+    problem_lines,
 )
 
 ALL_INSTANCES = ["api@m1", "cron@m2", "db@m1", "web@m1", "web@m2"]

@@ -7,14 +7,17 @@ from pathlib import Path
 
 import pytest
 
+from tests.support import (
+    git,
+    make_repo,
+    run_cli,
+)
+
 from .conftest import (
     assert_clean_failure,
     basic_files,
-    git,
-    make_repo,
     no_state_db,
     problem_lines,
-    run_cli,
 )
 
 TWO_DEPLOYMENTS = """\
