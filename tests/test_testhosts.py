@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import os
+import select
 import subprocess
 import sys
 import textwrap
@@ -47,15 +49,16 @@ def test_each_host_answers_with_its_own_address(ssh_hosts: list[TestHost]) -> No
         assert f"inet {host.address}/24" in out[2]
 
 
-def test_login_has_usable_path_with_python3_and_tar(ssh_hosts: list[TestHost]) -> None:
-    out = ssh_hosts[0].run('echo "$PATH"; python3 -c "print(6 * 7)"; tar --version').stdout
-    path, answer, tar = out.split("\n")[:3]
-    assert "/usr/bin" in path.split(":")
+def test_login_has_standard_path_with_python3_and_tar(ssh_hosts: list[TestHost]) -> None:
+    out = ssh_hosts[0].run('echo "$PATH"; python3 -c "print(6 * 7)"; command -v python3 tar')
+    path, answer, python3, tar = out.stdout.split("\n")[:4]
+    assert path == "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
     assert answer == "42"
-    assert "tar" in tar
+    assert python3.endswith("/bin/python3")
+    assert tar.endswith("/bin/tar")
 
 
-def test_var_lib_is_private_per_host(ssh_hosts: list[TestHost]) -> None:
+def test_var_lib_tmp_and_home_are_private_per_host(ssh_hosts: list[TestHost]) -> None:
     host1, host2 = ssh_hosts[0], ssh_hosts[1]
     name = f"marker-{uuid.uuid4().hex}"
     host1.run(f"mkdir -p /var/lib/reconciler && echo hello > /var/lib/reconciler/{name}")
@@ -64,8 +67,14 @@ def test_var_lib_is_private_per_host(ssh_hosts: list[TestHost]) -> None:
         assert not (host2.var_lib / "reconciler" / name).exists()
         assert host2.run(f"test -e /var/lib/reconciler/{name}", check=False).returncode == 1
         assert not Path("/var/lib/reconciler", name).exists()  # the real /var/lib is untouched
+        # /tmp and /root (HOME) are private too
+        host1.run(f"echo x > /tmp/{name} && echo y > ~/{name}")
+        assert host2.run(f"ls /tmp/{name} ~/{name}", check=False).returncode != 0
+        assert not Path("/tmp", name).exists()
+        assert not Path("/root", name).exists()
     finally:
         (host1.var_lib / "reconciler" / name).unlink()
+        host1.run(f"rm -f /tmp/{name} ~/{name}")
 
 
 def test_hosts_reach_each_other(ssh_hosts: list[TestHost]) -> None:
@@ -114,21 +123,20 @@ def test_kill_sshd_sessions_drops_open_connections(
     ssh_hosts_factory: HostsFactory,
 ) -> None:
     (host,) = ssh_hosts_factory(1)
-    session = subprocess.Popen(
+    with subprocess.Popen(
         [*host.ssh_command(), "echo started; sleep 60"],
         stdin=subprocess.DEVNULL,
         stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-    try:
-        assert session.stdout is not None
-        assert session.stdout.readline() == "started\n"
-        network_of(host).kill_sshd_sessions(host)
-        assert session.wait(timeout=5) == 255
-    finally:
-        session.kill()
-        session.wait()
+        stderr=subprocess.DEVNULL,
+    ) as session:
+        try:
+            assert session.stdout is not None
+            assert select.select([session.stdout], [], [], 10)[0], "remote command didn't start"
+            assert os.read(session.stdout.fileno(), 100) == b"started\n"
+            network_of(host).kill_sshd_sessions(host)
+            assert session.wait(timeout=5) == 255
+        finally:
+            session.kill()
     assert host.run("echo still listening").stdout == "still listening\n"
 
 
@@ -153,10 +161,11 @@ def _run_leftovers(net: TestHostNetwork) -> list[str]:
     found = [ns for ns in _sh("ip netns list").split() if ns.startswith(f"rth-{net.runid}-")]
     found += [line for line in _sh("ip -o link").splitlines() if net.runid in line]
     for host in [*net.hosts]:
-        config = str(host.var_lib.parent / "sshd_config")
-        pgrep = subprocess.run(["pgrep", "-f", config], capture_output=True, text=True)
+        pgrep = subprocess.run(
+            ["pgrep", "-f", str(host.sshd_config)], capture_output=True, text=True
+        )
         found += [f"process {pid}" for pid in pgrep.stdout.split()]
-    if (th.REGISTRY_DIR / f"{net.runid}.json").exists():
+    if (th.REGISTRY_DIR / f"{net.runid}.json").exists() or net.run_dir.exists():
         found.append("registry entry")
     return found
 
@@ -187,7 +196,7 @@ def test_cleanup_stale_removes_runs_of_dead_processes(tmp_path: Path) -> None:
     _require_hosts()
     workdir = tmp_path / "orphan"
     # a process that starts two hosts, then gets SIGKILLed without any chance to tear down
-    child = subprocess.Popen(
+    with subprocess.Popen(
         [
             sys.executable, "-c",
             textwrap.dedent(f"""
@@ -201,24 +210,24 @@ def test_cleanup_stale_removes_runs_of_dead_processes(tmp_path: Path) -> None:
             """),
         ],
         stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, text=True,
-    )  # fmt: skip
-    try:
-        assert child.stdout is not None
-        runid = child.stdout.readline().strip()
-        assert runid, "child failed to start hosts"
-        assert f"rth-{runid}-1" in _sh("ip netns list")
-        th.cleanup_stale()  # the owner is alive: nothing of it is touched
-        assert f"rth-{runid}-1" in _sh("ip netns list")
-    finally:
-        child.kill()
-        child.wait()
+    ) as child:  # fmt: skip
+        try:
+            assert child.stdout is not None
+            assert select.select([child.stdout], [], [], 30)[0], "child did not start hosts"
+            runid = child.stdout.readline().strip()
+            assert runid, "child failed to start hosts"
+            assert f"rth-{runid}-1" in _sh("ip netns list")
+            th.cleanup_stale()  # the owner is alive: nothing of it is touched
+            assert f"rth-{runid}-1" in _sh("ip netns list")
+        finally:
+            child.kill()
 
     th.cleanup_stale()
 
     assert runid not in _sh("ip netns list")
     assert runid not in _sh("ip -o link")
-    pgrep = subprocess.run(["pgrep", "-f", f"{workdir}/host"], capture_output=True, text=True)
-    assert pgrep.stdout == ""
+    pgrep = subprocess.run(["pgrep", "-f", f"{th.REGISTRY_DIR}/{runid}/"], capture_output=True)
+    assert pgrep.stdout == b""
     assert not (th.REGISTRY_DIR / f"{runid}.json").exists()
 
 

@@ -11,6 +11,13 @@ and PID namespaces: ``/var/lib`` is a bind mount of ``<workdir>/host<i>/var-lib`
 the outside as ``TestHost.var_lib``), the hostname is ``host<i>`` and sshd is PID 1 of the host,
 so it reaps orphans and killing it takes every process of the host down with it.
 
+``/root`` and ``/tmp`` are private (empty) per host as well (``<workdir>/host<i>/root``,
+``.../tmp``): logins then do not run the real root's ~/.bashrc (which may e.g. run pyenv and
+would be shared, and mutated, by all hosts), and get sshd's standard PATH
+``/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin`` (python3 is the system one).
+Everything else (/usr, /etc, /var/log, /run, ...) is the real machine's: deployment code under
+test must not write there unless that is intended.
+
 X is chosen per run under a lock in ``/run/reconciler-testhosts/``, where each run also records
 its owning pid so that ``cleanup_stale()`` can remove the leftovers of runs that died without
 tearing down (SIGKILL, power loss of the test process, ...).
@@ -102,12 +109,15 @@ class TestHost:
     var_lib: Path
     known_hosts_file: Path
     sshd_log: Path = field(compare=False)
+    sshd_config: Path = field(compare=False)
 
     def ssh_command(self) -> list[str]:
         """argv for ``ssh`` reaching this host non-interactively; append the remote command.
 
         Ignores ~/.ssh/config, /etc/ssh/ssh_config and any agent; verifies the host key
         strictly against the per-run known_hosts file that lists all hosts of the run.
+        The destination is the last element: insert further ssh options before it, and
+        note that for ssh the *first* value given for an option wins.
         """
         return [
             "ssh",
@@ -123,6 +133,7 @@ class TestHost:
             "-o", "UpdateHostKeys=no",
             "-o", "CheckHostIP=no",
             "-o", "ConnectTimeout=5",
+            "-o", "KexAlgorithms=^curve25519-sha256",  # the default PQ kex costs ~0.1 s
             "-o", "LogLevel=ERROR",
             "-p", str(self.port),
             f"{self.user}@{self.address}",
@@ -387,24 +398,21 @@ def _our_objects() -> tuple[dict[str, list[str]], dict[str, list[str]]]:
     return netns, links
 
 
-def _destroy_run(
-    runid: str, netns: list[str], links: list[str], entry: dict[str, Any]
-) -> list[str]:
+def _destroy_run(runid: str, netns: list[str], links: list[str]) -> list[str]:
     removed: list[str] = []
     for ns in netns:
         _kill_netns_processes(ns)
-    workdir = entry.get("workdir")
-    if isinstance(workdir, str) and workdir:
-        # sshds whose netns name is gone already (e.g. deleted by hand)
-        pids = _pids_with_cmdline(f"{workdir.rstrip('/')}/host")
-        _kill(pids)
-        removed += [f"process {pid}" for pid in pids]
+    # sshds whose netns name is gone already (e.g. deleted by hand)
+    pids = _pids_with_cmdline(f"{REGISTRY_DIR}/{runid}/")
+    _kill(pids)
+    removed += [f"process {pid}" for pid in pids]
     # veths before netns: deleting the netns would delete them only asynchronously
     commands = [f"link del {name}" for name in sorted(links, key=lambda n: n.startswith("rthb"))]
     commands += [f"netns del {ns}" for ns in netns]
     if commands:
         _ip("-force", "-batch", "-", stdin="\n".join(commands) + "\n", check=False)
     removed += [f"link {name}" for name in links] + [f"netns {ns}" for ns in netns]
+    shutil.rmtree(REGISTRY_DIR / runid, ignore_errors=True)
     (REGISTRY_DIR / f"{runid}.json").unlink(missing_ok=True)
     return removed
 
@@ -424,7 +432,7 @@ def cleanup() -> tuple[list[str], list[str]]:
                     f"workdir {entry.get('workdir')}"
                 )
                 continue
-            removed += _destroy_run(runid, netns.get(runid, []), links.get(runid, []), entry)
+            removed += _destroy_run(runid, netns.get(runid, []), links.get(runid, []))
     return removed, live
 
 
@@ -461,10 +469,12 @@ class TestHostNetwork:
     """N sshd test hosts on a private bridge; a context manager, closed also at exit.
 
     ``workdir`` must be empty or not exist yet (and contain no whitespace); it receives the
-    client key pair (``id_ed25519``), ``known_hosts``, ``authorized_keys``, ``hosts.json``,
-    ``ssh_config`` (``ssh -F <workdir>/ssh_config host1`` works by hand) and
-    per host ``host<i>/`` with sshd_config, host key, sshd.log and ``var-lib/``. Files are left
-    in place on close() (for debugging); namespaces, links and processes are removed.
+    client key pair (``id_ed25519``), ``known_hosts``, ``hosts.json``, ``ssh_config``
+    (``ssh -F <workdir>/ssh_config host1`` works by hand) and per host ``host<i>/`` with
+    ``sshd.log`` and ``var-lib/``, ``root/``, ``tmp/`` (the host's /var/lib, /root and /tmp).
+    These files are left in place on close() for debugging. sshd's own files (sshd_config,
+    host key, pid file, the shared authorized_keys) are in ``run_dir`` =
+    /run/reconciler-testhosts/<runid>/, removed on close() like namespaces, links, processes.
     """
 
     __test__: ClassVar[bool] = False  # not a pytest test class
@@ -472,7 +482,7 @@ class TestHostNetwork:
     def __init__(self, count: int, workdir: Path) -> None:
         if not 0 <= count <= MAX_HOSTS:
             raise ValueError(f"count must be between 0 and {MAX_HOSTS}, got {count}")
-        self.workdir = Path(workdir).absolute()
+        self.workdir = Path(workdir).resolve()
         if any(c.isspace() for c in str(self.workdir)):
             raise ValueError(f"workdir must not contain whitespace: {self.workdir!r}")
         if self.workdir.exists() and any(self.workdir.iterdir()):
@@ -489,7 +499,9 @@ class TestHostNetwork:
         self.bridge_address = ""
         self.identity_file = self.workdir / "id_ed25519"
         self.known_hosts_file = self.workdir / "known_hosts"
-        self.authorized_keys_file = self.workdir / "authorized_keys"
+        # sshd's own files live in /run: the host cannot see workdir if it is under /tmp etc.
+        self.run_dir = REGISTRY_DIR  # set to REGISTRY_DIR/<runid> once registered
+        self.authorized_keys_file = self.run_dir / "authorized_keys"
         self.hosts_json = self.workdir / "hosts.json"
         self.ssh_config_file = self.workdir / "ssh_config"  # for `ssh -F FILE host1` by hand
         atexit.register(self.close)
@@ -525,6 +537,32 @@ class TestHostNetwork:
         _ip("link", "set", self._state(host).veth, "up")
         self._wait_ready([self._state(host)])
 
+    def throttle(self, host: TestHost, rate: str | None) -> None:
+        """Limit traffic towards the host to `rate` (tc syntax, e.g. "40mbit"), or lift
+        the limit with None: slow transfers give a test time to interrupt them."""
+        veth = self._state(host).veth
+        subprocess.run(["tc", "qdisc", "del", "dev", veth, "root"], capture_output=True)
+        if rate is not None:
+            subprocess.run(
+                [
+                    "tc",
+                    "qdisc",
+                    "add",
+                    "dev",
+                    veth,
+                    "root",
+                    "tbf",
+                    "rate",
+                    rate,
+                    "burst",
+                    "64kb",
+                    "latency",
+                    "400ms",
+                ],
+                check=True,
+                capture_output=True,
+            )
+
     def kill_sshd_sessions(self, host: TestHost) -> None:
         """SIGKILL every sshd process of the host except the listener: open ssh connections
         drop at once; remote commands of those sessions see EOF/SIGPIPE (they are not killed).
@@ -551,6 +589,16 @@ class TestHostNetwork:
             return
         self._closed = True
         atexit.unregister(self.close)
+        # A second Ctrl-C/SIGTERM must not abort the teardown half-way: hold such signals
+        # back until it is done (they are delivered right after).
+        blocked = {signal.SIGINT, signal.SIGTERM, signal.SIGHUP}
+        old_mask = signal.pthread_sigmask(signal.SIG_BLOCK, blocked)
+        try:
+            self._teardown()
+        finally:
+            signal.pthread_sigmask(signal.SIG_SETMASK, old_mask)
+
+    def _teardown(self) -> None:
         errors: list[str] = []
         for state in self._states:
             _NETWORKS.pop(state.host.netns, None)
@@ -562,8 +610,7 @@ class TestHostNetwork:
             try:
                 with _registry_lock():
                     netns, links = _our_objects()
-                    _destroy_run(self.runid, netns.get(self.runid, []),
-                                 links.get(self.runid, []), {})  # fmt: skip
+                    _destroy_run(self.runid, netns.get(self.runid, []), links.get(self.runid, []))
             except Exception as exc:
                 errors.append(f"network {self.runid}: {exc}")
         if errors:
@@ -616,14 +663,19 @@ class TestHostNetwork:
                 "created": time.time(),
             }
             _write_atomic(REGISTRY_DIR / f"{runid}.json", json.dumps(entry, indent=2) + "\n")
+            (REGISTRY_DIR / runid).mkdir(mode=0o700)
         self.runid = runid
+        self.run_dir = REGISTRY_DIR / runid
+        self.authorized_keys_file = self.run_dir / "authorized_keys"
         self.subnet = x
         self.bridge = f"{_BRIDGE_PREFIX}{runid}"
         self.bridge_address = f"{SUBNET_PREFIX}.{x}.1"
         self._registered = True
 
     def _start_hosts(self, indices: list[int]) -> list[_HostState]:
-        states = [self._prepare_host(i) for i in indices]
+        workers = min(16, len(indices))
+        with concurrent.futures.ThreadPoolExecutor(max_workers=workers) as pool:
+            states = list(pool.map(self._prepare_host, indices))  # ssh-keygen: ~10 ms each
         # root namespace side in one ip process (also avoids racing `ip netns add`s)
         lines: list[str] = []
         for st in states:
@@ -646,7 +698,7 @@ class TestHostNetwork:
                 f"route add default via {self.bridge_address}\n"
             ))  # fmt: skip
 
-        with concurrent.futures.ThreadPoolExecutor(max_workers=min(16, len(states))) as pool:
+        with concurrent.futures.ThreadPoolExecutor(max_workers=workers) as pool:
             list(pool.map(configure, states))
         for st in states:
             st.proc = self._spawn_sshd(st)
@@ -662,15 +714,20 @@ class TestHostNetwork:
         hostdir = self.workdir / name
         var_lib = hostdir / "var-lib"
         var_lib.mkdir(parents=True, exist_ok=True)
+        (hostdir / "root").mkdir(mode=0o700, exist_ok=True)
+        (hostdir / "tmp").mkdir(exist_ok=True)
+        (hostdir / "tmp").chmod(0o1777)
+        sshd_dir = self.run_dir / name
+        sshd_dir.mkdir(mode=0o700, exist_ok=True)
         address = f"{SUBNET_PREFIX}.{self.subnet}.{FIRST_HOST_OCTET + index}"
-        host_key = _keygen(hostdir / "ssh_host_ed25519_key", f"root@{name}")
-        config = hostdir / "sshd_config"
+        host_key = _keygen(sshd_dir / "ssh_host_ed25519_key", f"root@{name}")
+        config = sshd_dir / "sshd_config"
         config.write_text(
-            f"# test host {name} of run {self.runid}\n"
+            f"# test host {name} of run {self.runid}, workdir {self.workdir}\n"
             "Port 22\n"
             f"ListenAddress {address}\n"
-            f"HostKey {hostdir}/ssh_host_ed25519_key\n"
-            f"PidFile {hostdir}/sshd.pid\n"
+            f"HostKey {sshd_dir}/ssh_host_ed25519_key\n"
+            f"PidFile {sshd_dir}/sshd.pid\n"
             f"AuthorizedKeysFile {self.authorized_keys_file}\n"
             "PermitRootLogin prohibit-password\n"
             "PubkeyAuthentication yes\n"
@@ -698,16 +755,25 @@ class TestHostNetwork:
             var_lib=var_lib,
             known_hosts_file=self.known_hosts_file,
             sshd_log=hostdir / "sshd.log",
+            sshd_config=config,
         )
         return _HostState(host=host, index=index, veth=f"{_VETH_PREFIX}{self.runid}-{index}",
                           config=config)  # fmt: skip
 
     def _spawn_sshd(self, st: _HostState) -> subprocess.Popen[bytes]:
+        hostdir = st.host.var_lib.parent
+        binds = [
+            (st.host.var_lib, "/var/lib"),
+            (hostdir / "root", "/root"),
+            (hostdir / "tmp", "/tmp"),
+        ]
+        # the bind that hides workdir (if it is below /tmp, /root or /var/lib) must come last
+        binds.sort(key=lambda b: self.workdir.is_relative_to(b[1]))
         script = (
             # keep other netns files from being pinned by this mount namespace
             "umount -l /run/netns 2>/dev/null; "
-            'mount --bind "$1" /var/lib && echo "$2" > /proc/sys/kernel/hostname '
-            f'&& exec {SSHD} -D -e -f "$3"'
+            'mount --bind "$1" "$2" && mount --bind "$3" "$4" && mount --bind "$5" "$6" '
+            f'&& echo "$7" > /proc/sys/kernel/hostname && exec {SSHD} -D -e -f "$8"'
         )
         with open(st.host.sshd_log, "ab") as log:
             return subprocess.Popen(
@@ -715,8 +781,8 @@ class TestHostNetwork:
                     "ip", "netns", "exec", st.host.netns,
                     "unshare", "--mount", "--uts", "--pid", "--fork", "--mount-proc",
                     "--propagation", "private",
-                    "sh", "-c", script, "sh", str(st.host.var_lib), st.host.name,
-                    str(st.config),
+                    "sh", "-c", script, "sh", *(str(p) for b in binds for p in b),
+                    st.host.name, str(st.config),
                 ],
                 stdin=subprocess.DEVNULL,
                 stdout=log,
@@ -764,6 +830,7 @@ class TestHostNetwork:
                 "    GlobalKnownHostsFile /dev/null\n"
                 "    StrictHostKeyChecking yes\n"
                 "    UpdateHostKeys no\n"
+                "    KexAlgorithms ^curve25519-sha256\n"
                 "    LogLevel ERROR\n"
                 for h in self.hosts
             ),

@@ -10,8 +10,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import os
 import shlex
 import shutil
+import signal
 import uuid
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
@@ -116,14 +118,17 @@ async def receive(
     )
     sent = 0
 
-    async def stream() -> AsyncIterator[bytes]:
+    async def counted(chunks: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
         nonlocal sent
-        async for chunk in _tar_stream(store.root, paths, compression):
+        async for chunk in chunks:
             sent += len(chunk)
             on_bytes(len(chunk))
             yield chunk
 
-    await target.check(command, stream())
+    # closed here, not whenever the garbage collector gets to it: a failed transfer must
+    # stop the packer at once
+    async with contextlib.aclosing(_tar_stream(store.root, paths, compression)) as chunks:
+        await target.check(command, counted(chunks))
     return sent
 
 
@@ -145,15 +150,18 @@ async def _tar_stream(root: Path, paths: list[str], compression: str) -> AsyncIt
         *members,
         stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.PIPE,
+        start_new_session=True,  # its own process group: stopping it stops tar and zstd too
     )
     assert proc.stdout is not None and proc.stderr is not None
     try:
         while chunk := await proc.stdout.read(_CHUNK):
             yield chunk
     except BaseException:
+        # tar and zstd hold the pipe open, and asyncio notices its end only while reading:
+        # kill the whole group, then read to the end and reap
         with contextlib.suppress(ProcessLookupError):
-            proc.kill()
-        await proc.wait()
+            os.killpg(proc.pid, signal.SIGKILL)
+        await proc.communicate()
         raise
     if await proc.wait() != 0:
         err = (await proc.stderr.read()).decode(errors="replace").strip()
