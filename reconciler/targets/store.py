@@ -15,7 +15,7 @@ import shlex
 import shutil
 import signal
 import uuid
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncGenerator, AsyncIterator, Callable
 from pathlib import Path
 
 from reconciler.store.local import META, LocalStore
@@ -132,7 +132,9 @@ async def receive(
     return sent
 
 
-async def _tar_stream(root: Path, paths: list[str], compression: str) -> AsyncIterator[bytes]:
+async def _tar_stream(
+    root: Path, paths: list[str], compression: str
+) -> AsyncGenerator[bytes, None]:
     members = [m for p in paths for m in (p, f"{META}/{p}.json")]
     tar = (
         'root="$1"; shift; '
