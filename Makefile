@@ -17,7 +17,7 @@ system-deps:
 	@scripts/install-system-deps
 
 lint: install
-	$(BIN)/ruff check reconciler tests bench scripts
+	$(BIN)/ruff check .
 	$(BIN)/ruff format --check reconciler
 	$(BIN)/mypy
 
