@@ -114,6 +114,3 @@ class DesiredState:
     service_order: dict[str, tuple[str, ...]]
     digests: dict[str, str]
     allocations: dict[str, str] = field(default_factory=dict)
-
-    def instances_of(self, service: str) -> list[DesiredInstance]:
-        return [i for i in self.instances.values() if i.service == service]

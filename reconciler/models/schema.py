@@ -94,10 +94,10 @@ class Ec2Settings(Strict):
     instanceType: str = "t3.micro"
     ami: str
     keyPair: str | None = None
-    securityGroups: list[str] = []
+    securityGroups: list[str] = Field(default_factory=list)
     subnetId: str | None = None
     rootVolumeSize: int | None = Field(default=None, ge=1)
-    tags: dict[str, str] = {}
+    tags: dict[str, str] = Field(default_factory=dict)
 
 
 class KeySpec(Strict):
@@ -123,7 +123,7 @@ class DeploymentSettings(Strict):
     local: LocalSettings | None = None
     container: ContainerSettings | None = None
     ec2: Ec2Settings | None = None
-    keys: dict[Name, KeySpec] = {}
+    keys: dict[Name, KeySpec] = Field(default_factory=dict)
 
     @field_validator("stateDir")
     @classmethod
@@ -138,7 +138,7 @@ class ContainerSpec(Strict):
 
     type: ActivationType | None = None
     portRange: tuple[int, int] | None = None
-    properties: dict[str, Any] = {}
+    properties: dict[str, Any] = Field(default_factory=dict)
 
     @field_validator("portRange")
     @classmethod
@@ -159,9 +159,9 @@ DEFAULT_CONTAINERS: dict[str, dict[str, Any]] = {
 
 
 class MachineSpec(Strict):
-    properties: dict[str, Any] = {}
-    packages: list[Name] = []
-    containers: dict[Name, ContainerSpec] = {}
+    properties: dict[str, Any] = Field(default_factory=dict)
+    packages: list[Name] = Field(default_factory=list)
+    containers: dict[Name, ContainerSpec] = Field(default_factory=dict)
     deployment: DeploymentSettings
 
 
@@ -171,7 +171,7 @@ class MachineSpec(Strict):
 class PackageSpec(Strict):
     src: str | None = None
     build: str | None = None
-    deps: list[Name] = []
+    deps: list[Name] = Field(default_factory=list)
 
 
 class HealthCheck(Strict):
@@ -204,12 +204,12 @@ class ServiceSpec(Strict):
     command: str | None = None
     user: str | None = None
     port: Annotated[int | Literal["auto"] | None, BeforeValidator(_port_value)] = None
-    dependsOn: list[Name] = []
-    connectsTo: list[Name] = []
-    activatesAfter: list[Name] = []
-    env: dict[str, EnvValue] = {}
+    dependsOn: list[Name] = Field(default_factory=list)
+    connectsTo: list[Name] = Field(default_factory=list)
+    activatesAfter: list[Name] = Field(default_factory=list)
+    env: dict[str, EnvValue] = Field(default_factory=dict)
     healthCheck: HealthCheck | None = None
-    properties: dict[str, Any] = {}
+    properties: dict[str, Any] = Field(default_factory=dict)
 
     @field_validator("env")
     @classmethod
@@ -236,10 +236,10 @@ class ModelDocument(Strict):
     """The merged model of one deployment (and the shape of every model file)."""
 
     description: str | None = None
-    machines: dict[Name, MachineSpec] = {}
-    packages: dict[Name, PackageSpec] = {}
-    services: dict[Name, ServiceSpec] = {}
-    distribution: dict[Name, list[DistributionEntry]] = {}
+    machines: dict[Name, MachineSpec] = Field(default_factory=dict)
+    packages: dict[Name, PackageSpec] = Field(default_factory=dict)
+    services: dict[Name, ServiceSpec] = Field(default_factory=dict)
+    distribution: dict[Name, list[DistributionEntry]] = Field(default_factory=dict)
 
 
 def env_prefix(name: str) -> str:

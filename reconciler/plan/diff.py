@@ -164,7 +164,7 @@ def _instance_changes(
         elif have:
             if have.machine not in desired.machines:
                 why = f"machine {have.machine} removed"
-            elif any(i.service == have.service for i in desired.instances.values()):
+            elif have.service in desired.digests:  # the service is still deployed elsewhere
                 why = f"no longer distributed to {have.machine}"
             else:
                 why = "service no longer deployed"
@@ -249,17 +249,22 @@ class _Relocation:
 def _relocations(desired: DesiredState, recorded: RecordedState) -> list[_Relocation]:
     """Services whose machines changed, paired removed → added in name order; the state
     of a stateful one moves along (snapshot on the old machine, restore on the new)."""
-    old: dict[str, list[str]] = {}
-    for i in recorded.instances.values():
-        old.setdefault(i.service, []).append(i.machine)
+    old: dict[str, set[str]] = {}
+    for was in recorded.instances.values():
+        old.setdefault(was.service, set()).add(was.machine)
+    new: dict[str, set[str]] = {}
+    stateful: set[str] = set()
+    for want in desired.instances.values():
+        new.setdefault(want.service, set()).add(want.machine)
+        if want.type in STATEFUL_TYPES:
+            stateful.add(want.service)
     out = []
     for service, machines in sorted(old.items()):
-        new = desired.instances_of(service)
-        gone = sorted(set(machines) - {i.machine for i in new})
-        added = sorted({i.machine for i in new} - set(machines))
-        stateful = any(i.type in STATEFUL_TYPES for i in new)
-        for source, target in zip(gone, added, strict=False):
-            out.append(_Relocation(service, source, target, stateful))
+        now = new.get(service, set())
+        if now == machines:
+            continue
+        for source, target in zip(sorted(machines - now), sorted(now - machines), strict=False):
+            out.append(_Relocation(service, source, target, service in stateful))
     return out
 
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field, fields, is_dataclass
 from typing import Any
 
 PLAN_FORMAT_VERSION = 1
@@ -102,19 +102,20 @@ class Plan:
 
     def to_json(self) -> dict[str, Any]:
         """The stable JSON form (documented in the README; version bumps on breaking change)."""
-        data = asdict(self)
-        data["formatVersion"] = PLAN_FORMAT_VERSION
+        data: dict[str, Any] = {"formatVersion": PLAN_FORMAT_VERSION}
+        for f in fields(self):
+            data[_camel_key(f.name)] = _plain(getattr(self, f.name))
         data["hasChanges"] = self.has_changes
         data["summary"] = self.summary()
-        camel: dict[str, Any] = _camel(data)
-        return camel
+        return data
 
 
-def _camel(value: Any) -> Any:
-    if isinstance(value, dict):
-        return {_camel_key(k): _camel(v) for k, v in value.items()}
+def _plain(value: Any) -> Any:
+    """Dataclasses → camelCase dicts, tuples → lists; no deep copies (plans can be large)."""
+    if is_dataclass(value) and not isinstance(value, type):
+        return {_camel_key(f.name): _plain(getattr(value, f.name)) for f in fields(value)}
     if isinstance(value, list | tuple):
-        return [_camel(v) for v in value]
+        return [_plain(v) for v in value]
     return value
 
 
