@@ -142,7 +142,7 @@ def copy(
                 indent=2,
             )
         )
-    elif not opts.quiet:
+    else:  # the one line -q keeps
         sent = sum(len(r.sent) for r in results.values())
         wire = sum(r.wire_bytes for r in results.values())
         size = sum(r.size for r in results.values())
