@@ -14,7 +14,7 @@ from typing import Annotated
 import typer
 
 from reconciler import __version__
-from reconciler.commands.context import Options
+from reconciler.commands.options import Options
 from reconciler.errors import InvalidModels, UserError
 
 app = typer.Typer(

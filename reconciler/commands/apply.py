@@ -9,12 +9,12 @@ import sys
 import time
 
 from reconciler.commands.context import (
-    Options,
     check_format,
     compile_with_record,
     load_one,
     paused_gc,
 )
+from reconciler.commands.options import Options
 from reconciler.commands.progress import make_progress
 from reconciler.desired.state import DesiredState
 from reconciler.errors import UserError

@@ -1,15 +1,12 @@
-"""The global options, and loading what every command needs from them."""
+"""Loading what every command needs from the global options."""
 
 from __future__ import annotations
 
 import gc
-import os
-import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
-from pathlib import Path
 
+from reconciler.commands.options import Options
 from reconciler.desired.state import DesiredState
 from reconciler.errors import UserError
 from reconciler.models.load import (
@@ -21,26 +18,6 @@ from reconciler.models.load import (
 )
 from reconciler.models.source import ModelSource, at_ref, is_remote, open_source
 from reconciler.state.recorded import RecordedState
-
-
-@dataclass(frozen=True)
-class Options:
-    repo: str = "."
-    path: str | None = None
-    ref: str | None = None
-    state: str | None = None
-    deployment: str | None = None
-    format: str = "text"
-    verbose: int = 0
-    quiet: bool = False
-
-    @property
-    def state_path(self) -> Path:
-        return Path(self.state or os.environ.get("RECONCILER_STATE") or ".reconciler/state.db")
-
-    @property
-    def colour(self) -> bool:
-        return sys.stdout.isatty() and "NO_COLOR" not in os.environ
 
 
 def check_format(opts: Options, allowed: tuple[str, ...]) -> None:

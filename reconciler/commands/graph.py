@@ -7,12 +7,12 @@ import subprocess
 import sys
 
 from reconciler.commands.context import (
-    Options,
     check_format,
     compile_with_record,
     load_one,
     paused_gc,
 )
+from reconciler.commands.options import Options
 from reconciler.desired.dot import to_dot
 from reconciler.errors import UserError
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 import sys
 
 from reconciler.commands.context import (
-    Options,
     check_format,
     compile_with_record,
     deployment_source,
@@ -13,6 +12,7 @@ from reconciler.commands.context import (
     open_models,
     paused_gc,
 )
+from reconciler.commands.options import Options
 from reconciler.desired.compile import compile_deployment
 from reconciler.errors import InvalidModels, UserError
 from reconciler.models.load import load_config, load_deployment, pick_deployment

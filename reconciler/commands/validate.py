@@ -7,12 +7,12 @@ import sys
 from typing import Any
 
 from reconciler.commands.context import (
-    Options,
     check_format,
     deployment_source,
     open_models,
     paused_gc,
 )
+from reconciler.commands.options import Options
 from reconciler.desired.compile import compile_deployment
 from reconciler.errors import InvalidModels, Problem, UserError
 from reconciler.models.load import load_deployment, pick_deployment
