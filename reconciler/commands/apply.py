@@ -21,7 +21,7 @@ from reconciler.errors import UserError
 from reconciler.execute.transfer import MachineTransfer, TransferFailed, transfer_all
 from reconciler.plan.diff import make_plan
 from reconciler.plan.render import render_text
-from reconciler.state.db import open_db
+from reconciler.state.db import exclusive, open_db
 from reconciler.state.hostkeys import RecordedHostKeys
 from reconciler.state.record import record_store_paths, record_transfer
 from reconciler.store.build import build_missing
@@ -70,7 +70,10 @@ def run(
     if sys.stdin.isatty() and not yes and not _confirm("Build and transfer now?"):
         print("Nothing was changed.", file=sys.stderr)
         return 1
-    return copy(opts, desired, loaded.git_dir, machines, max_concurrent)
+    with exclusive(opts.state_path, "apply"):
+        # what was planned above may be stale if another apply ran meanwhile: compile again
+        desired, _ = compile_with_record(opts, loaded)
+        return copy(opts, desired, loaded.git_dir, machines, max_concurrent)
 
 
 def _scope(desired: DesiredState, only: str | None) -> list[str]:

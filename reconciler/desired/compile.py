@@ -23,6 +23,7 @@ from reconciler.desired.state import (
     Received,
     StorePackage,
     canonical_json,
+    location_of,
     sha256_hex,
 )
 from reconciler.errors import InvalidModels, Problem
@@ -45,7 +46,11 @@ def compile_deployment(
     addresses = _machine_addresses(loaded, recorded, allocations)
     placements = _placements(doc)
     ports = _ports(loaded, placements, recorded, allocations)
-    instances, digests = _instances(doc, packages, addresses, placements, ports)
+    locations = {
+        name: location_of(m.deployment.targetEnv, m.deployment.stateDir, m.deployment.ssh)
+        for name, m in doc.machines.items()
+    }
+    instances, digests = _instances(doc, packages, addresses, locations, placements, ports)
     deployed = {svc for svc, _, _ in placements}
     order = {
         svc: tuple(sorted(d for d in (*s.dependsOn, *s.activatesAfter) if d in deployed))
@@ -171,6 +176,7 @@ def _instances(
     doc: ModelDocument,
     packages: dict[str, StorePackage],
     addresses: Mapping[str, str | None],
+    machine_locations: Mapping[str, str],
     placements: list[Placement],
     ports: Mapping[str, int],
 ) -> tuple[dict[str, DesiredInstance], dict[str, str]]:
@@ -226,9 +232,14 @@ def _instances(
                 "port": ports.get(key),
                 "env": spec.env,
                 "address": addresses[machine],
+                "location": machine_locations[machine],
+                "machineProperties": doc.machines[machine].properties,
                 "properties": spec.properties,
                 "container": container_settings,
-                "dependsOn": {d: digests[d] for d in spec.dependsOn},
+                # the digest, and what this instance is told (own machine's first, order)
+                "dependsOn": {
+                    d: {"digest": digests[d], "receives": got[d].as_dict()} for d in spec.dependsOn
+                },
                 "connectsTo": {d: got[d].as_dict() for d in spec.connectsTo},
             }
             identity = sha256_hex(canonical_json(parts))
@@ -261,10 +272,21 @@ def _instances(
 def identity_inputs(parts: Mapping[str, Any], package_path: str) -> dict[str, str]:
     """One short, comparable value per identity input: the plan says which one changed."""
     out: dict[str, str] = {"package": package_path}
-    for name in ("type", "command", "user", "port", "address", "env", "properties", "container"):
+    for name in (
+        "type",
+        "command",
+        "user",
+        "port",
+        "address",
+        "location",
+        "machineProperties",
+        "env",
+        "properties",
+        "container",
+    ):
         out[name] = _short(parts[name])
-    for dep, digest in parts["dependsOn"].items():
-        out[f"dependsOn:{dep}"] = digest[:12]
+    for dep, values in parts["dependsOn"].items():
+        out[f"dependsOn:{dep}"] = _short(values)
     for dep, values in parts["connectsTo"].items():
         out[f"connectsTo:{dep}"] = _short(values)
     return out

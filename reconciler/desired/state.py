@@ -27,6 +27,16 @@ def sha256_hex(text: str) -> str:
     return hashlib.sha256(text.encode()).hexdigest()
 
 
+def location_of(target_env: str, state_dir: str | None, ssh: SshSettings | None) -> str:
+    """Where a machine's files and processes live: a change moves everything on it."""
+    where = {
+        "targetEnv": target_env,
+        "stateDir": state_dir,
+        "ssh": [ssh.host, ssh.port, ssh.user] if ssh else None,
+    }
+    return canonical_json(where)
+
+
 @dataclass(frozen=True)
 class StorePackage:
     name: str
@@ -61,6 +71,10 @@ class DesiredMachine:
     @property
     def display_address(self) -> str:
         return self.address or KNOWN_AFTER_APPLY
+
+    @property
+    def location(self) -> str:
+        return location_of(self.target_env, self.state_dir, self.ssh)
 
 
 @dataclass(frozen=True)

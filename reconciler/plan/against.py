@@ -19,6 +19,7 @@ def as_recorded(base: DesiredState) -> RecordedState:
                 paths=frozenset(m.closure),
                 provider_id="(base)" if m.target_env in ("container", "ec2") else None,
                 provider=m.provider,
+                location=m.location,
             )
             for name, m in base.machines.items()
         },

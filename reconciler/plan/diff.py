@@ -10,7 +10,12 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-from reconciler.desired.state import PROVISIONED_ENVS, STATEFUL_TYPES, DesiredState
+from reconciler.desired.state import (
+    PROVISIONED_ENVS,
+    STATEFUL_TYPES,
+    DesiredMachine,
+    DesiredState,
+)
 from reconciler.models.graph import topological_order
 from reconciler.plan.types import (
     InstanceChange,
@@ -20,7 +25,7 @@ from reconciler.plan.types import (
     StateMove,
     Transfer,
 )
-from reconciler.state.recorded import RecordedState
+from reconciler.state.recorded import RecordedMachine, RecordedState
 
 _EC2_IMMUTABLE = ("region", "ami", "subnetId")
 _INPUT_WORDS = {
@@ -115,10 +120,15 @@ def _machine_changes(
                         f"machine {name}: {', '.join(reasons)} cannot change on an existing "
                         "machine; destroy it first, or apply with --allow-recreate to replace it"
                     )
-            elif reasons or (want.address and want.address != have.address):
+            elif reasons or moved(want, have) or (want.address and want.address != have.address):
                 action = "update"
                 if want.address != have.address:
                     reasons.append(f"address {have.address} → {want.display_address}")
+                if moved(want, have):
+                    reasons.append(
+                        "location changed (stateDir or SSH endpoint): everything "
+                        "is transferred and activated there again"
+                    )
             else:
                 action = "keep"
             changes.append(
@@ -218,7 +228,7 @@ def _transfers(desired: DesiredState, recorded: RecordedState) -> list[Transfer]
     out = []
     for name, m in sorted(desired.machines.items()):
         have = recorded.machines.get(name)
-        present = have.paths if have else frozenset()
+        present = have.paths if have and not moved(m, have) else frozenset()
         missing = tuple(p for p in m.closure if p not in present)
         if not missing:
             continue
@@ -244,6 +254,10 @@ class _Relocation:
     source: str
     target: str
     stateful: bool
+
+
+def moved(want: DesiredMachine, have: RecordedMachine) -> bool:
+    return have.location is not None and have.location != want.location
 
 
 def _relocations(desired: DesiredState, recorded: RecordedState) -> list[_Relocation]:

@@ -6,8 +6,11 @@ A binary older than the file's schema refuses it rather than guess.
 
 from __future__ import annotations
 
+import fcntl
 import os
 import sqlite3
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import sqlite_utils
@@ -27,19 +30,54 @@ def schema_version(conn: sqlite3.Connection) -> int:
 
 def open_db(path: Path, write: bool) -> sqlite_utils.Database | None:
     """The state DB at `path`; None when a reader finds no file (nothing recorded yet)."""
-    if not path.exists():
-        if not write:
-            return None
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd = os.open(path, os.O_CREAT | os.O_WRONLY | os.O_EXCL, 0o600)
-        os.close(fd)
-    old_umask = os.umask(0o077)  # the -wal and -shm files sqlite creates stay private too
+    if not path.exists() and not write:
+        return None
+    old_umask = os.umask(0o077)  # the file and the -wal and -shm files sqlite makes: private
     try:
+        if write:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            os.close(os.open(path, os.O_CREAT | os.O_WRONLY, 0o600))
         return _open(path, write)
     except sqlite3.DatabaseError as e:
         raise UserError(f"{path}: not a usable reconciler state DB ({e})") from None
+    except OSError as e:
+        raise UserError(f"{path}: cannot open the state DB: {e.strerror or e}") from None
     finally:
         os.umask(old_umask)
+
+
+@contextmanager
+def transaction(db: sqlite_utils.Database) -> Iterator[None]:
+    """All or nothing: the connection runs in autocommit mode, so group writes here."""
+    db.execute("BEGIN IMMEDIATE")
+    try:
+        yield
+    except BaseException:
+        db.execute("ROLLBACK")
+        raise
+    db.execute("COMMIT")
+
+
+@contextmanager
+def exclusive(path: Path, what: str) -> Iterator[None]:
+    """One writer per state DB at a time (an flock beside it, released even on kill -9)."""
+    lock_path = path.with_name(f"{path.name}.lock")
+    lock_path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(lock_path, os.O_CREAT | os.O_RDWR, 0o600)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(fd, 200, 0).decode(errors="replace").strip() or "another process"
+            raise UserError(
+                f"{path} is in use by {holder}; wait for it to finish (one {what} per state "
+                "DB at a time)"
+            ) from None
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{what} (pid {os.getpid()})".encode(), 0)
+        yield
+    finally:
+        os.close(fd)
 
 
 def _open(path: Path, write: bool) -> sqlite_utils.Database:
@@ -86,6 +124,9 @@ def _migrated_copy(conn: sqlite3.Connection, version: int) -> sqlite3.Connection
 def _apply(conn: sqlite3.Connection, version: int) -> None:
     for number, (name, statements) in enumerate(MIGRATIONS[version:], start=version + 1):
         conn.execute("BEGIN IMMEDIATE")
+        if schema_version(conn) >= number:  # another process migrated meanwhile
+            conn.execute("ROLLBACK")
+            continue
         try:
             for statement in statements:
                 conn.execute(statement)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import sqlite_utils
 
+from reconciler.state.db import transaction
 from reconciler.state.record import now
 
 
@@ -19,7 +20,7 @@ class RecordedHostKeys:
         return str(row["key"]) if row else None
 
     def record(self, host: str, port: int, key: str) -> None:
-        with self.db.conn:
+        with transaction(self.db):
             self.db.execute(
                 "INSERT INTO host_keys (host, port, key, first_seen) VALUES (?, ?, ?, ?) "
                 "ON CONFLICT DO NOTHING",

@@ -90,4 +90,8 @@ MIGRATIONS: list[tuple[str, list[str]]] = [
                 first_seen TEXT NOT NULL, PRIMARY KEY (host, port))""",
         ],
     ),
+    (
+        "machine-location",
+        ["ALTER TABLE machines ADD COLUMN location TEXT"],
+    ),
 ]

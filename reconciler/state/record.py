@@ -11,6 +11,7 @@ from typing import Any
 import sqlite_utils
 
 from reconciler.desired.state import DesiredState
+from reconciler.state.db import transaction
 from reconciler.state.recorded import RecordedInstance, RecordedMachine, RecordedState
 from reconciler.store.local import PathInfo
 
@@ -41,6 +42,7 @@ def read_recorded(db: sqlite_utils.Database | None, deployment: str) -> Recorded
             provider_id=r["provider_id"],
             provider_state=r["provider_state"],
             provider=json.loads(r["provider"]),
+            location=r["location"],
         )
         for r in db.query("SELECT * FROM machines WHERE deployment = ?", [deployment])
     }
@@ -90,7 +92,7 @@ def record_generation(
     dep = desired.deployment
     rev = desired.revision
     stamp = now()
-    with db.conn:
+    with transaction(db):
         db.execute(
             "INSERT INTO deployments (name, created_at) VALUES (?, ?) ON CONFLICT DO NOTHING",
             [dep, stamp],
@@ -137,6 +139,7 @@ def record_generation(
                 "state_dir": m.state_dir,
                 "profile": json.dumps(list(m.profile)),
                 "provider": json.dumps(m.provider),
+                "location": m.location,
                 "updated_at": stamp,
             }
             for m in desired.machines.values()
@@ -174,7 +177,7 @@ def record_generation(
 def record_store_paths(db: sqlite_utils.Database, infos: Iterable[PathInfo]) -> None:
     """What the local store cache holds: sizes for plans, hashes for transfers."""
     stamp = now()
-    with db.conn:
+    with transaction(db):
         db.table("store_paths").upsert_all(
             (
                 {"path": i.path, "size": i.size, "content_hash": i.content_hash, "built_at": stamp}
@@ -195,19 +198,40 @@ def record_transfer(
     """
     dep = desired.deployment
     stamp = now()
-    with db.conn:
+    with transaction(db):
         db.execute(
             "INSERT INTO deployments (name, created_at) VALUES (?, ?) ON CONFLICT DO NOTHING",
             [dep, stamp],
         )
         for name in present:
             m = desired.machines[name]
+            before = next(
+                db.query(
+                    "SELECT location FROM machines WHERE deployment = ? AND name = ?", [dep, name]
+                ),
+                None,
+            )
+            if before and before["location"] not in (None, m.location):
+                # it moved: what was recorded there is not where it is now
+                db.execute(
+                    "DELETE FROM machine_paths WHERE deployment = ? AND machine = ?", [dep, name]
+                )
             db.execute(
                 "INSERT INTO machines (deployment, name, target_env, address, state_dir, "
-                "provider, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?) "
+                "provider, location, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?) "
                 "ON CONFLICT (deployment, name) DO UPDATE SET address = excluded.address, "
+                "state_dir = excluded.state_dir, location = excluded.location, "
                 "updated_at = excluded.updated_at",
-                [dep, name, m.target_env, m.address, m.state_dir, json.dumps(m.provider), stamp],
+                [
+                    dep,
+                    name,
+                    m.target_env,
+                    m.address,
+                    m.state_dir,
+                    json.dumps(m.provider),
+                    m.location,
+                    stamp,
+                ],
             )
         db.table("machine_paths").upsert_all(
             (

@@ -16,6 +16,7 @@ class RecordedMachine:
     provider_id: str | None = None  # set once a provisioned machine exists
     provider_state: str | None = None
     provider: dict[str, Any] = field(default_factory=dict)  # provisioned-with settings
+    location: str | None = None  # DesiredMachine.location when recorded
 
 
 @dataclass(frozen=True)

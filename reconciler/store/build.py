@@ -92,16 +92,25 @@ async def build_one(pkg: StorePackage, git_dir: str, store: LocalStore) -> PathI
             )
         await asyncio.to_thread(make_immutable, out)
         info = PathInfo(pkg.path, content.hash, content.size, content.files)
-        store.write_meta(info)
-        final = store.dir(pkg.path)
-        try:
-            out.rename(final)
-        except OSError:
-            if store.info(pkg.path) is None:  # not a concurrent twin that won the race
-                raise
-        return info
+        return _install(store, out, info)
     finally:
         await asyncio.to_thread(remove_tree, work)
+
+
+def _install(store: LocalStore, out: Path, info: PathInfo) -> PathInfo:
+    """Rename the output into place, then write its meta: the meta always describes the
+    files that are there. A concurrent build of the same hash may have won: keep its."""
+    final = store.dir(info.path)
+    try:
+        out.rename(final)
+    except OSError:
+        won = store.info(info.path)
+        if won is not None:
+            return won
+        remove_tree(final)  # a path without meta: an install interrupted before its meta
+        out.rename(final)
+    store.write_meta(info)
+    return info
 
 
 async def _export(git_dir: str, tree: str, dest: Path, log: Path) -> None:

@@ -14,6 +14,7 @@ import os
 import shlex
 import shutil
 import signal
+import tempfile
 import uuid
 from collections.abc import AsyncGenerator, AsyncIterator, Callable
 from pathlib import Path
@@ -40,20 +41,31 @@ for path, expected in want.items():
 json.dump(have, sys.stdout)
 """
 
-# argv: store, incoming folder, paths…: move each unpacked path, then its meta, into place
+# argv: store, incoming folder. Moves each unpacked path, then its meta, into place; a
+# path already there with the same meta is kept, one with another content hash replaced.
 _FINALIZE = r"""
-import os, shutil, stat, sys
-store, incoming, paths = sys.argv[1], sys.argv[2], sys.argv[3:]
+import os, shutil, sys
+store, incoming = sys.argv[1], sys.argv[2]
 def writable(root):
-    for d, dirs, _ in os.walk(root):
+    for d, _, _ in os.walk(root):
         os.chmod(d, 0o755)
-for path in paths:
+def read(path):
+    try:
+        with open(path) as f:
+            return f.read()
+    except OSError:
+        return None
+for path in sorted(os.listdir(incoming)):
+    if path == ".meta":
+        continue
     src, dst = os.path.join(incoming, path), os.path.join(store, path)
     meta_src = os.path.join(incoming, ".meta", path + ".json")
     meta_dst = os.path.join(store, ".meta", path + ".json")
-    if os.path.isdir(dst) and os.path.exists(meta_dst):
+    if os.path.isdir(dst) and read(meta_dst) == read(meta_src):
         continue  # completed by an earlier or concurrent transfer
-    if os.path.lexists(dst):  # a path without its meta: an interrupted finalize
+    if os.path.lexists(meta_dst):
+        os.unlink(meta_dst)  # first the meta: a path without one never counts as present
+    if os.path.lexists(dst):
         writable(dst)
         shutil.rmtree(dst)
     os.chmod(src, 0o755)  # moving a directory updates its '..': needs write permission
@@ -107,14 +119,14 @@ async def receive(
         raise TargetError(target.machine, f"compression {compression}: not installed there")
     incoming = f"{target.store_dir}/.incoming/{uuid.uuid4().hex}"
     s, t = shlex.quote(target.store_dir), shlex.quote(incoming)
-    unpack = f"tar -x -f - -C {t}"
+    unpack = 'tar -x -f - -C "$T"'
     if compression != "none":
         unpack = f"{_DECOMPRESS[compression]} | {unpack}"
     command = (
-        f"set -e; mkdir -p {t} {s}/{META}; "
-        f"trap 'chmod -R u+w {t} 2>/dev/null; rm -rf {t}' EXIT HUP INT TERM PIPE; "
+        f'set -e; T={t}; mkdir -p "$T" {s}/{META}; '
+        'trap \'chmod -R u+w "$T" 2>/dev/null; rm -rf "$T"\' EXIT HUP INT TERM PIPE; '
         f"{unpack}; "
-        f"python3 -c {shlex.quote(_FINALIZE)} {s} {t} {' '.join(map(shlex.quote, paths))}"
+        f'python3 -c {shlex.quote(_FINALIZE)} {s} "$T"'
     )
     sent = 0
 
@@ -135,10 +147,18 @@ async def receive(
 async def _tar_stream(
     root: Path, paths: list[str], compression: str
 ) -> AsyncGenerator[bytes, None]:
-    members = [m for p in paths for m in (p, f"{META}/{p}.json")]
+    with tempfile.NamedTemporaryFile("w", prefix="members-", dir=root / ".tmp") as members:
+        members.writelines(f"{m}\n" for p in paths for m in (p, f"{META}/{p}.json"))
+        members.flush()
+        async with contextlib.aclosing(_pack(root, Path(members.name), compression)) as chunks:
+            async for chunk in chunks:
+                yield chunk
+
+
+async def _pack(root: Path, members: Path, compression: str) -> AsyncGenerator[bytes, None]:
     tar = (
-        'root="$1"; shift; '
-        'tar --sort=name --numeric-owner --owner=0 --group=0 -C "$root" -cf - -- "$@"'
+        "tar --sort=name --numeric-owner --owner=0 --group=0 "
+        '--verbatim-files-from -C "$1" -cf - -T "$2"'
     )
     script = f"{tar} | {_COMPRESS[compression]}" if compression != "none" else tar
     proc = await asyncio.create_subprocess_exec(
@@ -149,7 +169,7 @@ async def _tar_stream(
         script,
         "sh",
         str(root),
-        *members,
+        str(members),
         stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.PIPE,
         start_new_session=True,  # its own process group: stopping it stops tar and zstd too

@@ -11,7 +11,7 @@ import pytest
 from reconciler.errors import UserError
 from reconciler.plan.diff import make_plan
 from reconciler.state import db as dbmod
-from reconciler.state.db import current_version, open_db
+from reconciler.state.db import current_version, exclusive, open_db, transaction
 from reconciler.state.record import read_recorded, record_generation
 from tests.helpers import chain_model, compiled
 
@@ -109,3 +109,21 @@ def test_recorded_allocations_survive_and_keep_ports(tmp_path: Path) -> None:
         "port/test/s0@m0",
         "port/test/s1@m0",
     }
+
+
+def test_a_failed_write_leaves_no_trace(tmp_path: Path) -> None:
+    db = open_db(tmp_path / "state.db", write=True)
+    assert db is not None
+    with pytest.raises(RuntimeError), transaction(db):
+        db.execute("INSERT INTO deployments (name, created_at) VALUES ('d', 'now')")
+        raise RuntimeError("disk full")
+    assert db.execute("SELECT count(*) FROM deployments").fetchone()[0] == 0
+
+
+def test_one_writer_at_a_time(tmp_path: Path) -> None:
+    path = tmp_path / "state.db"
+    busy = pytest.raises(UserError, match=r"in use by apply \(pid \d+\)")
+    with exclusive(path, "apply"), busy, exclusive(path, "gc"):
+        pass
+    with exclusive(path, "gc"):  # released: free again
+        pass

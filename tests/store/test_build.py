@@ -74,3 +74,18 @@ def test_a_build_that_embeds_its_out_path_is_refused(tmp_path: Path) -> None:
     assert done.returncode == 1, done.stdout
     assert "embeds its build-time $out path (in bin/app)" in done.stderr
     assert store_entries(repo) == set()
+
+
+def test_a_damaged_path_on_a_machine_is_sent_again_and_replaced(tmp_path: Path) -> None:
+    repo = make_repo(tmp_path / "models", MODELS)
+    run_cli("-d", "lab", "apply", "--copy-only", cwd=repo)
+    target = repo / ".reconciler/machines/m1/store"
+    (path,) = [p for p in target.iterdir() if not p.name.startswith(".")]
+    (path / "bin").chmod(0o755)
+    (path / "bin/app").chmod(0o644)
+    (path / "bin/app").write_text("tampered\n")
+    meta = target / ".meta" / f"{path.name}.json"
+    meta.write_text(meta.read_text().replace("sha256:", "sha256:0"))
+    again = run_cli("-d", "lab", "apply", "--copy-only", "--format", "json", cwd=repo)
+    assert json.loads(again.stdout)["transfers"]["m1"]["sent"] == [path.name]
+    assert (path / "bin/app").read_text().endswith("echo app\n")
