@@ -10,7 +10,7 @@ from pydantic import BaseModel, ValidationError
 
 from reconciler.errors import Problem
 from reconciler.models.merge import locate
-from reconciler.models.schema import NAME_PATTERN
+from reconciler.models.schema import DEPLOYMENT_PATTERN, NAME_PATTERN
 from reconciler.models.yamlmarks import Marks
 
 NAME_RULE = (
@@ -52,8 +52,14 @@ def _data_path(data: Any, loc: tuple[int | str, ...]) -> tuple[str | int, ...]:
 
 def _message(err: Any, root: type[BaseModel]) -> str:
     kind, got = err["type"], err.get("input")
-    if kind == "string_pattern_mismatch" and err.get("ctx", {}).get("pattern") == NAME_PATTERN:
+    pattern = err.get("ctx", {}).get("pattern") if kind == "string_pattern_mismatch" else None
+    if pattern == NAME_PATTERN:
         return f"invalid name {got!r}: {NAME_RULE}"
+    if pattern == DEPLOYMENT_PATTERN:
+        return (
+            f"invalid deployment name {got!r}: use lowercase letters, digits and '-', "
+            "starting with a letter or digit, at most 63 characters"
+        )
     if kind == "extra_forbidden":
         allowed = _fields_at(root, err["loc"][:-1])
         hint = f"; expected one of: {', '.join(allowed)}" if allowed else ""

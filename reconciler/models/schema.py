@@ -17,6 +17,17 @@ from pydantic import (
 
 NAME_PATTERN = r"^[a-z0-9][a-z0-9._-]{0,62}$"
 Name = Annotated[str, StringConstraints(pattern=NAME_PATTERN)]
+DEPLOYMENT_PATTERN = r"^[a-z0-9][a-z0-9-]{0,62}$"
+DeploymentName = Annotated[str, StringConstraints(pattern=DEPLOYMENT_PATTERN)]
+
+
+def _plain_path(value: Any) -> Any:
+    if isinstance(value, str) and any(ord(c) < 32 or c == "\x7f" for c in value):
+        raise ValueError(f"{value!r} contains a control character; use a plain relative path")
+    return value
+
+
+RelPath = Annotated[str, BeforeValidator(_plain_path)]
 
 ActivationType = Literal["process", "sqlite-database", "wrapper", "package"]
 ACTIVATION_TYPES: tuple[str, ...] = ("process", "sqlite-database", "wrapper", "package")
@@ -57,7 +68,7 @@ class Strict(BaseModel):
 
 
 class DeploymentConfig(Strict):
-    models: list[str] = Field(min_length=1)
+    models: list[RelPath] = Field(min_length=1)
     branch: str | None = None
     autoApply: bool = True
     selfHeal: bool = True
@@ -67,7 +78,7 @@ class DeploymentConfig(Strict):
 
 
 class RootConfig(Strict):
-    deployments: dict[Name, DeploymentConfig] = Field(min_length=1)
+    deployments: dict[DeploymentName, DeploymentConfig] = Field(min_length=1)
 
 
 # --- machines ------------------------------------------------------------------------
@@ -169,7 +180,7 @@ class MachineSpec(Strict):
 
 
 class PackageSpec(Strict):
-    src: str | None = None
+    src: RelPath | None = None
     build: str | None = None
     deps: list[Name] = Field(default_factory=list)
 

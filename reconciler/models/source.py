@@ -185,7 +185,7 @@ def mirror(url: str, cache_dir: Path) -> git.Repo:
             repo = git.Repo(target)
         except (git.InvalidGitRepositoryError, git.NoSuchPathError):
             shutil.rmtree(target, ignore_errors=True)  # a half-made mirror: start again
-            target.parent.mkdir(parents=True, exist_ok=True)
+            target.parent.mkdir(parents=True, exist_ok=True, mode=0o700)  # URLs may hold tokens
             # clone beside it and rename into place, so a concurrent run never sees half
             with tempfile.TemporaryDirectory(dir=target.parent) as tmp:
                 git.Repo.clone_from(url, Path(tmp) / "m", mirror=True)
@@ -194,8 +194,14 @@ def mirror(url: str, cache_dir: Path) -> git.Repo:
             return git.Repo(target)
         repo.git.fetch("--prune", "origin", "+refs/heads/*:refs/heads/*")
     except git.GitCommandError as e:
-        raise UserError(f"{url}: cannot fetch: {e.stderr.strip() or e}") from None
+        detail = str(e.stderr or e).strip().replace(url, redact(url))
+        raise UserError(f"{redact(url)}: cannot fetch: {detail}") from None
     return repo
+
+
+def redact(url: str) -> str:
+    """A URL fit for messages and logs: no user:password@ part."""
+    return re.sub(r"^([a-z+]+://)[^/@]*@", r"\1", url)
 
 
 def _worktree_tree(repo: git.Repo) -> str:

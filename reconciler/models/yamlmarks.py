@@ -17,10 +17,16 @@ Path = tuple[str | int, ...]
 Marks = dict[Path, tuple[str, int]]
 
 _Loader: type[yaml.SafeLoader] = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+_MAX_NODES = 2_000_000  # after expanding aliases; 10,000 services take about 300,000
 _STR = "tag:yaml.org,2002:str"
 _SEQ = "tag:yaml.org,2002:seq"
 _MAP = "tag:yaml.org,2002:map"
 _MERGE = "tag:yaml.org,2002:merge"
+
+
+class _TooLarge(Exception):
+    def __init__(self, line: int) -> None:
+        self.line = line
 
 
 class _Duplicate(Exception):
@@ -40,7 +46,7 @@ def load_yaml(text: bytes | str, file: str) -> tuple[Any, Marks, list[Problem]]:
         node = loader.get_single_node()
         if node is None:
             return None, marks, []
-        return _build(loader, node, (), file, marks), marks, []
+        return _build(loader, node, (), file, marks, [0]), marks, []
     except yaml.reader.ReaderError as e:
         raw = text if isinstance(text, bytes) else text.encode()
         line = raw[: e.position].count(b"\n") + 1
@@ -56,11 +62,19 @@ def load_yaml(text: bytes | str, file: str) -> tuple[Any, Marks, list[Problem]]:
         key = ".".join(str(p) for p in d.path)
         msg = f"duplicate key (first defined on line {d.first}); keep only one of them"
         return None, marks, [Problem(file, d.line, key, msg)]
+    except _TooLarge as t:
+        msg = f"more than {_MAX_NODES:,} values once aliases are expanded; write them out"
+        return None, {}, [Problem(file, t.line, "", msg)]
     finally:
         loader.dispose()
 
 
-def _build(loader: yaml.SafeLoader, node: yaml.Node, path: Path, file: str, marks: Marks) -> Any:
+def _build(
+    loader: yaml.SafeLoader, node: yaml.Node, path: Path, file: str, marks: Marks, count: list[int]
+) -> Any:
+    count[0] += 1
+    if count[0] > _MAX_NODES:
+        raise _TooLarge(node.start_mark.line + 1)
     if isinstance(node, yaml.ScalarNode):
         return node.value if node.tag == _STR else loader.construct_object(node)
     if isinstance(node, yaml.SequenceNode | yaml.MappingNode) and node.tag not in (_SEQ, _MAP):
@@ -71,7 +85,7 @@ def _build(loader: yaml.SafeLoader, node: yaml.Node, path: Path, file: str, mark
         items = []
         for i, child in enumerate(node.value):
             marks[(*path, i)] = (file, child.start_mark.line + 1)
-            items.append(_build(loader, child, (*path, i), file, marks))
+            items.append(_build(loader, child, (*path, i), file, marks, count))
         return items
     if isinstance(node, yaml.MappingNode):
         if any(k.tag == _MERGE for k, _ in node.value):
@@ -88,6 +102,6 @@ def _build(loader: yaml.SafeLoader, node: yaml.Node, path: Path, file: str, mark
             if key in out:
                 raise _Duplicate(sub, line, marks[sub][1])
             marks[sub] = (file, line)
-            out[key] = _build(loader, vnode, sub, file, marks)
+            out[key] = _build(loader, vnode, sub, file, marks, count)
         return out
     return loader.construct_object(node)

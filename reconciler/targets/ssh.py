@@ -63,6 +63,14 @@ class _HostKeyCheck(asyncssh.SSHClient):
         return False
 
 
+def _algorithms_for(pinned: str | None) -> list[str] | str:
+    """Ask the server for the pinned key's type, or it may show another key it has."""
+    if not pinned:
+        return "default"
+    kind = pinned.split()[0]
+    return ["rsa-sha2-512", "rsa-sha2-256", "ssh-rsa"] if kind == "ssh-rsa" else [kind]
+
+
 class SshTarget(Target):
     def __init__(
         self, machine: str, state_dir: str, endpoint: SshEndpoint, host_keys: HostKeyStore
@@ -88,7 +96,7 @@ class SshTarget(Target):
                 e.port,
                 username=e.user,
                 known_hosts=([], [], []),
-                server_host_key_algs="default",
+                server_host_key_algs=_algorithms_for(e.host_key),
                 client_factory=factory,
                 connect_timeout=15,
                 keepalive_interval=15,

@@ -1,3 +1,6 @@
+import pytest
+
+from reconciler.models import yamlmarks
 from reconciler.models.yamlmarks import load_yaml
 
 
@@ -39,3 +42,11 @@ def test_merge_keys_and_anchors_work() -> None:
 def test_empty_document_is_none_without_problems() -> None:
     assert load_yaml("", "f.yaml")[0] is None
     assert load_yaml("# just a comment\n", "f.yaml")[2] == []
+
+
+def test_alias_expansion_is_capped(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(yamlmarks, "_MAX_NODES", 100)
+    bomb = "a: &a [1, 2, 3, 4, 5, 6, 7, 8, 9, 10]\nb: &b [*a, *a, *a, *a, *a]\nc: [*b, *b, *b]\n"
+    data, _, problems = load_yaml(bomb, "f.yaml")
+    assert data is None
+    assert "once aliases are expanded" in problems[0].message
