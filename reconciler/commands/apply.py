@@ -1,36 +1,68 @@
-"""`reconciler apply`: run the plan (SPEC §3). This stage: build and transfer
-(`--copy-only`), and `--dry-run`; activation comes with the transaction stage."""
+"""`reconciler apply`: run the plan as an attempt (SPEC §3) — build, transfer, then lock,
+transition and record; a failure rolls back and is recorded with its reason."""
 
 from __future__ import annotations
 
 import asyncio
 import json
+import signal
 import sys
 import time
+from dataclasses import dataclass
+from typing import Any
 
-from reconciler.commands.context import (
-    check_format,
-    compile_with_record,
-    load_one,
-    paused_gc,
-)
+import sqlite_utils
+
+from reconciler.commands.context import compile_with_record, load_one, paused_gc
 from reconciler.commands.options import Options
 from reconciler.commands.progress import make_progress
 from reconciler.desired.state import DesiredState
 from reconciler.errors import UserError
+from reconciler.execute.agent import ensure_agent
+from reconciler.execute.secrets import Secrets, read_secrets
 from reconciler.execute.transfer import MachineTransfer, TransferFailed, transfer_all
+from reconciler.execute.transition import Transition, TransitionFailed, run_transition
+from reconciler.models.load import LoadedDeployment
 from reconciler.plan.diff import make_plan
 from reconciler.plan.render import render_text
+from reconciler.plan.types import Plan
 from reconciler.state.db import exclusive, open_db
 from reconciler.state.hostkeys import RecordedHostKeys
-from reconciler.state.record import record_store_paths, record_transfer
-from reconciler.store.build import build_missing
+from reconciler.state.journal import Journal
+from reconciler.state.record import (
+    finish_attempt,
+    record_generation,
+    record_store_paths,
+    record_transfer,
+    recorded_requests,
+    start_attempt,
+)
+from reconciler.state.recorded import RecordedState
+from reconciler.store.build import BuildError, build_missing
 from reconciler.store.local import LocalStore
 from reconciler.targets.base import Target
 from reconciler.targets.open import open_target
 from reconciler.text import human_bytes, plural
 
-DEFAULT_MAX_CONCURRENT = 10
+EXIT_FAILED, EXIT_STALLED = 1, 3
+
+
+@dataclass
+class Attempt:
+    opts: Options
+    db: sqlite_utils.Database
+    loaded: LoadedDeployment
+    desired: DesiredState
+    recorded: RecordedState
+    plan: Plan
+    machines: list[str]
+    max_concurrent: int
+    copy_only: bool
+    secrets: Secrets
+
+    def say(self, text: str) -> None:
+        if self.opts.format == "text" and not self.opts.quiet:
+            print(text, file=sys.stderr)
 
 
 def run(
@@ -44,36 +76,229 @@ def run(
     kill_obsolete: bool,
     allow_recreate: bool,
 ) -> int:
+    if opts.format not in ("text", "json"):
+        raise UserError(f"--format {opts.format}: apply writes text or json")
+    options = {"kill_obsolete": kill_obsolete, "allow_recreate": allow_recreate}
     with paused_gc():
         loaded, _ = load_one(opts)
         desired, recorded = compile_with_record(opts, loaded)
-        plan = make_plan(
-            desired,
-            recorded,
-            kill_obsolete=kill_obsolete,
-            destroy_machines=loaded.config.destroyMachines,
-            allow_recreate=allow_recreate,
-        )
-    check_format(opts, ("text", "json"))
+        plan = _plan(loaded, desired, recorded, options)
     if not opts.quiet and opts.format == "text":
         print(render_text(plan, colour=opts.colour, verbose=opts.verbose > 0))
     if plan.blockers:
-        return 1
+        return EXIT_FAILED
     if dry_run:
         return 0
-    if not copy_only:
-        raise UserError(
-            "activating services is not available in this release yet; "
-            "`apply --copy-only` builds and transfers everything the plan needs"
-        )
+    if only and not copy_only:
+        raise UserError("--only works with --copy-only: a generation covers every machine")
     machines = _scope(desired, only)
-    if sys.stdin.isatty() and not yes and not _confirm("Build and transfer now?"):
+    if sys.stdin.isatty() and not yes and not _confirm("Apply this plan?"):
         print("Nothing was changed.", file=sys.stderr)
-        return 1
+        return EXIT_FAILED
     with exclusive(opts.state_path, "apply"):
-        # what was planned above may be stale if another apply ran meanwhile: compile again
-        desired, _ = compile_with_record(opts, loaded)
-        return copy(opts, desired, loaded.git_dir, machines, max_concurrent)
+        # another apply may have run since the plan above: plan again under the lock
+        desired, recorded = compile_with_record(opts, loaded)
+        plan = _plan(loaded, desired, recorded, options)
+        if not plan.has_changes and not copy_only:
+            print("No changes: generation "
+                  f"{recorded.generation} already matches {loaded.label}.")
+            return 0
+        secrets = {} if copy_only else read_secrets(loaded, desired)
+        db = open_db(opts.state_path, write=True)
+        assert db is not None
+        attempt = Attempt(
+            opts, db, loaded, desired, recorded, plan, machines, max_concurrent, copy_only, secrets
+        )
+        return asyncio.run(_interruptible(attempt))
+
+
+def _plan(
+    loaded: LoadedDeployment,
+    desired: DesiredState,
+    recorded: RecordedState,
+    options: dict[str, bool],
+) -> Plan:
+    return make_plan(desired, recorded, destroy_machines=loaded.config.destroyMachines, **options)
+
+
+async def _interruptible(a: Attempt) -> int:
+    """SIGTERM and SIGINT cancel the attempt: steps 2-3 just stop, 4-6 roll back."""
+    task = asyncio.current_task()
+    assert task is not None
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, task.cancel)
+    try:
+        return await _execute(a)
+    except asyncio.CancelledError:
+        print("Interrupted before anything running was touched.", file=sys.stderr)
+        return EXIT_FAILED
+    finally:
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.remove_signal_handler(sig)
+
+
+async def _execute(a: Attempt) -> int:
+    started = time.monotonic()
+    state_root = a.opts.state_path.parent
+    store = LocalStore(state_root / "store")
+    attempt = None if a.copy_only else start_attempt(a.db, a.desired, a.plan.to_json())
+    needed = {p for m in a.machines for p in a.desired.machines[m].closure}
+    try:
+        infos, built = await build_missing(
+            [p for p in a.desired.packages.values() if p.path in needed], a.loaded.git_dir, store
+        )
+    except BuildError as e:
+        if attempt:
+            finish_attempt(a.db, attempt, "failed", str(e))
+        raise
+    agent = ensure_agent(store)
+    infos[agent.path] = agent
+    record_store_paths(a.db, infos.values())
+    if built:
+        a.say(f"Built {plural(len(built), 'package')}: {', '.join(built)}")
+    host_keys = RecordedHostKeys(a.db)
+    targets = {
+        m: open_target(m, a.desired.machines[m].connection, state_root, host_keys)
+        for m in a.machines
+    }
+    for name, have in a.recorded.machines.items():  # removed machines: to take down
+        if name not in targets and have.connection and not a.copy_only:
+            targets[name] = open_target(name, have.connection, state_root, host_keys)
+    try:
+        try:
+            with make_progress(a.opts.quiet or a.opts.format == "json") as progress:
+                sent = await transfer_all(
+                    [a.desired.machines[m] for m in a.machines],
+                    targets,
+                    store,
+                    infos,
+                    a.max_concurrent,
+                    progress,
+                    extra=(agent.path,),
+                )
+        except TransferFailed as failed:
+            record_transfer(a.db, a.desired, {m: r.present for m, r in failed.done.items()})
+            for machine, error in sorted(failed.errors.items()):
+                print(f"{machine}: transfer failed: {error}", file=sys.stderr)
+            if attempt:
+                finish_attempt(a.db, attempt, "failed", f"transfer failed: {failed}")
+            print(
+                f"{plural(len(failed.errors), 'machine')} failed; nothing running was touched.",
+                file=sys.stderr,
+            )
+            return EXIT_FAILED
+        record_transfer(a.db, a.desired, {m: r.present for m, r in sent.items()})
+        if attempt is None:
+            _report_copy(a, built, sent, time.monotonic() - started)
+            return 0
+        return await _transition(a, attempt, targets, agent.path, sent)
+    finally:
+        await asyncio.gather(*(t.close() for t in targets.values()), return_exceptions=True)
+
+
+async def _transition(
+    a: Attempt,
+    attempt: str,
+    targets: dict[str, Target],
+    agent: str,
+    sent: dict[str, MachineTransfer],
+) -> int:
+    generation = 1 + (
+        a.db.execute(
+            "SELECT max(generation) FROM attempts WHERE deployment = ?", [a.desired.deployment]
+        ).fetchone()[0]
+        or 0
+    )
+    t = Transition(
+        desired=a.desired,
+        recorded=a.recorded,
+        plan=a.plan,
+        targets=targets,
+        agent=agent,
+        attempt=attempt,
+        journal=Journal(a.db, attempt),
+        generation=generation,
+        old_requests=recorded_requests(a.db, a.desired.deployment),
+        secrets=a.secrets,
+    )
+    try:
+        requests, warnings = await run_transition(t)
+    except TransitionFailed as failed:
+        status = "rolled_back" if failed.rolled_back else "stalled"
+        finish_attempt(a.db, attempt, status, failed.reason)
+        print(f"error: {failed.reason}", file=sys.stderr)
+        if failed.rolled_back:
+            print("Rolled back: the previous generation keeps running.", file=sys.stderr)
+            return EXIT_FAILED
+        for problem in failed.details:
+            print(f"  rollback: {problem}", file=sys.stderr)
+        print("Stalled: the rollback did not complete; see `reconciler status`.", file=sys.stderr)
+        return EXIT_STALLED
+    for warning in warnings:
+        print(f"warning: {warning}", file=sys.stderr)
+    number = record_generation(
+        a.db, attempt, a.desired, {m: r.present for m, r in sent.items()}, requests
+    )
+    _report_generation(a, number)
+    return 0
+
+
+def _report_generation(a: Attempt, number: int) -> None:
+    rev = a.desired.revision
+    endpoints = {
+        key: f"http://{a.desired.machines[i.machine].address}:{i.port}"
+        for key, i in sorted(a.desired.instances.items())
+        if i.type == "process" and i.port is not None
+    }
+    if a.opts.format == "json":
+        print(
+            json.dumps(
+                {
+                    "generation": number,
+                    "revision": rev.sha if rev else None,
+                    "endpoints": endpoints,
+                },
+                indent=2,
+            )
+        )
+        return
+    at = f" (commit {rev.sha[:12]}: {rev.subject})" if rev else ""
+    print(f"Generation {number} of {a.desired.deployment} is active{at}.")
+    if not a.opts.quiet:
+        for key, url in endpoints.items():
+            print(f"  {key:<40} {url}")
+
+
+def _report_copy(
+    a: Attempt, built: list[str], results: dict[str, MachineTransfer], seconds: float
+) -> None:
+    if a.opts.format == "json":
+        print(
+            json.dumps(
+                {"built": built, "transfers": {m: _as_json(r) for m, r in results.items()}},
+                indent=2,
+            )
+        )
+        return
+    paths = sum(len(r.sent) for r in results.values())
+    wire = sum(r.wire_bytes for r in results.values())
+    size = sum(r.size for r in results.values())
+    print(
+        f"Transferred {plural(paths, 'store path')} ({human_bytes(size)} unpacked, "
+        f"{human_bytes(wire)} on the wire) to {plural(len(results), 'machine')} in "
+        f"{seconds:.1f} s."
+    )
+
+
+def _as_json(r: MachineTransfer) -> dict[str, Any]:
+    return {
+        "sent": r.sent,
+        "size": r.size,
+        "wireBytes": r.wire_bytes,
+        "compression": r.compression,
+        "seconds": round(r.seconds, 3),
+    }
 
 
 def _scope(desired: DesiredState, only: str | None) -> list[str]:
@@ -90,82 +315,4 @@ def _scope(desired: DesiredState, only: str | None) -> list[str]:
 
 
 def _confirm(question: str) -> bool:
-    answer = input(f"{question} Only 'yes' is accepted: ")
-    return answer.strip() == "yes"
-
-
-def copy(
-    opts: Options, desired: DesiredState, git_dir: str, machines: list[str], max_concurrent: int
-) -> int:
-    """Steps 2 and 3: build the missing store paths, then send each machine what it lacks."""
-    db = open_db(opts.state_path, write=True)
-    assert db is not None
-    state_root = opts.state_path.parent
-    store = LocalStore(state_root / "store")
-    needed = {p for m in machines for p in desired.machines[m].closure}
-    packages = [p for p in desired.packages.values() if p.path in needed]
-    started = time.monotonic()
-    infos, built = asyncio.run(build_missing(packages, git_dir, store))
-    record_store_paths(db, infos.values())
-    if built and not opts.quiet and opts.format == "text":
-        print(f"Built {plural(len(built), 'package')}: {', '.join(built)}", file=sys.stderr)
-    host_keys = RecordedHostKeys(db)
-    targets = {m: open_target(desired.machines[m], state_root, host_keys) for m in machines}
-
-    async def send() -> dict[str, MachineTransfer]:
-        try:
-            with make_progress(opts.quiet or opts.format == "json") as progress:
-                return await transfer_all(
-                    [desired.machines[m] for m in machines],
-                    targets,
-                    store,
-                    infos,
-                    max_concurrent,
-                    progress,
-                )
-        finally:
-            await _close(targets)
-
-    try:
-        results = asyncio.run(send())
-    except TransferFailed as failed:
-        record_transfer(db, desired, {m: r.present for m, r in failed.done.items()})
-        for machine, error in sorted(failed.errors.items()):
-            print(f"{machine}: transfer failed: {error}", file=sys.stderr)
-        print(
-            f"{plural(len(failed.errors), 'machine')} failed; nothing running was touched.",
-            file=sys.stderr,
-        )
-        return 1
-    record_transfer(db, desired, {m: r.present for m, r in results.items()})
-    if opts.format == "json":
-        print(
-            json.dumps(
-                {"built": built, "transfers": {m: _as_json(r) for m, r in results.items()}},
-                indent=2,
-            )
-        )
-    else:  # the one line -q keeps
-        sent = sum(len(r.sent) for r in results.values())
-        wire = sum(r.wire_bytes for r in results.values())
-        size = sum(r.size for r in results.values())
-        print(
-            f"Transferred {plural(sent, 'store path')} ({human_bytes(size)} unpacked, "
-            f"{human_bytes(wire)} on the wire) to {plural(len(results), 'machine')} in "
-            f"{time.monotonic() - started:.1f} s."
-        )
-    return 0
-
-
-def _as_json(r: MachineTransfer) -> dict[str, object]:
-    return {
-        "sent": r.sent,
-        "size": r.size,
-        "wireBytes": r.wire_bytes,
-        "compression": r.compression,
-        "seconds": round(r.seconds, 3),
-    }
-
-
-async def _close(targets: dict[str, Target]) -> None:
-    await asyncio.gather(*(t.close() for t in targets.values()), return_exceptions=True)
+    return input(f"{question} Only 'yes' is accepted: ").strip() == "yes"

@@ -76,6 +76,16 @@ class DesiredMachine:
     def location(self) -> str:
         return location_of(self.target_env, self.state_dir, self.ssh)
 
+    @property
+    def connection(self) -> dict[str, Any]:
+        """How to reach it, recorded so a machine removed from the model can still be
+        reached to take its instances down."""
+        return {
+            "targetEnv": self.target_env,
+            "stateDir": self.state_dir,
+            "ssh": self.ssh.model_dump() if self.ssh else None,
+        }
+
 
 @dataclass(frozen=True)
 class Received:

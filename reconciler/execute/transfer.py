@@ -44,12 +44,14 @@ async def transfer_all(
     infos: dict[str, PathInfo],
     max_concurrent: int,
     progress: Progress,
+    extra: tuple[str, ...] = (),
 ) -> dict[str, MachineTransfer]:
+    """`extra`: store paths every machine gets besides its closure (the agent)."""
     limit = asyncio.Semaphore(max_concurrent)
 
     async def one(m: DesiredMachine) -> MachineTransfer:
         async with limit:
-            return await transfer_machine(m, targets[m.name], store, infos, progress)
+            return await transfer_machine(m, targets[m.name], store, infos, progress, extra)
 
     results = await asyncio.gather(*(one(m) for m in machines), return_exceptions=True)
     done: dict[str, MachineTransfer] = {}
@@ -72,9 +74,10 @@ async def transfer_machine(
     store: LocalStore,
     infos: dict[str, PathInfo],
     progress: Progress,
+    extra: tuple[str, ...] = (),
 ) -> MachineTransfer:
     started = time.monotonic()
-    expected = {p: infos[p].content_hash for p in machine.closure}
+    expected = {p: infos[p].content_hash for p in (*machine.closure, *extra)}
     have = await present(target, expected)
     missing = sorted(set(expected) - have)
     result = MachineTransfer(machine.name, sent=missing, size=sum(infos[p].size for p in missing))

@@ -46,6 +46,8 @@ MIGRATIONS: list[tuple[str, list[str]]] = [
                 provider_state TEXT,
                 provider TEXT NOT NULL DEFAULT '{}',
                 host_key TEXT,
+                location TEXT,
+                connection TEXT NOT NULL DEFAULT '{}',
                 updated_at TEXT NOT NULL,
                 PRIMARY KEY (deployment, name))""",
             """CREATE TABLE instances (
@@ -59,6 +61,7 @@ MIGRATIONS: list[tuple[str, list[str]]] = [
                 package_path TEXT NOT NULL,
                 port INTEGER,
                 generation INTEGER,
+                request TEXT,
                 PRIMARY KEY (deployment, key))""",
             """CREATE TABLE machine_paths (
                 deployment TEXT NOT NULL,
@@ -89,9 +92,5 @@ MIGRATIONS: list[tuple[str, list[str]]] = [
                 host TEXT NOT NULL, port INTEGER NOT NULL, key TEXT NOT NULL,
                 first_seen TEXT NOT NULL, PRIMARY KEY (host, port))""",
         ],
-    ),
-    (
-        "machine-location",
-        ["ALTER TABLE machines ADD COLUMN location TEXT"],
     ),
 ]

@@ -43,6 +43,7 @@ def read_recorded(db: sqlite_utils.Database | None, deployment: str) -> Recorded
             provider_state=r["provider_state"],
             provider=json.loads(r["provider"]),
             location=r["location"],
+            connection=json.loads(r["connection"]),
         )
         for r in db.query("SELECT * FROM machines WHERE deployment = ?", [deployment])
     }
@@ -79,51 +80,78 @@ def read_recorded(db: sqlite_utils.Database | None, deployment: str) -> Recorded
     )
 
 
-def record_generation(
-    db: sqlite_utils.Database,
-    desired: DesiredState,
-    plan: Mapping[str, Any],
-    present_paths: Mapping[str, Mapping[str, str]],
-) -> int:
-    """Record a successful attempt as the deployment's next generation; returns its number.
-
-    `present_paths` maps machine → {store path: content hash} now on that target.
-    """
-    dep = desired.deployment
-    rev = desired.revision
-    stamp = now()
+def start_attempt(db: sqlite_utils.Database, desired: DesiredState, plan: Mapping[str, Any]) -> str:
+    """Record an attempt as running, before anything on a machine changes; its id owns
+    the machines' locks and the journal entries."""
+    dep, rev, stamp = desired.deployment, desired.revision, now()
+    attempt = str(uuid.uuid4())
     with transaction(db):
         db.execute(
             "INSERT INTO deployments (name, created_at) VALUES (?, ?) ON CONFLICT DO NOTHING",
             [dep, stamp],
         )
-        number = 1 + (
-            db.execute(
-                "SELECT max(generation) FROM attempts WHERE deployment = ?", [dep]
-            ).fetchone()[0]
-            or 0
-        )
         db.table("attempts").insert(
             {
-                "id": str(uuid.uuid4()),
+                "id": attempt,
                 "deployment": dep,
-                "generation": number,
                 "commit_sha": rev.sha if rev else None,
                 "author": rev.author if rev else None,
                 "email": rev.email if rev else None,
                 "subject": rev.subject if rev else None,
                 "commit_time": rev.time if rev else None,
                 "started_at": stamp,
-                "finished_at": stamp,
-                "status": "succeeded",
+                "status": "running",
                 "plan": json.dumps(plan),
             }
         )
         db.execute(
-            "UPDATE deployments SET last_applied_sha = ?, last_attempted_sha = ?, "
-            "service_order = ? WHERE name = ?",
+            "UPDATE deployments SET last_attempted_sha = ? WHERE name = ?",
+            [rev.sha if rev else None, dep],
+        )
+    return attempt
+
+
+def finish_attempt(
+    db: sqlite_utils.Database, attempt: str, status: str, reason: str | None = None
+) -> None:
+    """A failed, rolled back or stalled attempt: recorded with its reason."""
+    with transaction(db):
+        db.execute(
+            "UPDATE attempts SET status = ?, reason = ?, finished_at = ? WHERE id = ?",
+            [status, reason, now(), attempt],
+        )
+
+
+def record_generation(
+    db: sqlite_utils.Database,
+    attempt: str,
+    desired: DesiredState,
+    present_paths: Mapping[str, Mapping[str, str]],
+    requests: Mapping[str, Mapping[str, Any]],
+) -> int:
+    """The attempt succeeded: it becomes the deployment's next generation (returned).
+
+    `present_paths` maps machine → {store path: content hash} now on that target;
+    `requests` maps instance key → the activation request it runs with (for rollback).
+    """
+    dep = desired.deployment
+    rev = desired.revision
+    stamp = now()
+    with transaction(db):
+        number = 1 + (
+            db.execute(
+                "SELECT max(generation) FROM attempts WHERE deployment = ?", [dep]
+            ).fetchone()[0]
+            or 0
+        )
+        db.execute(
+            "UPDATE attempts SET generation = ?, status = 'succeeded', finished_at = ? "
+            "WHERE id = ?",
+            [number, stamp, attempt],
+        )
+        db.execute(
+            "UPDATE deployments SET last_applied_sha = ?, service_order = ? WHERE name = ?",
             [
-                rev.sha if rev else None,
                 rev.sha if rev else None,
                 json.dumps({k: list(v) for k, v in desired.service_order.items()}),
                 dep,
@@ -140,6 +168,7 @@ def record_generation(
                 "profile": json.dumps(list(m.profile)),
                 "provider": json.dumps(m.provider),
                 "location": m.location,
+                "connection": json.dumps(m.connection),
                 "updated_at": stamp,
             }
             for m in desired.machines.values()
@@ -157,14 +186,17 @@ def record_generation(
                 "package_path": i.package_path,
                 "port": i.port,
                 "generation": number,
+                "request": json.dumps(requests.get(i.key)),
             }
             for i in desired.instances.values()
         )
-        db.execute("DELETE FROM machine_paths WHERE deployment = ?", [dep])
-        db.table("machine_paths").insert_all(
-            {"deployment": dep, "machine": m, "path": p, "content_hash": h}
-            for m, paths in present_paths.items()
-            for p, h in paths.items()
+        db.table("machine_paths").upsert_all(
+            (
+                {"deployment": dep, "machine": m, "path": p, "content_hash": h}
+                for m, paths in present_paths.items()
+                for p, h in paths.items()
+            ),
+            pk=("deployment", "machine", "path"),
         )
         db.execute("DELETE FROM allocations WHERE deployment = ?", [dep])
         db.table("allocations").insert_all(
@@ -172,6 +204,18 @@ def record_generation(
             replace=True,
         )
     return number
+
+
+def recorded_requests(db: sqlite_utils.Database, deployment: str) -> dict[str, Any]:
+    """The activation requests the recorded instances run with (to re-activate them)."""
+    return {
+        r["key"]: json.loads(r["request"])
+        for r in db.query(
+            "SELECT key, request FROM instances WHERE deployment = ? AND request IS NOT NULL",
+            [deployment],
+        )
+        if r["request"] not in (None, "null")
+    }
 
 
 def record_store_paths(db: sqlite_utils.Database, infos: Iterable[PathInfo]) -> None:
@@ -218,10 +262,11 @@ def record_transfer(
                 )
             db.execute(
                 "INSERT INTO machines (deployment, name, target_env, address, state_dir, "
-                "provider, location, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?) "
+                "provider, location, connection, updated_at) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?) "
                 "ON CONFLICT (deployment, name) DO UPDATE SET address = excluded.address, "
                 "state_dir = excluded.state_dir, location = excluded.location, "
-                "updated_at = excluded.updated_at",
+                "connection = excluded.connection, updated_at = excluded.updated_at",
                 [
                     dep,
                     name,
@@ -230,6 +275,7 @@ def record_transfer(
                     m.state_dir,
                     json.dumps(m.provider),
                     m.location,
+                    json.dumps(m.connection),
                     stamp,
                 ],
             )

@@ -17,6 +17,7 @@ class RecordedMachine:
     provider_state: str | None = None
     provider: dict[str, Any] = field(default_factory=dict)  # provisioned-with settings
     location: str | None = None  # DesiredMachine.location when recorded
+    connection: dict[str, Any] = field(default_factory=dict)  # DesiredMachine.connection
 
 
 @dataclass(frozen=True)

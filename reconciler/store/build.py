@@ -92,12 +92,12 @@ async def build_one(pkg: StorePackage, git_dir: str, store: LocalStore) -> PathI
             )
         await asyncio.to_thread(make_immutable, out)
         info = PathInfo(pkg.path, content.hash, content.size, content.files)
-        return _install(store, out, info)
+        return install(store, out, info)
     finally:
         await asyncio.to_thread(remove_tree, work)
 
 
-def _install(store: LocalStore, out: Path, info: PathInfo) -> PathInfo:
+def install(store: LocalStore, out: Path, info: PathInfo) -> PathInfo:
     """Rename the output into place, then write its meta: the meta always describes the
     files that are there. A concurrent build of the same hash may have won: keep its."""
     final = store.dir(info.path)

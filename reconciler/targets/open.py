@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
-from reconciler.desired.state import DesiredMachine
 from reconciler.errors import UserError
 from reconciler.targets.base import Target
 from reconciler.targets.local import LocalTarget
@@ -18,17 +19,23 @@ def local_state_dir(state_root: Path, machine: str) -> str:
     return str((state_root / "machines" / machine).resolve())
 
 
-def open_target(machine: DesiredMachine, state_root: Path, host_keys: HostKeyStore) -> Target:
-    if machine.target_env == "local":
-        return LocalTarget(
-            machine.name, machine.state_dir or local_state_dir(state_root, machine.name)
+def open_target(
+    name: str, connection: Mapping[str, Any], state_root: Path, host_keys: HostKeyStore
+) -> Target:
+    """A machine's target from its connection (DesiredMachine.connection, or as recorded)."""
+    env, state_dir, ssh = connection["targetEnv"], connection.get("stateDir"), connection.get("ssh")
+    if env == "local":
+        return LocalTarget(name, state_dir or local_state_dir(state_root, name))
+    if env == "ssh" and ssh and ssh.get("host"):
+        endpoint = SshEndpoint(
+            ssh["host"],
+            ssh.get("port", 22),
+            ssh.get("user", "root"),
+            ssh.get("identityFile"),
+            ssh.get("hostKey"),
         )
-    if machine.target_env == "ssh":
-        assert machine.ssh is not None and machine.ssh.host
-        s = machine.ssh
-        endpoint = SshEndpoint(s.host or "", s.port, s.user, s.identityFile, s.hostKey)
-        return SshTarget(machine.name, machine.state_dir or DEFAULT_STATE_DIR, endpoint, host_keys)
+        return SshTarget(name, state_dir or DEFAULT_STATE_DIR, endpoint, host_keys)
     raise UserError(
-        f"machine {machine.name}: targetEnv {machine.target_env} cannot be deployed to yet "
+        f"machine {name}: targetEnv {env} cannot be deployed to yet "
         "(provisioning lands in a later release); ssh and local machines can"
     )

@@ -12,7 +12,7 @@ from reconciler.errors import UserError
 from reconciler.plan.diff import make_plan
 from reconciler.state import db as dbmod
 from reconciler.state.db import current_version, exclusive, open_db, transaction
-from reconciler.state.record import read_recorded, record_generation
+from reconciler.state.record import read_recorded, record_generation, start_attempt
 from tests.helpers import chain_model, compiled
 
 
@@ -87,7 +87,7 @@ def test_a_recorded_generation_plans_as_no_change(tmp_path: Path) -> None:
     db = open_db(tmp_path / "state.db", write=True)
     assert db is not None
     present = {m: dict.fromkeys(desired.machines[m].closure, "h") for m in desired.machines}
-    number = record_generation(db, desired, {"note": "test"}, present)
+    number = record_generation(db, start_attempt(db, desired, {}), desired, present, {})
     assert number == 1
     recorded = read_recorded(db, desired.deployment)
     assert recorded.generation == 1
@@ -95,14 +95,14 @@ def test_a_recorded_generation_plans_as_no_change(tmp_path: Path) -> None:
     plan = make_plan(again, recorded)
     assert not plan.has_changes
     assert {c.action for c in plan.instances} == {"keep"}
-    assert record_generation(db, again, {}, present) == 2
+    assert record_generation(db, start_attempt(db, again, {}), again, present, {}) == 2
 
 
 def test_recorded_allocations_survive_and_keep_ports(tmp_path: Path) -> None:
     desired = compiled(chain_model(length=2, machines=1))
     db = open_db(tmp_path / "state.db", write=True)
     assert db is not None
-    record_generation(db, desired, {}, {})
+    record_generation(db, start_attempt(db, desired, {}), desired, {}, {})
     recorded = read_recorded(db, desired.deployment)
     assert recorded.allocations["local-address/test/m0"] == "127.0.0.10"
     assert {k for k in recorded.allocations if k.startswith("port/")} == {

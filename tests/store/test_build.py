@@ -26,9 +26,14 @@ distribution:
 }
 
 
+AGENT = "-reconciler-agent"  # shipped to every machine beside the closures
+
+
 def store_entries(repo: Path) -> set[str]:
     store = repo / ".reconciler" / "store"
-    return {p.name for p in store.iterdir() if not p.name.startswith(".")}
+    return {p.name for p in store.iterdir() if not p.name.startswith(".")} - {
+        p.name for p in store.glob(f"*{AGENT}")
+    }
 
 
 def test_a_build_command_runs_once_per_store_hash(tmp_path: Path) -> None:
@@ -80,7 +85,9 @@ def test_a_damaged_path_on_a_machine_is_sent_again_and_replaced(tmp_path: Path) 
     repo = make_repo(tmp_path / "models", MODELS)
     run_cli("-d", "lab", "apply", "--copy-only", cwd=repo)
     target = repo / ".reconciler/machines/m1/store"
-    (path,) = [p for p in target.iterdir() if not p.name.startswith(".")]
+    (path,) = [
+        p for p in target.iterdir() if not (p.name.startswith(".") or p.name.endswith(AGENT))
+    ]
     (path / "bin").chmod(0o755)
     (path / "bin/app").chmod(0o644)
     (path / "bin/app").write_text("tampered\n")

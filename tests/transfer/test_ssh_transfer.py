@@ -86,7 +86,7 @@ def test_closure_reaches_every_host_and_a_second_run_sends_nothing(
     assert len(first["built"]) == 3
     for i, host in enumerate(three.hosts):
         sent = set(first["transfers"][f"h{i}"]["sent"])
-        assert {p.split("-", 1)[1] for p in sent} == {"lib", "app", "tools"}
+        assert {p.split("-", 1)[1] for p in sent} == {"lib", "app", "tools", "reconciler-agent"}
         assert store_paths(host) == sent
         app = next(p for p in sent if p.endswith("-app"))
         assert (host.var_lib / STORE / app / "bin/app").read_text() == "#!/bin/sh\necho app\n"
@@ -128,7 +128,7 @@ def test_a_host_key_that_does_not_match_is_refused(three: TestHostNetwork, tmp_p
     assert "does not match" in done.stderr
     assert "Traceback" not in done.stderr
     assert store_paths(three.hosts[0]) == set()
-    assert len(store_paths(three.hosts[1])) == 3  # the other machine went ahead
+    assert len(store_paths(three.hosts[1])) == 4  # the other machine went ahead (+ the agent)
 
 
 def test_a_first_seen_host_key_is_recorded_and_then_enforced(

@@ -1,0 +1,1 @@
+"""Activation on target machines: the agent shipped to each target and run there."""

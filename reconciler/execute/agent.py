@@ -1,0 +1,59 @@
+"""The activation agent: shipped to every machine as a store path of its own, and
+called over `Target.run` with one JSON request in, one JSON answer out."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shlex
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from reconciler.store.build import install
+from reconciler.store.content import hash_tree, make_immutable
+from reconciler.store.local import LocalStore, PathInfo
+from reconciler.targets.base import Target
+
+SOURCE = Path(__file__).resolve().parent.parent / "activation" / "agent.py"
+
+
+class AgentError(Exception):
+    """An operation on a machine failed; `log` holds the tail of the instance's log."""
+
+    def __init__(self, machine: str, message: str, log: str = "") -> None:
+        super().__init__(f"{machine}: {message}")
+        self.machine, self.message, self.log = machine, message, log
+
+
+def agent_path_name() -> str:
+    digest = hashlib.sha256(SOURCE.read_bytes()).hexdigest()[:32]
+    return f"{digest}-reconciler-agent"
+
+
+def ensure_agent(store: LocalStore) -> PathInfo:
+    """The agent as a store path in the local store (made once per agent version)."""
+    name = agent_path_name()
+    found = store.info(name)
+    if found:
+        return found
+    work = Path(tempfile.mkdtemp(prefix="agent-", dir=store.scratch()))
+    out = work / "out"
+    out.mkdir()
+    (out / "agent.py").write_bytes(SOURCE.read_bytes())
+    content = hash_tree(out)
+    make_immutable(out)
+    return install(store, out, PathInfo(name, content.hash, content.size, content.files))
+
+
+async def call(target: Target, agent: str, command: str, request: dict[str, Any]) -> dict[str, Any]:
+    script = shlex.quote(f"{target.store_dir}/{agent}/agent.py")
+    result = await target.run(f"python3 {script} {command}", json.dumps(request).encode())
+    try:
+        answer: dict[str, Any] = json.loads(result.stdout or b"{}")
+    except ValueError:
+        answer = {}
+    if result.exit_status == 0:
+        return answer
+    message = answer.get("error") or result.stderr.decode(errors="replace").strip()
+    raise AgentError(target.machine, f"{command} failed: {message}", answer.get("log", ""))

@@ -1,0 +1,420 @@
+"""Steps 4-6 of an attempt (SPEC §3): lock every affected machine, then switch from the
+recorded generation to the desired one, and on any failure or interruption roll back.
+
+The transition is Disnix's set arithmetic on instances: deactivate old − new in reverse
+dependency order of the old graph, move the state of stateful services that change
+machine, switch machine profiles, activate new − old in dependency order of the new
+graph. Independent instances run in parallel, at most `maxParallel` per machine, so the
+wall time follows the critical path; only service-level order counts, so cycles between
+machines do no harm. Unchanged instances are not touched.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import shlex
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from reconciler.desired.state import DesiredState
+from reconciler.execute.agent import AgentError, call
+from reconciler.execute.requests import activation_request, deployment_dir
+from reconciler.plan.types import Plan
+from reconciler.state.journal import Journal
+from reconciler.state.recorded import RecordedState
+from reconciler.targets.base import Target, TargetError
+
+LEASE_SECONDS = 60
+RENEW_EVERY = 20.0
+
+
+class TransitionFailed(Exception):
+    """The attempt failed; `rolled_back` says whether the previous generation is intact."""
+
+    def __init__(self, reason: str, rolled_back: bool, details: list[str]) -> None:
+        super().__init__(reason)
+        self.reason, self.rolled_back, self.details = reason, rolled_back, details
+
+
+class LockRefused(TransitionFailed):
+    pass
+
+
+@dataclass
+class Transition:
+    desired: DesiredState
+    recorded: RecordedState
+    plan: Plan
+    targets: dict[str, Target]  # every machine involved, by name
+    agent: str  # the agent's store path name
+    attempt: str
+    journal: Journal
+    generation: int  # the number the attempt becomes when it succeeds
+    old_requests: Mapping[str, dict[str, Any]]  # recorded instances' activation requests
+    secrets: Mapping[str, Mapping[str, tuple[bytes, str]]]  # machine → key → (value, mode)
+    activated: list[str] = field(default_factory=list)
+    deactivated: list[str] = field(default_factory=list)
+    switched: list[str] = field(default_factory=list)
+    locked: list[str] = field(default_factory=list)
+
+    def state_dir(self, machine: str) -> str:
+        return self.targets[machine].state_dir
+
+    async def agent_call(
+        self, machine: str, command: str, request: dict[str, Any]
+    ) -> dict[str, Any]:
+        return await call(self.targets[machine], self.agent, command, request)
+
+    # --- step 4: locks ------------------------------------------------------------
+
+    async def lock_all(self) -> list[str]:
+        """Lease every machine in name order; any refusal releases all and stops."""
+        warnings = []
+        for machine in sorted(self.targets):
+            try:
+                got = await self.agent_call(
+                    machine,
+                    "lock",
+                    {
+                        "stateDir": self.state_dir(machine),
+                        "owner": self.attempt,
+                        "ttl": LEASE_SECONDS,
+                    },
+                )
+            except (AgentError, TargetError) as e:
+                await self.unlock_all()
+                raise LockRefused(f"could not lock {machine}: {_message(e)}", True, []) from None
+            self.locked.append(machine)
+            if got.get("took_over"):
+                warnings.append(f"{machine}: took over an expired lock of {got['took_over']}")
+        return warnings
+
+    async def renew_locks(self) -> None:
+        while True:
+            await asyncio.sleep(RENEW_EVERY)
+            for machine in list(self.locked):
+                with contextlib.suppress(AgentError, TargetError):
+                    await self.agent_call(
+                        machine,
+                        "lock",
+                        {
+                            "stateDir": self.state_dir(machine),
+                            "owner": self.attempt,
+                            "ttl": LEASE_SECONDS,
+                        },
+                    )
+
+    async def unlock_all(self) -> None:
+        for machine in reversed(self.locked):
+            with contextlib.suppress(AgentError, TargetError):
+                await self.agent_call(
+                    machine,
+                    "unlock",
+                    {
+                        "stateDir": self.state_dir(machine),
+                        "owner": self.attempt,
+                    },
+                )
+        self.locked.clear()
+
+    # --- step 5: the transition -------------------------------------------------------
+
+    async def run(self) -> dict[str, dict[str, Any]]:
+        """Returns the activation request of every desired instance (for the record)."""
+        requests = {
+            key: activation_request(self.desired, key, self.state_dir(inst.machine))
+            for key, inst in self.desired.instances.items()
+        }
+        await self.upload_keys()
+        await self.deactivate_obsolete()
+        await self.move_state()
+        await self.switch_profiles()
+        await self.activate_new(requests)
+        return requests
+
+    async def upload_keys(self) -> None:
+        for machine, keys in sorted(self.secrets.items()):
+            folder = f"{deployment_dir(self.state_dir(machine), self.desired.deployment)}/keys"
+            target = self.targets[machine]
+            await target.check(
+                f"mkdir -p {shlex.quote(folder)} && chmod 0700 {shlex.quote(folder)}"
+            )
+            for name, (value, mode) in sorted(keys.items()):
+                entry = self.journal.begin("transition", machine, "upload-key", key=name)
+                await target.write_file(f"{folder}/{name}", value, mode)
+                self.journal.end(entry)
+
+    async def deactivate_obsolete(self) -> None:
+        order = self.plan.deactivation_order
+        old = self.recorded.instances
+        # X waits for every deactivating instance of a service that depends on X's service
+        dependents: dict[str, set[str]] = {}
+        for service, after in self.recorded.service_order.items():
+            for dep in after:
+                dependents.setdefault(dep, set()).add(service)
+        waits = {
+            key: {k for k in order if old[k].service in dependents.get(old[key].service, set())}
+            for key in order
+        }
+
+        async def deactivate(key: str) -> None:
+            inst = old[key]
+            request = self.old_requests.get(key) or _minimal_request(
+                self, key, inst.machine, inst.service, inst.type, inst.package_path
+            )
+            entry = self.journal.begin("transition", inst.machine, "deactivate", instance=key)
+            await self.agent_call(inst.machine, "deactivate", request)
+            self.journal.end(entry)
+            self.deactivated.append(key)
+
+        await self._run_dag(order, waits, lambda k: old[k].machine, deactivate)
+
+    async def move_state(self) -> None:
+        for move in self.plan.moves:
+            dep = self.desired.deployment
+            entry = self.journal.begin(
+                "transition", move.target, "move-state", service=move.service, source=move.source
+            )
+            snap = await self.agent_call(
+                move.source,
+                "snapshot",
+                {
+                    "stateDir": self.state_dir(move.source),
+                    "deployment": dep,
+                    "service": move.service,
+                },
+            )
+            data = await self.targets[move.source].read_file(snap["path"])
+            if data is None:
+                raise AgentError(move.source, f"snapshot of {move.service} vanished")
+            landing = (
+                f"{deployment_dir(self.state_dir(move.target), dep)}/snapshots/"
+                f"{os.path.basename(snap['path'])}"
+            )
+            await self.targets[move.target].write_file(landing, data, "0600")
+            await self.agent_call(
+                move.target,
+                "restore",
+                {
+                    "stateDir": self.state_dir(move.target),
+                    "deployment": dep,
+                    "service": move.service,
+                    "from": landing,
+                },
+            )
+            self.journal.end(entry)
+
+    async def switch_profiles(self) -> None:
+        for name in sorted(self.desired.machines):
+            entry = self.journal.begin(
+                "transition", name, "switch-profile", generation=self.generation
+            )
+            await self.agent_call(name, "switch-profile", self._profile(name))
+            self.journal.end(entry)
+            self.switched.append(name)
+
+    async def activate_new(self, requests: Mapping[str, dict[str, Any]]) -> None:
+        order = self.plan.activation_order
+        new = self.desired.instances
+        waits = {
+            key: {
+                k
+                for k in order
+                if new[k].service in self.desired.service_order.get(new[key].service, ())
+            }
+            for key in order
+        }
+
+        async def activate(key: str) -> None:
+            entry = self.journal.begin("transition", new[key].machine, "activate", instance=key)
+            await self.agent_call(new[key].machine, "activate", dict(requests[key]))
+            self.journal.end(entry)
+            self.activated.append(key)
+
+        await self._run_dag(order, waits, lambda k: new[k].machine, activate)
+
+    async def _run_dag(
+        self,
+        nodes: list[str],
+        waits: Mapping[str, set[str]],
+        machine_of: Callable[[str], str],
+        action: Callable[[str], Awaitable[None]],
+    ) -> None:
+        """Each node after the ones it waits for; at most maxParallel per machine; the
+        first failure stops everything not yet started, and is raised."""
+        done = {n: asyncio.Event() for n in nodes}
+        limits: dict[str, asyncio.Semaphore] = {}
+        failures: list[BaseException] = []
+
+        def limit(machine: str) -> asyncio.Semaphore:
+            if machine not in limits:
+                m = self.desired.machines.get(machine)
+                limits[machine] = asyncio.Semaphore(m.max_parallel if m else 1)
+            return limits[machine]
+
+        async def one(node: str) -> None:
+            try:
+                for other in waits.get(node, ()):
+                    await done[other].wait()
+                if failures:
+                    return
+                async with limit(machine_of(node)):
+                    if not failures:
+                        await action(node)
+            except Exception as e:
+                failures.append(e)
+            finally:
+                done[node].set()
+
+        await asyncio.gather(*(one(n) for n in nodes))
+        if failures:
+            raise failures[0]
+
+    # --- step 6: rollback ---------------------------------------------------------------
+
+    async def rollback(self) -> list[str]:
+        """Undo what was done, newest first; returns what could not be undone."""
+        problems: list[str] = []
+        for key in reversed(self.activated):
+            inst = self.desired.instances[key]
+            request = activation_request(self.desired, key, self.state_dir(inst.machine))
+            await self._undo(problems, inst.machine, "deactivate", request, key)
+        for key in reversed(self.deactivated):
+            old = self.old_requests.get(key)
+            if old is None:
+                problems.append(f"{key}: no recorded activation request to restore it from")
+                continue
+            await self._undo(problems, self.recorded.instances[key].machine, "activate", old, key)
+        for machine in reversed(self.switched):
+            previous = self._previous_profile(machine)
+            if previous is not None:
+                await self._undo(problems, machine, "switch-profile", previous, machine)
+        return problems
+
+    async def _undo(
+        self, problems: list[str], machine: str, command: str, request: dict[str, Any], what: str
+    ) -> None:
+        entry = self.journal.begin("rollback", machine, command, subject=what)
+        try:
+            await self.agent_call(machine, command, request)
+        except (AgentError, TargetError) as e:
+            self.journal.end(entry, "failed", error=_message(e))
+            problems.append(f"{what}: {command} failed: {_message(e)}")
+        else:
+            self.journal.end(entry)
+
+    # --- profiles and manifests ---------------------------------------------------------
+
+    def _profile(self, machine: str) -> dict[str, Any]:
+        m = self.desired.machines[machine]
+        packages = self.desired.packages
+        rev = self.desired.revision
+        instances = {
+            key: {
+                "service": i.service,
+                "type": i.type,
+                "identity": i.identity,
+                "package": i.package_path,
+            }
+            for key, i in sorted(self.desired.instances.items())
+            if i.machine == machine
+        }
+        return {
+            "stateDir": self.state_dir(machine),
+            "deployment": self.desired.deployment,
+            "generation": self.generation,
+            "profile": {
+                "packages": list(m.profile),
+                "paths": sorted({p for n in m.profile for p in packages[n].closure}),
+            },
+            "manifest": {
+                "deployment": self.desired.deployment,
+                "machine": machine,
+                "generation": self.generation,
+                "commit": rev.sha if rev else None,
+                "attempt": self.attempt,
+                "instances": instances,
+            },
+        }
+
+    def _previous_profile(self, machine: str) -> dict[str, Any] | None:
+        have = self.recorded.machines.get(machine)
+        if have is None or self.recorded.generation is None:
+            return None
+        instances = {
+            key: {
+                "service": i.service,
+                "type": i.type,
+                "identity": i.identity,
+                "package": i.package_path,
+            }
+            for key, i in sorted(self.recorded.instances.items())
+            if i.machine == machine
+        }
+        return {
+            "stateDir": self.state_dir(machine),
+            "deployment": self.desired.deployment,
+            "generation": self.recorded.generation,
+            "profile": {"packages": list(have.profile)},
+            "manifest": {
+                "deployment": self.desired.deployment,
+                "machine": machine,
+                "generation": self.recorded.generation,
+                "commit": self.recorded.revision,
+                "instances": instances,
+            },
+        }
+
+
+def _minimal_request(
+    t: Transition, key: str, machine: str, service: str, kind: str, package: str
+) -> dict[str, Any]:
+    """Enough to deactivate an instance recorded without its request."""
+    state_dir = t.state_dir(machine)
+    return {
+        "stateDir": state_dir,
+        "deployment": t.desired.deployment,
+        "identity": "",
+        "instance": {
+            "key": key,
+            "service": service,
+            "type": kind,
+            "package": f"{state_dir}/store/{package}",
+            "command": None,
+            "user": None,
+            "env": {},
+            "health": None,
+            "host": "",
+            "port": None,
+        },
+    }
+
+
+def _message(e: BaseException) -> str:
+    if isinstance(e, AgentError):
+        return e.message + (f"\n{e.log}" if e.log else "")
+    return str(e)
+
+
+async def run_transition(t: Transition) -> tuple[dict[str, dict[str, Any]], list[str]]:
+    """Lock, transition, unlock. Returns (requests, warnings); raises TransitionFailed
+    after rolling back (rolled_back False: the rollback itself failed — Stalled)."""
+    warnings = await t.lock_all()
+    renewing = asyncio.create_task(t.renew_locks())
+    try:
+        try:
+            requests = await t.run()
+        except (AgentError, TargetError, asyncio.CancelledError, KeyboardInterrupt) as e:
+            interrupted = isinstance(e, asyncio.CancelledError | KeyboardInterrupt)
+            reason = "interrupted" if interrupted else _message(e)
+            problems = await t.rollback()
+            raise TransitionFailed(reason, not problems, problems) from None
+        return requests, warnings
+    finally:
+        renewing.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await renewing
+        await t.unlock_all()
