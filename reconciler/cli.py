@@ -194,6 +194,17 @@ def apply(
     )
 
 
+@app.command()
+def destroy(
+    ctx: typer.Context,
+    yes: Annotated[bool, typer.Option("--yes", help="Do not ask for confirmation.")] = False,
+) -> int:
+    """Deactivate everything in reverse order and remove the deployment's profiles."""
+    from reconciler.commands import destroy as cmd
+
+    return cmd.run(ctx.obj, yes)
+
+
 def main(argv: list[str] | None = None) -> None:
     args = hoist_globals(list(sys.argv[1:] if argv is None else argv))
     try:

@@ -154,21 +154,16 @@ class Health:
         if self.http is not None and not self.http.startswith("/"):
             self.http = "/" + self.http
 
+    def empty(self) -> bool:
+        return self.http is None and not self.tcp and self.command is None
+
     def needs_port(self) -> bool:
         return self.http is not None or self.tcp
 
-    def to_json(self) -> dict[str, Any]:
-        return {
-            "http": self.http,
-            "tcp": self.tcp,
-            "command": self.command,
-            "timeout": self.timeout,
-        }
-
 
 class Instance:
-    """An instance as the requests describe it. `full`: the activate/deactivate shape
-    (package required); otherwise the status shape (package optional)."""
+    """An instance as the requests describe it. `full`: for activate (package required,
+    and a command for a process); otherwise package and command are optional."""
 
     def __init__(self, raw: Any, full: bool) -> None:
         if not isinstance(raw, dict):
@@ -191,7 +186,9 @@ class Instance:
         ):
             bad("'env' must map strings to strings")
         self.env: dict[str, str] = env
-        self.health = None if raw.get("health") is None else Health(raw.get("health"))
+        health = None if raw.get("health") is None else Health(raw.get("health"))
+        # a health object naming no check is no health check
+        self.health = health if health is not None and not health.empty() else None
         self.host = opt_str(raw, "host") or "127.0.0.1"
         self.port = opt_int(raw, "port")
         self.identity = opt_str(raw, "identity")
@@ -514,7 +511,10 @@ def probe(
         except OSError as e:
             return False, f"connect {host}:{port}: {e}"
     if health.command is not None:
-        code, output = run_captured(["sh", "-c", health.command], env, cwd, timeout)
+        try:
+            code, output = run_captured(["sh", "-c", health.command], env, cwd, timeout)
+        except OSError as e:
+            return False, f"health command {health.command!r}: {e}"
         if code != 0:
             last = output.strip().splitlines()[-1:] or [""]
             why = "timed out" if code is None else f"exit status {code}"
@@ -539,9 +539,10 @@ def run_captured(
     try:
         out, _ = proc.communicate(timeout=timeout)
     except subprocess.TimeoutExpired:
+        finished = proc.poll()  # it may be done, a child of it holding the pipe
         killpg(proc.pid, signal.SIGKILL)
         out, _ = proc.communicate()
-        return None, out.decode("utf-8", "replace")
+        return finished, out.decode("utf-8", "replace")
     return proc.returncode, out.decode("utf-8", "replace")
 
 
@@ -866,10 +867,12 @@ def cmd_activate(req: dict[str, Any]) -> dict[str, Any]:
 
 def cmd_deactivate(req: dict[str, Any]) -> dict[str, Any]:
     dep = Deployment(req)
-    inst = Instance(req_obj(req, "instance"), full=True)
+    inst = Instance(req_obj(req, "instance"), full=False)
     if inst.type == "process":
         return deactivate_process(dep, inst)
     if inst.type == "wrapper":
+        if inst.package is None:
+            bad(f"{inst.key}: a wrapper needs its package")
         return run_wrapper(dep, inst, "deactivate")
     return {}
 

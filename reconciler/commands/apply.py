@@ -100,8 +100,7 @@ def run(
         desired, recorded = compile_with_record(opts, loaded)
         plan = _plan(loaded, desired, recorded, options)
         if not plan.has_changes and not copy_only:
-            print("No changes: generation "
-                  f"{recorded.generation} already matches {loaded.label}.")
+            print(f"No changes: generation {recorded.generation} already matches {loaded.label}.")
             return 0
         secrets = {} if copy_only else read_secrets(loaded, desired)
         db = open_db(opts.state_path, write=True)

@@ -40,6 +40,14 @@ def running_pids(root: Path) -> dict[str, int]:
     return pids
 
 
+def gone(pid: int) -> bool:
+    """No such process, or a zombie (this sandbox's init does not reap orphans)."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] in "ZX"
+    except OSError:
+        return True
+
+
 def stop_all(root: Path) -> None:
     for pid in running_pids(root).values():
         with contextlib.suppress(ProcessLookupError):
@@ -196,3 +204,21 @@ def test_a_secret_never_lands_in_the_record_the_plan_or_the_store(example: Path)
     ).stdout.split()
     assert found == [str(keys[0])], found
     assert secret not in plan + done.stdout + done.stderr + logical
+
+
+def test_destroy_leaves_no_process_and_no_profile_behind(example: Path) -> None:
+    apply(example)
+    pids = running_pids(example)
+    assert len(pids) == 6
+    done = run_cli("-d", "local", "destroy", "--yes", cwd=example, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert "9 instances taken down" in done.stdout  # the databases count too
+    for pid in pids.values():
+        assert gone(pid), pid
+    assert running_pids(example) == {}
+    assert not list(example.glob(".reconciler/machines/*/deployments/local/current"))
+    assert list(example.glob(".reconciler/machines/*/deployments/local/state/staff-db/*.sqlite"))
+    again = run_cli("-d", "local", "destroy", "--yes", cwd=example)
+    assert "Nothing of local is deployed" in again.stdout
+    redeploy = apply(example)  # and it comes back, data included
+    assert get(f"{redeploy['endpoints']['stafftracker@test1']}/api/staff")["staff"]

@@ -1,0 +1,110 @@
+"""`reconciler destroy`: deactivate everything in reverse dependency order and remove the
+deployment's profiles from its machines — the transition to an empty desired state, under
+the same locks and rollback. Persistent state is kept (`gc --delete-state` removes it)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import shlex
+import sys
+
+from reconciler.commands.options import Options
+from reconciler.desired.state import DesiredState
+from reconciler.errors import UserError
+from reconciler.execute.agent import ensure_agent
+from reconciler.execute.requests import deployment_dir
+from reconciler.execute.transition import Transition, TransitionFailed, run_transition
+from reconciler.plan.diff import make_plan
+from reconciler.state.db import exclusive, open_db
+from reconciler.state.hostkeys import RecordedHostKeys
+from reconciler.state.journal import Journal
+from reconciler.state.record import (
+    finish_attempt,
+    read_recorded,
+    record_generation,
+    recorded_requests,
+    start_attempt,
+)
+from reconciler.store.local import LocalStore
+from reconciler.targets.open import open_target
+from reconciler.targets.store import present, receive
+
+
+def run(opts: Options, yes: bool) -> int:
+    name = opts.deployment
+    if name is None:
+        raise UserError("destroy needs -d NAME: which deployment to take down")
+    with exclusive(opts.state_path, "destroy"):
+        db = open_db(opts.state_path, write=True)
+        assert db is not None
+        recorded = read_recorded(db, name)
+        if not recorded.instances and not recorded.machines:
+            print(f"Nothing of {name} is deployed.")
+            return 0
+        if sys.stdin.isatty() and not yes:
+            answer = input(
+                f"Take down all {len(recorded.instances)} instances of {name}? "
+                "Only 'yes' is accepted: "
+            )
+            if answer.strip() != "yes":
+                print("Nothing was changed.", file=sys.stderr)
+                return 1
+        empty = DesiredState(name, None, {}, {}, {}, {}, {})
+        plan = make_plan(empty, recorded)
+        attempt = start_attempt(db, empty, plan.to_json())
+        state_root = opts.state_path.parent
+        store = LocalStore(state_root / "store")
+        agent = ensure_agent(store)
+        host_keys = RecordedHostKeys(db)
+        targets = {
+            m: open_target(m, have.connection, state_root, host_keys)
+            for m, have in sorted(recorded.machines.items())
+            if have.connection
+        }
+        generation = 1 + (recorded.generation or 0)
+        transition = Transition(
+            desired=empty,
+            recorded=recorded,
+            plan=plan,
+            targets=targets,
+            agent=agent.path,
+            attempt=attempt,
+            journal=Journal(db, attempt),
+            generation=generation,
+            old_requests=recorded_requests(db, name),
+            secrets={},
+        )
+
+        async def take_down() -> None:
+            try:
+                for target in targets.values():  # this reconciler's agent may not be there
+                    if not await present(target, {agent.path: agent.content_hash}):
+                        await receive(target, store, [agent.path], "none")
+                await run_transition(transition)
+                for target in targets.values():
+                    folder = shlex.quote(deployment_dir(target.state_dir, name))
+                    await target.check(
+                        f"rm -rf {folder}/profiles {folder}/current "
+                        f"{folder}/manifest.json {folder}/instances"
+                    )
+            finally:
+                await asyncio.gather(*(t.close() for t in targets.values()), return_exceptions=True)
+
+        try:
+            asyncio.run(take_down())
+        except TransitionFailed as failed:
+            finish_attempt(
+                db, attempt, "rolled_back" if failed.rolled_back else "stalled", failed.reason
+            )
+            print(f"error: {failed.reason}", file=sys.stderr)
+            return 1 if failed.rolled_back else 3
+        number = record_generation(db, attempt, empty, {}, {})
+    if opts.format == "json":
+        print(json.dumps({"generation": number, "deactivated": plan.deactivation_order}))
+    else:
+        print(
+            f"Destroyed {name}: {len(plan.deactivation_order)} instances taken down "
+            f"(generation {number}); persistent state was kept."
+        )
+    return 0
