@@ -205,6 +205,35 @@ def destroy(
     return cmd.run(ctx.obj, yes)
 
 
+@app.command()
+def status(ctx: typer.Context) -> int:
+    """Last applied generation and attempt, machines and instances as observed, conditions."""
+    from reconciler.commands import status as cmd
+
+    return cmd.run(ctx.obj)
+
+
+@app.command()
+def history(
+    ctx: typer.Context,
+    git: Annotated[
+        bool, typer.Option("--git", help="Interleave the models repository's commits.")
+    ] = False,
+) -> int:
+    """Generations and failed attempts, newest first, with their commits and changes."""
+    from reconciler.commands import history as cmd
+
+    return cmd.run(ctx.obj, git)
+
+
+@app.command()
+def check(ctx: typer.Context) -> int:
+    """Observe the machines and report drift from the record: exit 0 none, 2 drift."""
+    from reconciler.commands import check as cmd
+
+    return cmd.run(ctx.obj)
+
+
 def main(argv: list[str] | None = None) -> None:
     args = hoist_globals(list(sys.argv[1:] if argv is None else argv))
     try:

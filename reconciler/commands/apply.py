@@ -19,6 +19,7 @@ from reconciler.commands.progress import make_progress
 from reconciler.desired.state import DesiredState
 from reconciler.errors import UserError
 from reconciler.execute.agent import ensure_agent
+from reconciler.execute.recover import settle, unsettled
 from reconciler.execute.secrets import Secrets, read_secrets
 from reconciler.execute.transfer import MachineTransfer, TransferFailed, transfer_all
 from reconciler.execute.transition import Transition, TransitionFailed, run_transition
@@ -39,9 +40,10 @@ from reconciler.state.record import (
 )
 from reconciler.state.recorded import RecordedState
 from reconciler.store.build import BuildError, build_missing
-from reconciler.store.local import LocalStore
+from reconciler.store.local import LocalStore, PathInfo
 from reconciler.targets.base import Target
 from reconciler.targets.open import open_target
+from reconciler.targets.store import present, receive
 from reconciler.text import human_bytes, plural
 
 EXIT_FAILED, EXIT_STALLED = 1, 3
@@ -141,21 +143,7 @@ async def _execute(a: Attempt) -> int:
     started = time.monotonic()
     state_root = a.opts.state_path.parent
     store = LocalStore(state_root / "store")
-    attempt = None if a.copy_only else start_attempt(a.db, a.desired, a.plan.to_json())
-    needed = {p for m in a.machines for p in a.desired.machines[m].closure}
-    try:
-        infos, built = await build_missing(
-            [p for p in a.desired.packages.values() if p.path in needed], a.loaded.git_dir, store
-        )
-    except BuildError as e:
-        if attempt:
-            finish_attempt(a.db, attempt, "failed", str(e))
-        raise
     agent = ensure_agent(store)
-    infos[agent.path] = agent
-    record_store_paths(a.db, infos.values())
-    if built:
-        a.say(f"Built {plural(len(built), 'package')}: {', '.join(built)}")
     host_keys = RecordedHostKeys(a.db)
     targets = {
         m: open_target(m, a.desired.machines[m].connection, state_root, host_keys)
@@ -165,6 +153,25 @@ async def _execute(a: Attempt) -> int:
         if name not in targets and have.connection and not a.copy_only:
             targets[name] = open_target(name, have.connection, state_root, host_keys)
     try:
+        unsettled_attempts = not a.copy_only and unsettled(a.db, a.desired.deployment)
+        if unsettled_attempts and not await _settle(a, targets, agent):
+            return EXIT_STALLED
+        attempt = None if a.copy_only else start_attempt(a.db, a.desired, a.plan.to_json())
+        needed = {p for m in a.machines for p in a.desired.machines[m].closure}
+        try:
+            infos, built = await build_missing(
+                [p for p in a.desired.packages.values() if p.path in needed],
+                a.loaded.git_dir,
+                store,
+            )
+        except BuildError as e:
+            if attempt:
+                finish_attempt(a.db, attempt, "failed", str(e))
+            raise
+        infos[agent.path] = agent
+        record_store_paths(a.db, infos.values())
+        if built:
+            a.say(f"Built {plural(len(built), 'package')}: {', '.join(built)}")
         try:
             with make_progress(a.opts.quiet or a.opts.format == "json") as progress:
                 sent = await transfer_all(
@@ -194,6 +201,27 @@ async def _execute(a: Attempt) -> int:
         return await _transition(a, attempt, targets, agent.path, sent)
     finally:
         await asyncio.gather(*(t.close() for t in targets.values()), return_exceptions=True)
+
+
+async def _settle(a: Attempt, targets: dict[str, Target], agent: PathInfo) -> bool:
+    """First settle what a killed apply left behind; False when that stays stalled."""
+    store = LocalStore(a.opts.state_path.parent / "store")
+    for target in targets.values():  # this reconciler's agent, to undo with
+        if not await present(target, {agent.path: agent.content_hash}):
+            await receive(target, store, [agent.path], "none")
+    for s in await settle(a.db, a.desired.deployment, targets, agent.path):
+        what = {
+            "failed": "it had changed nothing",
+            "rolled_back": "rolled back",
+            "stalled": "its rollback failed again",
+        }[s.status]
+        print(f"Settled an interrupted attempt ({s.attempt[:8]}): {what}.", file=sys.stderr)
+        for problem in s.problems:
+            print(f"  {problem}", file=sys.stderr)
+        if s.status == "stalled":
+            print("Stalled: fix the machines named above, then apply again.", file=sys.stderr)
+            return False
+    return True
 
 
 async def _transition(

@@ -210,7 +210,11 @@ class Transition:
     async def switch_profiles(self) -> None:
         for name in sorted(self.desired.machines):
             entry = self.journal.begin(
-                "transition", name, "switch-profile", generation=self.generation
+                "transition",
+                name,
+                "switch-profile",
+                generation=self.generation,
+                previous=self._previous_profile(name),
             )
             await self.agent_call(name, "switch-profile", self._profile(name))
             self.journal.end(entry)
@@ -229,7 +233,9 @@ class Transition:
         }
 
         async def activate(key: str) -> None:
-            entry = self.journal.begin("transition", new[key].machine, "activate", instance=key)
+            entry = self.journal.begin(
+                "transition", new[key].machine, "activate", instance=key, request=requests[key]
+            )
             await self.agent_call(new[key].machine, "activate", dict(requests[key]))
             self.journal.end(entry)
             self.activated.append(key)

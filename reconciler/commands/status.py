@@ -1,0 +1,587 @@
+"""`reconciler status`: the last applied generation and the last attempt from the state
+DB, and what the machines say now — reachable or not, their generation, each instance
+active, dead, missing or drifted, and healthy — with the conditions that follow.
+
+Observing is read-only everywhere: the state DB is opened for reading (never migrated,
+never written, not even a first-seen host key), and the machines run this reconciler's
+activation agent streamed over stdin, so nothing is written to their store either.
+`check` observes the same way (`observe` below).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+import shlex
+import sys
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import sqlite_utils
+
+from reconciler.commands.context import check_format
+from reconciler.commands.options import Options
+from reconciler.state.history import (
+    AttemptRow,
+    DeploymentRecord,
+    InstanceRow,
+    MachineRow,
+    change_summary,
+    pick_recorded,
+    read_deployment,
+    reading,
+)
+
+if TYPE_CHECKING:
+    from reconciler.targets.base import Target
+
+FORMAT_VERSION = 1
+CONNECT_TIMEOUT = 5.0  # seconds to reach an SSH machine before it counts as unreachable
+OBSERVE_TIMEOUT = 90.0  # seconds for one machine's answer (health probes take their time)
+
+# Runs the agent (sent first on stdin, `n` bytes) in this one process for each command
+# of the request list that follows it; prints {command: {"code", "answer"}}.
+_OBSERVE = r"""
+import json, sys
+n = int(sys.argv[1])
+data = sys.stdin.buffer.read()
+agent = {"__name__": "reconciler_agent", "__file__": "agent.py"}
+exec(compile(data[:n], "agent.py", "exec"), agent)
+answers = {}
+for command, request in json.loads(data[n:].decode("utf-8")):
+    code, answer = agent["run"]([command], json.dumps(request).encode())
+    answers[command] = {"code": code, "answer": answer}
+sys.stdout.write(json.dumps(answers))
+"""
+
+
+# --- observing the machines -----------------------------------------------------------
+
+
+@dataclass
+class MachineSeen:
+    name: str
+    reachable: bool = False
+    error: str | None = None  # why it could not be reached or asked
+    manifest: dict[str, Any] | None = None  # its manifest.json ({} when it has none)
+    instances: dict[str, dict[str, Any]] | None = None  # key → the agent's status answer
+    present: set[str] | None = None  # recorded store paths it has (when asked)
+
+    @property
+    def generation(self) -> int | None:
+        g = (self.manifest or {}).get("generation")
+        return g if isinstance(g, int) and not isinstance(g, bool) else None
+
+
+@dataclass
+class InstanceSeen:
+    row: InstanceRow
+    state: str  # active | dead | missing | drifted | unknown (machine not observed)
+    healthy: bool | None = None
+    pid: int | None = None
+    identity: str | None = None  # the identity the machine reports
+
+    def to_json(self) -> dict[str, Any]:
+        r = self.row
+        return {
+            "key": r.key,
+            "service": r.service,
+            "machine": r.machine,
+            "type": r.type,
+            "port": r.port,
+            "state": self.state,
+            "healthy": self.healthy,
+            "pid": self.pid,
+            "identity": r.identity,
+            "observedIdentity": self.identity,
+        }
+
+
+@dataclass
+class Observation:
+    record: DeploymentRecord
+    machines: dict[str, MachineSeen] = field(default_factory=dict)
+    instances: list[InstanceSeen] = field(default_factory=list)
+
+
+class RecordedKeysOnly:
+    """Host keys as recorded in the state DB. A machine never connected to before is
+    trusted on first use like `apply` does, but its key is not recorded: observing never
+    writes the state DB."""
+
+    def __init__(self, db: sqlite_utils.Database) -> None:
+        self.db = db
+
+    def recorded(self, host: str, port: int) -> str | None:
+        row = next(
+            self.db.query("SELECT key FROM host_keys WHERE host = ? AND port = ?", [host, port]),
+            None,
+        )
+        return str(row["key"]) if row else None
+
+    def record(self, host: str, port: int, key: str) -> None:
+        return None
+
+
+def observe(
+    db: sqlite_utils.Database, record: DeploymentRecord, state_root: Path, paths: bool = False
+) -> Observation:
+    """`observe_async` for a caller without an event loop."""
+    return asyncio.run(observe_async(db, record, state_root, paths))
+
+
+async def observe_async(
+    db: sqlite_utils.Database, record: DeploymentRecord, state_root: Path, paths: bool = False
+) -> Observation:
+    """Ask every recorded machine, in parallel, for its manifest and its instances (and,
+    with `paths`, which recorded store paths it has). Never raises for a machine: one
+    that cannot be reached or asked is a MachineSeen with its error."""
+    from reconciler.execute.agent import SOURCE
+
+    keys = RecordedKeysOnly(db)
+    agent = SOURCE.read_bytes()
+    found = await asyncio.gather(
+        *(_observe_machine(m, record, state_root, keys, agent, paths) for m in record.machines)
+    )
+    seen = {m.name: m for m in found}
+    obs = Observation(record, seen)
+    for inst in record.instances:
+        obs.instances.append(_classify(inst, seen.get(inst.machine)))
+    return obs
+
+
+async def _observe_machine(
+    m: MachineRow,
+    record: DeploymentRecord,
+    state_root: Path,
+    keys: RecordedKeysOnly,
+    agent: bytes,
+    paths: bool,
+) -> MachineSeen:
+    from reconciler.targets.local import LocalTarget
+    from reconciler.targets.open import open_target
+    from reconciler.targets.ssh import SshTarget
+    from reconciler.targets.store import present
+
+    seen = MachineSeen(m.name)
+    connection = m.connection or {"targetEnv": m.target_env, "stateDir": m.state_dir}
+    try:
+        target = open_target(m.name, connection, state_root, keys)
+    except Exception as e:
+        seen.error = _message(m.name, e)
+        return seen
+    try:
+        if isinstance(target, LocalTarget) and not os.path.isdir(target.state_dir):
+            seen.error = f"its folder {target.state_dir} does not exist"
+            return seen
+        if isinstance(target, SshTarget):
+            try:
+                await asyncio.wait_for(target.connect(), CONNECT_TIMEOUT)
+            except TimeoutError:
+                at = target.endpoint
+                seen.error = (
+                    f"cannot connect to {at.user}@{at.host}:{at.port}: no answer within "
+                    f"{CONNECT_TIMEOUT:g} s"
+                )
+                return seen
+        seen.reachable = True  # from here on, what fails is asking it, not reaching it
+        mine = [i for i in record.instances if i.machine == m.name]
+        answers = await asyncio.wait_for(
+            _ask_agent(target, agent, record.name, mine, m.address), OBSERVE_TIMEOUT
+        )
+        manifest = _answer(answers, "read-manifest")
+        if isinstance(manifest, dict):
+            seen.manifest = manifest
+        status = _answer(answers, "status")
+        if isinstance(status, dict) and isinstance(status.get("instances"), dict):
+            seen.instances = status["instances"]
+        problems = [
+            f"{command} failed: {_agent_error(answers.get(command))}"
+            for command, got in (("read-manifest", seen.manifest), ("status", seen.instances))
+            if got is None
+        ]
+        seen.error = "; ".join(problems) or None
+        expected = record.paths.get(m.name, {})
+        if paths and expected:
+            seen.present = await asyncio.wait_for(present(target, expected), OBSERVE_TIMEOUT)
+    except TimeoutError:
+        seen.error = f"no answer within {OBSERVE_TIMEOUT:g} s"
+    except Exception as e:  # whatever happened there, it is this machine's row
+        seen.error = _message(m.name, e)
+    finally:
+        with contextlib.suppress(Exception):  # closing what never opened properly
+            await asyncio.wait_for(target.close(), CONNECT_TIMEOUT)
+    return seen
+
+
+def _answer(answers: dict[str, Any], command: str) -> Any:
+    """The agent's answer to `command` when it succeeded, else None."""
+    got = answers.get(command)
+    return got.get("answer") if isinstance(got, dict) and got.get("code") == 0 else None
+
+
+async def _ask_agent(
+    target: Target,
+    source: bytes,
+    deployment: str,
+    instances: list[InstanceRow],
+    address: str | None,
+) -> dict[str, Any]:
+    """One round trip: read-manifest and status, from the agent streamed to the machine."""
+    from reconciler.targets.base import TargetError
+
+    base = {"stateDir": target.state_dir, "deployment": deployment}
+    status = {
+        **base,
+        "instances": [_status_item(i, target.state_dir, address) for i in instances],
+    }
+    requests = json.dumps([["read-manifest", base], ["status", status]]).encode()
+    result = await target.run(
+        f"python3 -c {shlex.quote(_OBSERVE)} {len(source)}", source + requests
+    )
+    try:
+        answers = json.loads(result.stdout) if result.exit_status == 0 else None
+    except ValueError:
+        answers = None
+    if not isinstance(answers, dict):
+        err = result.stderr.decode(errors="replace").strip().splitlines()
+        raise TargetError(
+            target.machine,
+            f"the agent did not answer (exit status {result.exit_status})"
+            + (f": {err[-1]}" if err else ""),
+        )
+    return answers
+
+
+def _status_item(inst: InstanceRow, state_dir: str, address: str | None) -> dict[str, Any]:
+    """What the agent's `status` needs of an instance, from its recorded request."""
+    recorded = (inst.request or {}).get("instance")
+    raw: dict[str, Any] = recorded if isinstance(recorded, dict) else {}
+    package = raw.get("package")
+    return {
+        "key": inst.key,
+        "service": inst.service,
+        "type": inst.type,
+        "identity": inst.identity,
+        "package": package
+        if isinstance(package, str) and package
+        else f"{state_dir}/store/{inst.package_path}",
+        "health": raw.get("health"),
+        "host": raw.get("host") or address,
+        "port": inst.port,
+    }
+
+
+def _classify(inst: InstanceRow, machine: MachineSeen | None) -> InstanceSeen:
+    answer = (machine.instances or {}).get(inst.key) if machine else None
+    if not isinstance(answer, dict):
+        return InstanceSeen(inst, "unknown")
+    state = answer.get("state")
+    identity = answer.get("identity")
+    identity = identity if isinstance(identity, str) else None
+    pid = answer.get("pid")
+    healthy = answer.get("healthy")
+    seen = InstanceSeen(
+        inst,
+        state if state in ("active", "dead", "missing") else "unknown",
+        healthy if isinstance(healthy, bool) else None,
+        pid if isinstance(pid, int) else None,
+        identity,
+    )
+    if seen.state in ("active", "dead") and identity and identity != inst.identity:
+        seen.state = "drifted"
+    return seen
+
+
+def _agent_error(answer: Any) -> str:
+    if not isinstance(answer, dict):
+        return "no answer"
+    body = answer.get("answer")
+    error = body.get("error") if isinstance(body, dict) else None
+    return str(error or f"no answer (exit status {answer.get('code')})")
+
+
+def _message(machine: str, e: BaseException) -> str:
+    text = str(e) or type(e).__name__
+    return text.removeprefix(f"{machine}: ")
+
+
+# --- conditions -----------------------------------------------------------------------
+
+
+def conditions(obs: Observation | None, record: DeploymentRecord | None) -> list[dict[str, Any]]:
+    """Ready, Reconciling and Stalled as they follow from the record and what was seen
+    (the controller adds transition times to these; later)."""
+    last = record.last_attempt if record else None
+    generation = record.generation if record else None
+    stalled = last is not None and last.status == "stalled"
+    running = last is not None and last.status == "running"
+    ready, reason, message = _ready(obs, last, generation)
+    return [
+        _condition("Ready", ready, reason, message),
+        _condition(
+            "Reconciling",
+            running,
+            "AttemptInFlight" if running else "Idle",
+            f"attempt {last.id} started {last.started_at}" if running and last else "",
+        ),
+        _condition(
+            "Stalled",
+            stalled,
+            "RollbackFailed" if stalled else "NotStalled",
+            _first_line(last.reason) if stalled and last else "",
+        ),
+    ]
+
+
+def _ready(
+    obs: Observation | None, last: AttemptRow | None, generation: AttemptRow | None
+) -> tuple[bool, str, str]:
+    if generation is None or last is None:
+        return False, "NeverApplied", "no generation has been applied"
+    if last.status != "succeeded":
+        reasons = {
+            "stalled": "Stalled",
+            "running": "AttemptInFlight",
+        }
+        what = f"the last attempt ({_short(last.commit) or 'no commit'}) {last.status}"
+        detail = f": {_first_line(last.reason)}" if last.reason else ""
+        return False, reasons.get(last.status, "AttemptFailed"), what + detail
+    if obs is None:
+        return False, "NotObserved", "the machines were not observed"
+    unreachable = sorted(n for n, m in obs.machines.items() if not m.reachable)
+    if unreachable:
+        return False, "MachinesUnreachable", f"unreachable: {', '.join(unreachable)}"
+    down = [f"{i.row.key} {i.state}" for i in obs.instances if i.state != "active"]
+    if down:
+        return False, "InstancesNotActive", ", ".join(down)
+    sick = [i.row.key for i in obs.instances if i.healthy is False]
+    if sick:
+        return False, "InstancesUnhealthy", f"failing health checks: {', '.join(sick)}"
+    n = len(obs.instances)
+    return True, "AllActive", f"generation {generation.generation}: {n} instances active"
+
+
+def _condition(kind: str, status: bool, reason: str, message: str) -> dict[str, Any]:
+    return {
+        "type": kind,
+        "status": "True" if status else "False",
+        "reason": reason,
+        "message": message,
+    }
+
+
+# --- the command ----------------------------------------------------------------------
+
+
+def run(opts: Options) -> int:
+    from reconciler.state.db import open_db
+
+    check_format(opts, ("text", "json"))
+    db = open_db(opts.state_path, write=False)
+    with reading(opts.state_path):
+        name = pick_recorded(db, opts.deployment)
+        record = read_deployment(db, name) if db is not None and name else None
+    if record is None or db is None:
+        return _nothing(opts, name)
+    obs = observe(db, record, opts.state_path.parent)
+    data = status_json(obs)
+    if opts.format == "json":
+        print(json.dumps(data, indent=2))
+    else:
+        _print_status(data, obs)
+    return 0
+
+
+def status_json(obs: Observation) -> dict[str, Any]:
+    record = obs.record
+    gen, last = record.generation, record.last_attempt
+    return {
+        "formatVersion": FORMAT_VERSION,
+        "deployment": record.name,
+        "recorded": True,
+        "generation": None
+        if gen is None
+        else {
+            "number": gen.generation,
+            "commit": gen.commit,
+            "author": gen.author,
+            "subject": gen.subject,
+            "commitTime": gen.commit_time,
+            "appliedAt": gen.time,
+        },
+        "lastAttempt": None
+        if last is None
+        else {
+            "id": last.id,
+            "status": last.status,
+            "reason": last.reason,
+            "generation": last.generation,
+            "commit": last.commit,
+            "subject": last.subject,
+            "startedAt": last.started_at,
+            "finishedAt": last.finished_at,
+            "changes": change_summary(last.summary),
+        },
+        "lastAppliedRevision": record.last_applied_sha,
+        "lastAttemptedRevision": record.last_attempted_sha,
+        "conditions": conditions(obs, record),
+        "machines": [
+            {
+                "name": m.name,
+                "targetEnv": m.target_env,
+                "address": m.address,
+                "reachable": obs.machines[m.name].reachable,
+                "error": obs.machines[m.name].error,
+                "generation": obs.machines[m.name].generation,
+                "commit": (obs.machines[m.name].manifest or {}).get("commit"),
+            }
+            for m in record.machines
+        ],
+        "instances": [i.to_json() for i in obs.instances],
+    }
+
+
+def _nothing(opts: Options, name: str | None) -> int:
+    if opts.format == "json":
+        print(
+            json.dumps(
+                {
+                    "formatVersion": FORMAT_VERSION,
+                    "deployment": name,
+                    "recorded": False,
+                    "generation": None,
+                    "lastAttempt": None,
+                    "lastAppliedRevision": None,
+                    "lastAttemptedRevision": None,
+                    "conditions": conditions(None, None),
+                    "machines": [],
+                    "instances": [],
+                },
+                indent=2,
+            )
+        )
+    else:
+        print(nothing_recorded(opts, name))
+    return 0
+
+
+def nothing_recorded(opts: Options, name: str | None) -> str:
+    if name:
+        return f"Nothing of {name} is recorded in {opts.state_path}."
+    return f"Nothing is recorded in {opts.state_path}."
+
+
+def _print_status(data: dict[str, Any], obs: Observation) -> None:
+    gen, last = data["generation"], data["lastAttempt"]
+    if gen is None:
+        print(f"Deployment {data['deployment']}: no generation applied yet")
+    else:
+        print(
+            f"Deployment {data['deployment']}: generation {gen['number']}, "
+            f"{_commit_text(gen['commit'], gen['subject'])}, applied {when(gen['appliedAt'])}"
+        )
+    if last is not None:
+        print(
+            f"Last attempt: {last['status']}, {_commit_text(last['commit'], last['subject'])}, "
+            f"{when(last['finishedAt'] or last['startedAt'])}"
+        )
+        if last["reason"] and last["status"] != "succeeded":
+            for line in last["reason"].splitlines():
+                print(f"  {line}")
+    for c in data["conditions"]:
+        message = f" ({c['reason']}: {c['message']})" if c["message"] else f" ({c['reason']})"
+        print(f"{c['type']}: {c['status']}{message}")
+    if data["machines"]:
+        print()
+        print_table(
+            ["MACHINE", "ENV", "ADDRESS", "GENERATION", "REACHABLE"],
+            [
+                [
+                    m["name"],
+                    m["targetEnv"],
+                    m["address"] or "-",
+                    _dash(m["generation"]),
+                    "yes" + (f" ({m['error']})" if m["error"] else "")
+                    if m["reachable"]
+                    else f"no: {m['error']}",
+                ]
+                for m in data["machines"]
+            ],
+        )
+    if data["instances"]:
+        print()
+        print_table(
+            ["INSTANCE", "TYPE", "PORT", "STATE", "HEALTHY"],
+            [
+                [i["key"], i["type"], _dash(i["port"]), i["state"], _yes_no(i["healthy"])]
+                for i in data["instances"]
+            ],
+        )
+
+
+# --- text helpers (history and check use them too) ------------------------------------
+
+
+def print_table(headers: Sequence[str], rows: Sequence[Sequence[str]]) -> None:
+    """A rich table on a terminal; plain aligned columns otherwise (pipes, files, CI)."""
+    if sys.stdout.isatty():
+        from rich import box
+        from rich.console import Console
+        from rich.table import Table
+
+        table = Table(box=box.SIMPLE_HEAD, show_edge=False, pad_edge=False)
+        for h in headers:
+            table.add_column(h, overflow="fold")
+        for row in rows:
+            table.add_row(*row)
+        Console(highlight=False).print(table)
+        return
+    widths = [max(len(str(r[i])) for r in [headers, *rows]) for i in range(len(headers))]
+    for row in [headers, *rows]:
+        cells = [str(c).ljust(w) for c, w in zip(row, widths, strict=True)]
+        print("  ".join(cells).rstrip())
+
+
+def when(stamp: str | None) -> str:
+    """An ISO time as 'YYYY-MM-DD HH:MM:SS UTC'; '-' when unknown."""
+    if not stamp:
+        return "-"
+    try:
+        t = datetime.fromisoformat(stamp)
+    except ValueError:
+        return stamp
+    if t.tzinfo is None:
+        t = t.replace(tzinfo=UTC)
+    return t.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
+
+
+def _short(sha: str | None) -> str:
+    return sha[:12] if sha else ""
+
+
+def short_sha(sha: str | None) -> str:
+    return _short(sha) or "-"
+
+
+def _commit_text(sha: str | None, subject: str | None) -> str:
+    if not sha:
+        return "no commit"
+    return f"commit {sha[:12]}" + (f' "{subject}"' if subject else "")
+
+
+def _first_line(text: str | None) -> str:
+    return (text or "").strip().split("\n", 1)[0]
+
+
+def _dash(value: object) -> str:
+    return "-" if value is None else str(value)
+
+
+def _yes_no(value: bool | None) -> str:
+    return "-" if value is None else "yes" if value else "no"
