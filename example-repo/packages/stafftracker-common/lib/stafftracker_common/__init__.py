@@ -17,6 +17,7 @@ import sys
 import threading
 import urllib.request
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from socketserver import TCPServer
 from typing import Any
 
 __all__ = ["JsonHandler", "get_json", "http_server"]
@@ -57,10 +58,19 @@ def get_json(url: str, timeout: float = 5.0) -> Any:
         return json.loads(response.read())
 
 
+class _Server(ThreadingHTTPServer):
+    """Binds without HTTPServer's reverse DNS lookup of its own address, which can stall
+    for seconds between bind and listen where no DNS server answers."""
+
+    def server_bind(self) -> None:
+        TCPServer.server_bind(self)
+        self.server_name, self.server_port = str(self.server_address[0]), self.server_address[1]
+
+
 def http_server(handler: type[BaseHTTPRequestHandler]) -> None:
     """Serve `handler` on $HOST:$PORT until SIGTERM (or SIGINT), then return."""
     address = (os.environ.get("HOST", "127.0.0.1"), int(os.environ["PORT"]))
-    server = ThreadingHTTPServer(address, handler)
+    server = _Server(address, handler)
     server.daemon_threads = True
 
     def stop(signum: int, frame: object) -> None:
