@@ -81,7 +81,11 @@ def exclusive(path: Path, what: str) -> Iterator[None]:
 
 
 def _open(path: Path, write: bool) -> sqlite_utils.Database:
-    conn = sqlite3.connect(path, timeout=30, isolation_level=None, check_same_thread=False)
+    # readers get a read-only connection: a command that only looks can never write
+    where = str(path) if write else f"file:{path.resolve()}?mode=ro"
+    conn = sqlite3.connect(
+        where, timeout=30, isolation_level=None, check_same_thread=False, uri=not write
+    )
     conn.execute("PRAGMA busy_timeout = 30000")
     version = schema_version(conn)
     if version > current_version():

@@ -63,6 +63,15 @@ class _HostKeyCheck(asyncssh.SSHClient):
         return False
 
 
+_CIPHERS = [
+    "aes128-gcm@openssh.com",
+    "aes256-gcm@openssh.com",
+    "chacha20-poly1305@openssh.com",
+    "aes128-ctr",
+    "aes256-ctr",
+]
+
+
 def _algorithms_for(pinned: str | None) -> list[str] | str:
     """Ask the server for the pinned key's type, or it may show another key it has."""
     if not pinned:
@@ -100,6 +109,8 @@ class SshTarget(Target):
                 client_factory=factory,
                 connect_timeout=15,
                 keepalive_interval=15,
+                # AES-GCM runs on the CPU's AES instructions: twice as fast as chacha20 here
+                encryption_algs=_CIPHERS,
                 **auth,
             )
         except asyncssh.HostKeyNotVerifiable:
