@@ -36,6 +36,7 @@ from reconciler.state.history import (
     read_deployment,
     reading,
 )
+from reconciler.state.hostkeys import RecordedHostKeys
 
 if TYPE_CHECKING:
     from reconciler.targets.base import Target
@@ -109,20 +110,10 @@ class Observation:
     instances: list[InstanceSeen] = field(default_factory=list)
 
 
-class RecordedKeysOnly:
+class RecordedKeysOnly(RecordedHostKeys):
     """Host keys as recorded in the state DB. A machine never connected to before is
     trusted on first use like `apply` does, but its key is not recorded: observing never
     writes the state DB."""
-
-    def __init__(self, db: sqlite_utils.Database) -> None:
-        self.db = db
-
-    def recorded(self, host: str, port: int) -> str | None:
-        row = next(
-            self.db.query("SELECT key FROM host_keys WHERE host = ? AND port = ?", [host, port]),
-            None,
-        )
-        return str(row["key"]) if row else None
 
     def record(self, host: str, port: int, key: str) -> None:
         return None

@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from reconciler.store.build import install
-from reconciler.store.content import hash_tree, make_immutable
+from reconciler.store.content import hash_tree, make_immutable, remove_tree
 from reconciler.store.local import LocalStore, PathInfo
 from reconciler.targets.base import Target
 
@@ -38,12 +38,15 @@ def ensure_agent(store: LocalStore) -> PathInfo:
     if found:
         return found
     work = Path(tempfile.mkdtemp(prefix="agent-", dir=store.scratch()))
-    out = work / "out"
-    out.mkdir()
-    (out / "agent.py").write_bytes(SOURCE.read_bytes())
-    content = hash_tree(out)
-    make_immutable(out)
-    return install(store, out, PathInfo(name, content.hash, content.size, content.files))
+    try:
+        out = work / "out"
+        out.mkdir()
+        (out / "agent.py").write_bytes(SOURCE.read_bytes())
+        content = hash_tree(out)
+        make_immutable(out)
+        return install(store, out, PathInfo(name, content.hash, content.size, content.files))
+    finally:
+        remove_tree(work)
 
 
 async def call(target: Target, agent: str, command: str, request: dict[str, Any]) -> dict[str, Any]:

@@ -15,16 +15,16 @@ import asyncio
 import contextlib
 import os
 import shlex
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from reconciler.desired.state import DesiredState
+from reconciler.desired.state import DesiredInstance, DesiredState
 from reconciler.execute.agent import AgentError, call
 from reconciler.execute.requests import activation_request, deployment_dir
 from reconciler.plan.types import Plan
 from reconciler.state.journal import Journal
-from reconciler.state.recorded import RecordedState
+from reconciler.state.recorded import RecordedInstance, RecordedState
 from reconciler.targets.base import Target, TargetError
 
 LEASE_SECONDS = 60
@@ -318,16 +318,7 @@ class Transition:
         m = self.desired.machines[machine]
         packages = self.desired.packages
         rev = self.desired.revision
-        instances = {
-            key: {
-                "service": i.service,
-                "type": i.type,
-                "identity": i.identity,
-                "package": i.package_path,
-            }
-            for key, i in sorted(self.desired.instances.items())
-            if i.machine == machine
-        }
+        instances = _manifest_instances(self.desired.instances.values(), machine)
         return {
             "stateDir": self.state_dir(machine),
             "deployment": self.desired.deployment,
@@ -350,16 +341,7 @@ class Transition:
         have = self.recorded.machines.get(machine)
         if have is None or self.recorded.generation is None:
             return None
-        instances = {
-            key: {
-                "service": i.service,
-                "type": i.type,
-                "identity": i.identity,
-                "package": i.package_path,
-            }
-            for key, i in sorted(self.recorded.instances.items())
-            if i.machine == machine
-        }
+        instances = _manifest_instances(self.recorded.instances.values(), machine)
         return {
             "stateDir": self.state_dir(machine),
             "deployment": self.desired.deployment,
@@ -373,6 +355,22 @@ class Transition:
                 "instances": instances,
             },
         }
+
+
+def _manifest_instances(
+    instances: Iterable[DesiredInstance | RecordedInstance], machine: str
+) -> dict[str, dict[str, str]]:
+    """What a machine's manifest says about its instances (`reconstruct` reads it)."""
+    return {
+        i.key: {
+            "service": i.service,
+            "type": i.type,
+            "identity": i.identity,
+            "package": i.package_path,
+        }
+        for i in sorted(instances, key=lambda i: i.key)
+        if i.machine == machine
+    }
 
 
 def _minimal_request(
