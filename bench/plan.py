@@ -50,6 +50,7 @@ from pathlib import Path
 from typing import IO
 
 import yaml
+from results import write_section  # beside this script
 
 BENCH_DIR = Path(__file__).resolve().parent
 OUT_DIR = BENCH_DIR / "out"
@@ -636,22 +637,6 @@ def machine_facts() -> str:
     )
 
 
-def write_section(path: Path, body: str) -> None:
-    """Replace (or append) this benchmark's section, keeping the other benchmarks' ones."""
-    text = path.read_text() if path.exists() else "# Benchmark results\n"
-    lines = text.splitlines()
-    start = next((i for i, line in enumerate(lines) if line.strip() == SECTION), None)
-    if start is None:
-        new = [*lines, "", *body.splitlines()] if lines else body.splitlines()
-    else:
-        end = next(
-            (i for i in range(start + 1, len(lines)) if lines[i].startswith("## ")), len(lines)
-        )
-        tail = ["", *lines[end:]] if end < len(lines) else []
-        new = [*lines[:start], *body.splitlines(), *tail]
-    path.write_text("\n".join(new).rstrip("\n") + "\n")
-
-
 # --- main ----------------------------------------------------------------------------
 
 
@@ -836,7 +821,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         text = report(args, facts, version_text, rows, (startup, version), profiled)
         print(f"\n{text}")
         if args.write_results:
-            write_section(RESULTS_FILE, text)
+            write_section(RESULTS_FILE, SECTION, text)
             print(f"# wrote {SECTION!r} in {RESULTS_FILE}")
         if args.out:
             print(f"# repositories kept in {base}")

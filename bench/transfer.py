@@ -66,6 +66,8 @@ BENCH_DIR = Path(__file__).resolve().parent
 ROOT = BENCH_DIR.parent
 sys.path.insert(0, str(ROOT))
 
+from results import write_section  # noqa: E402  (beside this script)
+
 from tests.testhosts import TestHost, TestHostNetwork  # noqa: E402
 
 OUT_DIR = BENCH_DIR / "out"
@@ -1411,22 +1413,6 @@ def report(
     return "\n".join(lines) + "\n"
 
 
-def write_section(path: Path, body: str) -> None:
-    """Replace (or append) this benchmark's section, keeping the other benchmarks' ones."""
-    text = path.read_text() if path.exists() else "# Benchmark results\n"
-    lines = text.splitlines()
-    start = next((i for i, line in enumerate(lines) if line.strip() == SECTION), None)
-    if start is None:
-        new = [*lines, "", *body.splitlines()] if lines else body.splitlines()
-    else:
-        end = next(
-            (i for i in range(start + 1, len(lines)) if lines[i].startswith("## ")), len(lines)
-        )
-        tail = ["", *lines[end:]] if end < len(lines) else []
-        new = [*lines[:start], *body.splitlines(), *tail]
-    path.write_text("\n".join(new).rstrip("\n") + "\n")
-
-
 # --- main ---------------------------------------------------------------------------------
 
 
@@ -1516,7 +1502,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     print(text)
     if args.write_results:
-        write_section(RESULTS_FILE, text)
+        write_section(RESULTS_FILE, SECTION, text)
         log(f"wrote {SECTION!r} in {RESULTS_FILE}")
     return 0
 

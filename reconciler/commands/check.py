@@ -7,22 +7,20 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from reconciler.commands.context import check_format
 from reconciler.commands.options import Options
-from reconciler.commands.status import InstanceSeen, Observation, nothing_recorded, observe
-from reconciler.state.history import pick_recorded, read_deployment, reading
+from reconciler.commands.status import (
+    InstanceSeen,
+    Observation,
+    load_record,
+    nothing_recorded,
+    observe,
+)
 
 EXIT_DRIFT = 2
 
 
 def run(opts: Options) -> int:
-    from reconciler.state.db import open_db
-
-    check_format(opts, ("text", "json"))
-    db = open_db(opts.state_path, write=False)
-    with reading(opts.state_path):
-        name = pick_recorded(db, opts.deployment)
-        record = read_deployment(db, name) if db is not None and name else None
+    db, name, record = load_record(opts)
     items: list[dict[str, Any]] = []
     if record is not None and db is not None:
         items = drift(observe(db, record, opts.state_path.parent, paths=True))

@@ -370,7 +370,10 @@ def _condition(kind: str, status: bool, reason: str, message: str) -> dict[str, 
 # --- the command ----------------------------------------------------------------------
 
 
-def run(opts: Options) -> int:
+def load_record(
+    opts: Options,
+) -> tuple[sqlite_utils.Database | None, str | None, DeploymentRecord | None]:
+    """The state DB (read-only), the deployment's name and its record, for status and check."""
     from reconciler.state.db import open_db
 
     check_format(opts, ("text", "json"))
@@ -378,6 +381,11 @@ def run(opts: Options) -> int:
     with reading(opts.state_path):
         name = pick_recorded(db, opts.deployment)
         record = read_deployment(db, name) if db is not None and name else None
+    return db, name, record
+
+
+def run(opts: Options) -> int:
+    db, name, record = load_record(opts)
     if record is None or db is None:
         return _nothing(opts, name)
     obs = observe(db, record, opts.state_path.parent)

@@ -54,12 +54,18 @@ def stop_all(root: Path) -> None:
             os.killpg(pid, signal.SIGKILL)
 
 
-@pytest.fixture
-def example(tmp_path: Path) -> Iterator[Path]:
-    repo = make_repo(tmp_path / "models", example_files())
+def example_repo(path: Path, files: dict[str, str]) -> Path:
+    """A committed repository of example-repo's files (as given), programs executable."""
+    repo = make_repo(path, files)
     for exe in EXAMPLE.glob("packages/*/bin/*"):
         (repo / exe.relative_to(EXAMPLE)).chmod(0o755)
     commit(repo, {}, "executables")
+    return repo
+
+
+@pytest.fixture
+def example(tmp_path: Path) -> Iterator[Path]:
+    repo = example_repo(tmp_path / "models", example_files())
     try:
         yield repo
     finally:

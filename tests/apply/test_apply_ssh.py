@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.apply.test_apply_local import EXAMPLE, example_files, get
-from tests.support import commit, make_repo, run_cli
+from tests.apply.test_apply_local import example_files, example_repo, get
+from tests.support import run_cli
 from tests.testhosts import TestHostNetwork
 
 pytestmark = [pytest.mark.hosts, pytest.mark.slow]
@@ -41,10 +41,7 @@ def test_stafftracker_over_ssh(
         "deployments:\n  ssh:\n    models: [network/logical.yaml, network/physical-ssh.yaml,"
         " services.yaml, distribution.yaml]\n"
     )
-    repo = make_repo(tmp_path / "models", files)
-    for exe in EXAMPLE.glob("packages/*/bin/*"):
-        (repo / exe.relative_to(EXAMPLE)).chmod(0o755)
-    commit(repo, {}, "executables")
+    repo = example_repo(tmp_path / "models", files)
 
     done = run_cli("-d", "ssh", "apply", "--yes", "--format", "json", cwd=repo, timeout=180)
     assert done.returncode == 0, done.stderr

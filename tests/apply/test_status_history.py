@@ -17,8 +17,14 @@ from typing import Any
 
 import pytest
 
-from tests.apply.test_apply_local import EXAMPLE, example_files, gone, running_pids, stop_all
-from tests.support import commit, make_repo, run_cli, write_files
+from tests.apply.test_apply_local import (
+    example_files,
+    example_repo,
+    gone,
+    running_pids,
+    stop_all,
+)
+from tests.support import commit, run_cli, write_files
 
 pytestmark = pytest.mark.slow
 
@@ -49,10 +55,7 @@ def example(tmp_path: Path) -> Iterator[Path]:
     )
     assert physical.count("address:") == 2
     files["network/physical-local.yaml"] = physical
-    repo = make_repo(tmp_path / "models", files)
-    for exe in EXAMPLE.glob("packages/*/bin/*"):
-        (repo / exe.relative_to(EXAMPLE)).chmod(0o755)
-    commit(repo, {}, "executables")
+    repo = example_repo(tmp_path / "models", files)
     try:
         yield repo
     finally:
