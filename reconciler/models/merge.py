@@ -20,12 +20,6 @@ def merge_patch(target: Any, patch: Any) -> Any:
     return result
 
 
-def merge_marks(into: Marks, later: Marks) -> None:
-    """Let the later file's marks win; stale marks of replaced values are never looked up,
-    because lookups only follow paths that exist in the merged document."""
-    into.update(later)
-
-
 def locate(marks: Marks, path: tuple[str | int, ...]) -> tuple[str, int] | None:
     """The mark of `path`, or of its nearest marked ancestor."""
     for end in range(len(path), 0, -1):

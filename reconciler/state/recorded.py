@@ -44,7 +44,3 @@ class RecordedState:
     service_order: dict[str, tuple[str, ...]] = field(default_factory=dict)
     allocations: dict[str, str] = field(default_factory=dict)
     path_sizes: dict[str, int] = field(default_factory=dict)  # store path → bytes, once built
-
-
-def empty(deployment: str) -> RecordedState:
-    return RecordedState(deployment=deployment)
