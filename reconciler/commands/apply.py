@@ -18,7 +18,7 @@ from reconciler.commands.options import Options
 from reconciler.commands.progress import make_progress
 from reconciler.desired.state import DesiredState
 from reconciler.errors import UserError
-from reconciler.execute.agent import ensure_agent
+from reconciler.execute.agent import ensure_agent, ship
 from reconciler.execute.recover import settle, unsettled
 from reconciler.execute.secrets import Secrets, read_secrets
 from reconciler.execute.transfer import MachineTransfer, TransferFailed, transfer_all
@@ -43,7 +43,6 @@ from reconciler.store.build import BuildError, build_missing
 from reconciler.store.local import LocalStore, PathInfo
 from reconciler.targets.base import Target
 from reconciler.targets.open import open_target
-from reconciler.targets.store import present, receive
 from reconciler.text import human_bytes, plural
 
 EXIT_FAILED, EXIT_STALLED = 1, 3
@@ -205,10 +204,7 @@ async def _execute(a: Attempt) -> int:
 
 async def _settle(a: Attempt, targets: dict[str, Target], agent: PathInfo) -> bool:
     """First settle what a killed apply left behind; False when that stays stalled."""
-    store = LocalStore(a.opts.state_path.parent / "store")
-    for target in targets.values():  # this reconciler's agent, to undo with
-        if not await present(target, {agent.path: agent.content_hash}):
-            await receive(target, store, [agent.path], "none")
+    await ship(targets.values(), LocalStore(a.opts.state_path.parent / "store"), agent)
     for s in await settle(a.db, a.desired.deployment, targets, agent.path):
         what = {
             "failed": "it had changed nothing",

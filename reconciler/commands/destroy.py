@@ -12,7 +12,7 @@ import sys
 from reconciler.commands.options import Options
 from reconciler.desired.state import DesiredState
 from reconciler.errors import UserError
-from reconciler.execute.agent import ensure_agent
+from reconciler.execute.agent import ensure_agent, ship
 from reconciler.execute.requests import deployment_dir
 from reconciler.execute.transition import Transition, TransitionFailed, run_transition
 from reconciler.plan.diff import make_plan
@@ -28,7 +28,6 @@ from reconciler.state.record import (
 )
 from reconciler.store.local import LocalStore
 from reconciler.targets.open import open_target
-from reconciler.targets.store import present, receive
 
 
 def run(opts: Options, yes: bool) -> int:
@@ -78,9 +77,7 @@ def run(opts: Options, yes: bool) -> int:
 
         async def take_down() -> None:
             try:
-                for target in targets.values():  # this reconciler's agent may not be there
-                    if not await present(target, {agent.path: agent.content_hash}):
-                        await receive(target, store, [agent.path], "none")
+                await ship(targets.values(), store, agent)
                 await run_transition(transition)
                 for target in targets.values():
                     folder = shlex.quote(deployment_dir(target.state_dir, name))

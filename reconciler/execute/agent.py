@@ -7,6 +7,7 @@ import hashlib
 import json
 import shlex
 import tempfile
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
@@ -14,6 +15,7 @@ from reconciler.store.build import install
 from reconciler.store.content import hash_tree, make_immutable, remove_tree
 from reconciler.store.local import LocalStore, PathInfo
 from reconciler.targets.base import Target
+from reconciler.targets.store import present, receive
 
 SOURCE = Path(__file__).resolve().parent.parent / "activation" / "agent.py"
 
@@ -47,6 +49,13 @@ def ensure_agent(store: LocalStore) -> PathInfo:
         return install(store, out, PathInfo(name, content.hash, content.size, content.files))
     finally:
         remove_tree(work)
+
+
+async def ship(targets: Iterable[Target], store: LocalStore, agent: PathInfo) -> None:
+    """Put this reconciler's agent on machines that lack it (to undo or take down with)."""
+    for target in targets:
+        if not await present(target, {agent.path: agent.content_hash}):
+            await receive(target, store, [agent.path], "none")
 
 
 async def call(target: Target, agent: str, command: str, request: dict[str, Any]) -> dict[str, Any]:
