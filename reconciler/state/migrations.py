@@ -93,4 +93,23 @@ MIGRATIONS: list[tuple[str, list[str]]] = [
                 first_seen TEXT NOT NULL, PRIMARY KEY (host, port))""",
         ],
     ),
+    (
+        "generation paths and provisioning",
+        [
+            # per generation: {machine: [store paths its profile and instances need]}, for gc
+            "ALTER TABLE attempts ADD COLUMN machine_paths TEXT",
+            # one row per provisioned machine, written before each provider call, so an
+            # interrupted create is found again (by its token) rather than duplicated
+            """CREATE TABLE provisioning (
+                deployment TEXT NOT NULL,
+                machine TEXT NOT NULL,
+                provider TEXT NOT NULL,
+                token TEXT NOT NULL,
+                provider_id TEXT,
+                state TEXT NOT NULL,
+                detail TEXT NOT NULL DEFAULT '{}',
+                updated_at TEXT NOT NULL,
+                PRIMARY KEY (deployment, machine))""",
+        ],
+    ),
 ]
