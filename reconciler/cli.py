@@ -195,6 +195,21 @@ def apply(
 
 
 @app.command()
+def rollback(
+    ctx: typer.Context,
+    to: Annotated[
+        int | None,
+        typer.Option("--to", help="Generation to deploy again (default: the one before)."),
+    ] = None,
+    yes: Annotated[bool, typer.Option("--yes", help="Do not ask for confirmation.")] = False,
+) -> int:
+    """Deploy generation N's commit again; the controller's auto-apply pauses until a new commit."""
+    from reconciler.commands import rollback as cmd
+
+    return cmd.run(ctx.obj, to, yes)
+
+
+@app.command()
 def destroy(
     ctx: typer.Context,
     yes: Annotated[bool, typer.Option("--yes", help="Do not ask for confirmation.")] = False,
@@ -230,6 +245,48 @@ def history(
 def check(ctx: typer.Context) -> int:
     """Observe the machines and report drift from the record: exit 0 none, 2 drift."""
     from reconciler.commands import check as cmd
+
+    return cmd.run(ctx.obj)
+
+
+@app.command(context_settings={"allow_interspersed_args": False})
+def ssh(
+    ctx: typer.Context,
+    machine: Annotated[str, typer.Argument(help="Machine of the deployment.")],
+    command: Annotated[
+        list[str] | None, typer.Argument(help="Command to run (after --); a shell without.")
+    ] = None,
+) -> int:
+    """A shell, or a command, on a machine of the deployment."""
+    from reconciler.commands import ssh as cmd
+
+    return cmd.run(ctx.obj, machine, command or [])
+
+
+@app.command()
+def gc(
+    ctx: typer.Context,
+    keep: Annotated[
+        int, typer.Option("--keep", help="Generations whose paths and profiles are kept.")
+    ] = 3,
+    delete_state: Annotated[
+        bool,
+        typer.Option(
+            "--delete-state",
+            help="Also delete the data of services no kept generation places on a machine.",
+        ),
+    ] = False,
+) -> int:
+    """Remove store paths, profiles (and state) no longer referenced by the last N generations."""
+    from reconciler.commands import gc as cmd
+
+    return cmd.run(ctx.obj, keep, delete_state)
+
+
+@app.command()
+def reconstruct(ctx: typer.Context) -> int:
+    """Rebuild a lost record of the deployment from the manifests on its machines."""
+    from reconciler.commands import reconstruct as cmd
 
     return cmd.run(ctx.obj)
 

@@ -22,6 +22,7 @@ import json
 import os
 import pwd
 import re
+import shutil
 import signal
 import socket
 import sqlite3
@@ -785,7 +786,9 @@ def activate_sqlite(dep: Deployment, inst: Instance, identity: str) -> dict[str,
 # --- wrapper -----------------------------------------------------------------------
 
 
-def run_wrapper(dep: Deployment, inst: Instance, action: str) -> dict[str, Any]:
+def run_wrapper(
+    dep: Deployment, inst: Instance, action: str, extra: dict[str, str] | None = None
+) -> dict[str, Any]:
     assert inst.package is not None
     wrapper = os.path.join(inst.package, "bin", "wrapper")
     inst_dir = dep.instance_dir(inst.service)
@@ -801,7 +804,7 @@ def run_wrapper(dep: Deployment, inst: Instance, action: str) -> dict[str, Any]:
             # output to the log file, not a pipe: a daemon it starts may keep its stdout
             code = subprocess.call(
                 [wrapper, action],
-                env=child_env(inst.env),
+                env=child_env({**inst.env, **(extra or {})}),
                 cwd=state,
                 stdin=subprocess.DEVNULL,
                 stdout=log,
@@ -1022,17 +1025,38 @@ def sqlite_copy(source: str, target_dir: str, target_name: str) -> str:
         raise
 
 
+def snapshot_name(service: str) -> str:
+    now = time.time()
+    stamp = time.strftime("%Y%m%dT%H%M%S", time.gmtime(now)) + f".{int(now % 1 * 1e6):06d}Z"
+    return f"{service}-{stamp}"
+
+
+def cmd_wrapper(req: dict[str, Any]) -> dict[str, Any]:
+    """`lock` or `unlock` of a wrapper instance: a non-zero exit of `lock` refuses it."""
+    dep = Deployment(req)
+    inst = Instance(req_obj(req, "instance"), full=True)
+    action = req_str(req, "action")
+    if inst.type != "wrapper" or action not in ("lock", "unlock"):
+        bad("'action' must be lock or unlock, of a wrapper instance")
+    return run_wrapper(dep.ensure(), inst, action)
+
+
 def cmd_snapshot(req: dict[str, Any]) -> dict[str, Any]:
     dep = Deployment(req)
     service = name_field(req, "service")
+    if "instance" in req:  # a wrapper: it writes its own snapshot to $RECONCILER_SNAPSHOT
+        inst = Instance(req_obj(req, "instance"), full=True)
+        path = os.path.join(dep.ensure().root, "snapshots", snapshot_name(service))
+        run_wrapper(dep, inst, "snapshot", {"RECONCILER_SNAPSHOT": path})
+        if not os.path.isfile(path):
+            raise Failure(f"{inst.key}: wrapper snapshot wrote no file to $RECONCILER_SNAPSHOT")
+        return {"path": path}
     db = dep.db(service)
     if not os.path.isfile(db):
         raise Failure(f"no database to snapshot: {db}")
     dep.ensure()
     folder = os.path.join(dep.root, "snapshots")
-    now = time.time()
-    stamp = time.strftime("%Y%m%dT%H%M%S", time.gmtime(now)) + f".{int(now % 1 * 1e6):06d}Z"
-    name = f"{service}-{stamp}.sqlite"
+    name = f"{snapshot_name(service)}.sqlite"
     tmp = sqlite_copy(db, folder, name)
     final = os.path.join(folder, name)
     os.replace(tmp, final)
@@ -1047,6 +1071,10 @@ def cmd_restore(req: dict[str, Any]) -> dict[str, Any]:
     if not os.path.isfile(source):
         raise Failure(f"no snapshot at {source}")
     dep.ensure()
+    if "instance" in req:  # a wrapper restores from $RECONCILER_SNAPSHOT itself
+        inst = Instance(req_obj(req, "instance"), full=True)
+        os.makedirs(dep.state(service), exist_ok=True)
+        return run_wrapper(dep, inst, "restore", {"RECONCILER_SNAPSHOT": source})
     state = dep.state(service)
     os.makedirs(state, exist_ok=True)
     db = dep.db(service)
@@ -1079,7 +1107,8 @@ def cmd_switch_profile(req: dict[str, Any]) -> dict[str, Any]:
     dep.ensure()
     relative = f"profiles/{generation}"
     profile_path = os.path.join(dep.root, relative)
-    if "profile" in req:
+    # back to a previous generation: its own profile file, if still there, is the better one
+    if "profile" in req and not (req.get("ifMissing") and os.path.isfile(profile_path)):
         write_atomic(profile_path, dumps(req["profile"]))
     elif not os.path.isfile(profile_path):
         raise Failure(f"no profile {relative} and none given")
@@ -1109,6 +1138,125 @@ def cmd_read_manifest(req: dict[str, Any]) -> dict[str, Any]:
     return manifest
 
 
+def cmd_list_store(req: dict[str, Any]) -> dict[str, Any]:
+    """{store path: content hash} of every completed path (reconstruct records them)."""
+    meta = os.path.join(abs_path(req, "stateDir"), "store", ".meta")
+    paths = {}
+    for name in sorted(os.listdir(meta)) if os.path.isdir(meta) else []:
+        info = read_json(os.path.join(meta, name)) if name.endswith(".json") else None
+        path = name[: -len(".json")]
+        if isinstance(info, dict) and os.path.isdir(os.path.join(meta, "..", path)):
+            paths[path] = info.get("content_hash")
+    return {"paths": paths}
+
+
+def tree_size(path: str) -> int:
+    total = 0
+    for folder, _, files in os.walk(path):
+        for f in files:
+            with contextlib.suppress(OSError):
+                total += os.lstat(os.path.join(folder, f)).st_size
+    return total
+
+
+def remove_tree(path: str) -> None:
+    """Remove a folder, store paths included (they are read-only)."""
+    for folder, dirs, _ in os.walk(path):
+        os.chmod(folder, 0o755)
+        for d in dirs:
+            with contextlib.suppress(OSError):
+                if not os.path.islink(os.path.join(folder, d)):
+                    os.chmod(os.path.join(folder, d), 0o755)
+    shutil.rmtree(path, ignore_errors=True)
+
+
+def profile_numbers(dep: Deployment) -> list[int]:
+    folder = os.path.join(dep.root, "profiles")
+    names = os.listdir(folder) if os.path.isdir(folder) else []
+    return sorted(int(n) for n in names if n.isdigit())
+
+
+def cmd_gc(req: dict[str, Any]) -> dict[str, Any]:
+    """Under the caller's lease: drop this deployment's profiles not kept, then every store
+    path no profile of any deployment on the machine references (and none received in
+    the last `graceSeconds`: an attempt may be transferring before it locks); with
+    `deleteState`, the state, runtime folders and snapshots of services no kept profile
+    places here."""
+    dep = Deployment(req)
+    owner = req_str(req, "owner")
+    keep = req.get("keep")
+    if not isinstance(keep, list) or not all(isinstance(g, int) for g in keep):
+        bad("'keep' must be a list of generation numbers")
+    extra = req.get("keepPaths", [])
+    grace = seconds(req.get("graceSeconds"), "graceSeconds", 3600.0)
+    lease = read_lease(os.path.join(dep.state_dir, "lock"))
+    if not lease or lease.get("owner") != owner:
+        raise Failure(f"gc needs the machine's lock, held by {(lease or {}).get('owner')}")
+    removed_profiles = []
+    current = os.path.join(dep.root, "current")
+    live = os.readlink(current) if os.path.islink(current) else None
+    for n in profile_numbers(dep):
+        if n not in keep and f"profiles/{n}" != live:
+            remove(os.path.join(dep.root, "profiles", str(n)))
+            removed_profiles.append(n)
+    referenced = set(extra)
+    services: set[str] = set()
+    unknown = []  # profiles written before they listed their closure: keep everything
+    deployments = os.path.join(dep.state_dir, "deployments")
+    for name in sorted(os.listdir(deployments)) if os.path.isdir(deployments) else []:
+        other = Deployment({"stateDir": dep.state_dir, "deployment": name})
+        for n in profile_numbers(other):
+            profile = read_json(os.path.join(other.root, "profiles", str(n)))
+            if not isinstance(profile, dict) or not isinstance(profile.get("closure"), list):
+                unknown.append(f"{name}/profiles/{n}")
+                continue
+            referenced.update(profile["closure"])
+            if name == dep.name:
+                services.update(profile.get("services", []))
+    store = os.path.join(dep.state_dir, "store")
+    removed: list[str] = []
+    freed = 0
+    now = time.time()
+    for path in sorted(os.listdir(store)) if os.path.isdir(store) and not unknown else []:
+        meta = os.path.join(store, ".meta", path + ".json")
+        if path.startswith(".") or path in referenced:
+            continue
+        try:
+            received = os.lstat(meta).st_ctime  # tar keeps mtimes; ctime is arrival
+        except FileNotFoundError:
+            received = 0.0  # never completed: an interrupted transfer's leftover
+        if now - received < grace:
+            continue
+        freed += tree_size(os.path.join(store, path))
+        remove(meta)  # first the meta: a path without one never counts as present
+        remove_tree(os.path.join(store, path))
+        removed.append(path)
+    removed_state = []
+    if req.get("deleteState"):
+        manifest = read_json(os.path.join(dep.root, "manifest.json"))
+        if isinstance(manifest, dict) and isinstance(manifest.get("instances"), dict):
+            services.update(i.get("service") for i in manifest["instances"].values())
+        for sub in ("state", "instances"):
+            folder = os.path.join(dep.root, sub)
+            for service in sorted(os.listdir(folder)) if os.path.isdir(folder) else []:
+                if service not in services:
+                    freed += tree_size(os.path.join(folder, service))
+                    remove_tree(os.path.join(folder, service))
+                    if sub == "state":
+                        removed_state.append(service)
+        snapshots = os.path.join(dep.root, "snapshots")
+        for name in os.listdir(snapshots) if os.path.isdir(snapshots) else []:
+            freed += file_size(os.path.join(snapshots, name))
+            remove(os.path.join(snapshots, name))
+    return {
+        "removedProfiles": removed_profiles,
+        "removedPaths": removed,
+        "removedState": removed_state,
+        "freedBytes": freed,
+        "unknownProfiles": unknown,
+    }
+
+
 COMMANDS: dict[str, Callable[[dict[str, Any]], dict[str, Any]]] = {
     "activate": cmd_activate,
     "deactivate": cmd_deactivate,
@@ -1119,6 +1267,9 @@ COMMANDS: dict[str, Callable[[dict[str, Any]], dict[str, Any]]] = {
     "restore": cmd_restore,
     "switch-profile": cmd_switch_profile,
     "read-manifest": cmd_read_manifest,
+    "gc": cmd_gc,
+    "list-store": cmd_list_store,
+    "wrapper": cmd_wrapper,
 }
 
 

@@ -14,7 +14,6 @@ import asyncio
 import contextlib
 import json
 import os
-import shlex
 import sys
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -44,22 +43,6 @@ if TYPE_CHECKING:
 FORMAT_VERSION = 1
 CONNECT_TIMEOUT = 5.0  # seconds to reach an SSH machine before it counts as unreachable
 OBSERVE_TIMEOUT = 90.0  # seconds for one machine's answer (health probes take their time)
-
-# Runs the agent (sent first on stdin, `n` bytes) in this one process for each command
-# of the request list that follows it; prints {command: {"code", "answer"}}.
-_OBSERVE = r"""
-import json, sys
-n = int(sys.argv[1])
-data = sys.stdin.buffer.read()
-agent = {"__name__": "reconciler_agent", "__file__": "agent.py"}
-exec(compile(data[:n], "agent.py", "exec"), agent)
-answers = {}
-for command, request in json.loads(data[n:].decode("utf-8")):
-    code, answer = agent["run"]([command], json.dumps(request).encode())
-    answers[command] = {"code": code, "answer": answer}
-sys.stdout.write(json.dumps(answers))
-"""
-
 
 # --- observing the machines -----------------------------------------------------------
 
@@ -132,12 +115,9 @@ async def observe_async(
     """Ask every recorded machine, in parallel, for its manifest and its instances (and,
     with `paths`, which recorded store paths it has). Never raises for a machine: one
     that cannot be reached or asked is a MachineSeen with its error."""
-    from reconciler.execute.agent import SOURCE
-
     keys = RecordedKeysOnly(db)
-    agent = SOURCE.read_bytes()
     found = await asyncio.gather(
-        *(_observe_machine(m, record, state_root, keys, agent, paths) for m in record.machines)
+        *(_observe_machine(m, record, state_root, keys, paths) for m in record.machines)
     )
     seen = {m.name: m for m in found}
     obs = Observation(record, seen)
@@ -151,9 +131,9 @@ async def _observe_machine(
     record: DeploymentRecord,
     state_root: Path,
     keys: RecordedKeysOnly,
-    agent: bytes,
     paths: bool,
 ) -> MachineSeen:
+    from reconciler.execute.agent import answer_of
     from reconciler.targets.local import LocalTarget
     from reconciler.targets.open import open_target
     from reconciler.targets.ssh import SshTarget
@@ -183,12 +163,12 @@ async def _observe_machine(
         seen.reachable = True  # from here on, what fails is asking it, not reaching it
         mine = [i for i in record.instances if i.machine == m.name]
         answers = await asyncio.wait_for(
-            _ask_agent(target, agent, record.name, mine, m.address), OBSERVE_TIMEOUT
+            _ask_agent(target, record.name, mine, m.address), OBSERVE_TIMEOUT
         )
-        manifest = _answer(answers, "read-manifest")
+        manifest = answer_of(answers, "read-manifest")
         if isinstance(manifest, dict):
             seen.manifest = manifest
-        status = _answer(answers, "status")
+        status = answer_of(answers, "status")
         if isinstance(status, dict) and isinstance(status.get("instances"), dict):
             seen.instances = status["instances"]
         problems = [
@@ -210,43 +190,21 @@ async def _observe_machine(
     return seen
 
 
-def _answer(answers: dict[str, Any], command: str) -> Any:
-    """The agent's answer to `command` when it succeeded, else None."""
-    got = answers.get(command)
-    return got.get("answer") if isinstance(got, dict) and got.get("code") == 0 else None
-
-
 async def _ask_agent(
     target: Target,
-    source: bytes,
     deployment: str,
     instances: list[InstanceRow],
     address: str | None,
 ) -> dict[str, Any]:
     """One round trip: read-manifest and status, from the agent streamed to the machine."""
-    from reconciler.targets.base import TargetError
+    from reconciler.execute.agent import ask
 
     base = {"stateDir": target.state_dir, "deployment": deployment}
     status = {
         **base,
         "instances": [_status_item(i, target.state_dir, address) for i in instances],
     }
-    requests = json.dumps([["read-manifest", base], ["status", status]]).encode()
-    result = await target.run(
-        f"python3 -c {shlex.quote(_OBSERVE)} {len(source)}", source + requests
-    )
-    try:
-        answers = json.loads(result.stdout) if result.exit_status == 0 else None
-    except ValueError:
-        answers = None
-    if not isinstance(answers, dict):
-        err = result.stderr.decode(errors="replace").strip().splitlines()
-        raise TargetError(
-            target.machine,
-            f"the agent did not answer (exit status {result.exit_status})"
-            + (f": {err[-1]}" if err else ""),
-        )
-    return answers
+    return await ask(target, [("read-manifest", base), ("status", status)])
 
 
 def _status_item(inst: InstanceRow, state_dir: str, address: str | None) -> dict[str, Any]:

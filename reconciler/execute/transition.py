@@ -59,6 +59,7 @@ class Transition:
     deactivated: list[str] = field(default_factory=list)
     switched: list[str] = field(default_factory=list)
     locked: list[str] = field(default_factory=list)
+    locked_wrappers: list[str] = field(default_factory=list)
 
     def state_dir(self, machine: str) -> str:
         return self.targets[machine].state_dir
@@ -90,7 +91,23 @@ class Transition:
             self.locked.append(machine)
             if got.get("took_over"):
                 warnings.append(f"{machine}: took over an expired lock of {got['took_over']}")
+        await self.lock_wrappers()
         return warnings
+
+    async def lock_wrappers(self) -> None:
+        """A wrapper about to be taken down may refuse (`wrapper lock` exits non-zero):
+        then nothing changes. Without its recorded request it cannot be asked."""
+        for key in self.plan.deactivation_order:
+            request = self.old_requests.get(key)
+            have = self.recorded.instances.get(key)
+            if have is None or have.type != "wrapper" or request is None:
+                continue
+            try:
+                await self.agent_call(have.machine, "wrapper", {**request, "action": "lock"})
+            except (AgentError, TargetError) as e:
+                await self.unlock_all()
+                raise LockRefused(f"{key} refused its lock: {_message(e)}", True, []) from None
+            self.locked_wrappers.append(key)
 
     async def renew_locks(self) -> None:
         while True:
@@ -108,6 +125,13 @@ class Transition:
                     )
 
     async def unlock_all(self) -> None:
+        for key in reversed(self.locked_wrappers):
+            machine = self.recorded.instances[key].machine
+            with contextlib.suppress(AgentError, TargetError):
+                await self.agent_call(
+                    machine, "wrapper", {**self.old_requests[key], "action": "unlock"}
+                )
+        self.locked_wrappers.clear()
         for machine in reversed(self.locked):
             with contextlib.suppress(AgentError, TargetError):
                 await self.agent_call(
@@ -130,7 +154,7 @@ class Transition:
         }
         await self.upload_keys()
         await self.deactivate_obsolete()
-        await self.move_state()
+        await self.move_state(requests)
         await self.switch_profiles()
         await self.activate_new(requests)
         return requests
@@ -172,12 +196,16 @@ class Transition:
 
         await self._run_dag(order, waits, lambda k: old[k].machine, deactivate)
 
-    async def move_state(self) -> None:
+    async def move_state(self, requests: Mapping[str, dict[str, Any]]) -> None:
         for move in self.plan.moves:
             dep = self.desired.deployment
             entry = self.journal.begin(
                 "transition", move.target, "move-state", service=move.service, source=move.source
             )
+            # a wrapper snapshots and restores itself: it is asked with its own request
+            old = self.old_requests.get(f"{move.service}@{move.source}", {}).get("instance")
+            new = requests[f"{move.service}@{move.target}"]["instance"]
+            wrapper = self.desired.instances[f"{move.service}@{move.target}"].type == "wrapper"
             snap = await self.agent_call(
                 move.source,
                 "snapshot",
@@ -185,6 +213,7 @@ class Transition:
                     "stateDir": self.state_dir(move.source),
                     "deployment": dep,
                     "service": move.service,
+                    **({"instance": old} if wrapper and old else {}),
                 },
             )
             data = await self.targets[move.source].read_file(snap["path"])
@@ -203,6 +232,7 @@ class Transition:
                     "deployment": dep,
                     "service": move.service,
                     "from": landing,
+                    **({"instance": new} if wrapper else {}),
                 },
             )
             self.journal.end(entry)
@@ -326,6 +356,9 @@ class Transition:
             "profile": {
                 "packages": list(m.profile),
                 "paths": sorted({p for n in m.profile for p in packages[n].closure}),
+                # what gc keeps while this profile is kept: everything the generation needs
+                "closure": [*m.closure, self.agent],
+                "services": sorted({i["service"] for i in instances.values()}),
             },
             "manifest": {
                 "deployment": self.desired.deployment,
@@ -334,6 +367,7 @@ class Transition:
                 "commit": rev.sha if rev else None,
                 "attempt": self.attempt,
                 "instances": instances,
+                "allocations": _allocations_of(self.desired.deployment, self.desired.allocations),
             },
         }
 
@@ -347,14 +381,24 @@ class Transition:
             "deployment": self.desired.deployment,
             "generation": self.recorded.generation,
             "profile": {"packages": list(have.profile)},
+            "ifMissing": True,
             "manifest": {
                 "deployment": self.desired.deployment,
                 "machine": machine,
                 "generation": self.recorded.generation,
                 "commit": self.recorded.revision,
                 "instances": instances,
+                "allocations": _allocations_of(self.desired.deployment, self.recorded.allocations),
             },
         }
+
+
+def _allocations_of(deployment: str, allocations: Mapping[str, str]) -> dict[str, str]:
+    """The deployment's allocated values, so `reconstruct` compiles the same addresses
+    and ports the machines run with."""
+    return {
+        k: v for k, v in allocations.items() if f"/{deployment}/" in k or k == "container-subnet"
+    }
 
 
 def _manifest_instances(

@@ -128,29 +128,38 @@ def record_generation(
     desired: DesiredState,
     present_paths: Mapping[str, Mapping[str, str]],
     requests: Mapping[str, Mapping[str, Any]],
+    number: int | None = None,
 ) -> int:
     """The attempt succeeded: it becomes the deployment's next generation (returned).
 
     `present_paths` maps machine → {store path: content hash} now on that target;
     `requests` maps instance key → the activation request it runs with (for rollback).
+    `number` is given only by `reconstruct`, which restores the machines' own number.
     """
     dep = desired.deployment
     rev = desired.revision
     stamp = now()
     with transaction(db):
-        number = 1 + (
+        number = number or 1 + (
             db.execute(
                 "SELECT max(generation) FROM attempts WHERE deployment = ?", [dep]
             ).fetchone()[0]
             or 0
         )
         db.execute(
-            "UPDATE attempts SET generation = ?, status = 'succeeded', finished_at = ? "
-            "WHERE id = ?",
-            [number, stamp, attempt],
+            "UPDATE attempts SET generation = ?, status = 'succeeded', finished_at = ?, "
+            "machine_paths = ? WHERE id = ?",
+            [
+                number,
+                stamp,
+                json.dumps({m.name: list(m.closure) for m in desired.machines.values()}),
+                attempt,
+            ],
         )
+        # a new generation resumes auto-apply; `rollback` pauses it again afterwards
         db.execute(
-            "UPDATE deployments SET last_applied_sha = ?, service_order = ? WHERE name = ?",
+            "UPDATE deployments SET last_applied_sha = ?, service_order = ?, paused_at_sha = NULL "
+            "WHERE name = ?",
             [
                 rev.sha if rev else None,
                 json.dumps({k: list(v) for k, v in desired.service_order.items()}),

@@ -7,7 +7,9 @@ trusted and recorded, and a later mismatch is refused.
 
 from __future__ import annotations
 
+import asyncio
 import os
+import sys
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Protocol
@@ -141,6 +143,36 @@ class SshTarget(Target):
         out = done.stdout if isinstance(done.stdout, bytes) else b""
         err = done.stderr if isinstance(done.stderr, bytes) else b""
         return RunResult(done.exit_status if done.exit_status is not None else 255, out, err)
+
+    async def stream(self, command: str) -> int:
+        """Run `command` with this process's stdio attached (stdin only when it is not a
+        terminal); its exit status. For `reconciler ssh MACHINE -- CMD`."""
+        if self._conn is None:
+            await self.connect()
+        assert self._conn is not None
+        loop = asyncio.get_running_loop()
+        proc = await self._conn.create_process(command, encoding=None)
+
+        async def copy(source: Any, sink: Any) -> None:
+            while chunk := await source.read(65536):
+                sink.write(chunk)
+                sink.flush()
+
+        async def feed() -> None:
+            if not sys.stdin.isatty():
+                while chunk := await loop.run_in_executor(None, os.read, sys.stdin.fileno(), 65536):
+                    proc.stdin.write(chunk)
+                    await proc.stdin.drain()
+            proc.stdin.write_eof()
+
+        try:
+            await asyncio.gather(
+                copy(proc.stdout, sys.stdout.buffer), copy(proc.stderr, sys.stderr.buffer), feed()
+            )
+            done = await proc.wait()
+        except (OSError, asyncssh.Error) as exc:
+            raise TargetError(self.machine, f"connection lost: {exc}") from None
+        return done.exit_status if done.exit_status is not None else 255
 
     async def close(self) -> None:
         if self._conn is not None:

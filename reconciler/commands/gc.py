@@ -1,0 +1,223 @@
+"""`reconciler gc [--keep N] [--delete-state]`: on every machine of the deployment, under
+its lock, remove profiles older than the last N generations and the store paths no kept
+profile of any deployment there references; then the same for the local store cache.
+With `--delete-state`, also the persistent state of services no kept generation places
+on a machine (and the snapshots)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import sys
+import uuid
+from dataclasses import dataclass
+from typing import Any
+
+import sqlite_utils
+
+from reconciler.commands.options import Options
+from reconciler.errors import UserError
+from reconciler.execute.agent import AgentError, call, ensure_agent, ship
+from reconciler.execute.recover import unsettled
+from reconciler.state.db import exclusive, open_db, transaction
+from reconciler.state.hostkeys import RecordedHostKeys
+from reconciler.state.record import read_recorded
+from reconciler.state.recorded import RecordedState
+from reconciler.store.content import remove_tree
+from reconciler.store.local import LocalStore
+from reconciler.targets.base import Target, TargetError
+from reconciler.targets.open import open_target
+from reconciler.text import human_bytes, plural
+
+
+@dataclass
+class MachineGc:
+    machine: str
+    answer: dict[str, Any]
+    error: str | None = None
+
+
+def run(opts: Options, keep: int, delete_state: bool) -> int:
+    if keep < 1:
+        raise UserError(f"--keep {keep}: keep at least the current generation (--keep 1)")
+    with exclusive(opts.state_path, "gc"):
+        db = open_db(opts.state_path, write=True) if opts.state_path.exists() else None
+        if db is None:
+            raise UserError(f"no state DB at {opts.state_path}: nothing was deployed from here")
+        name = recorded_deployment(opts, db)
+        if unsettled(db, name):
+            raise UserError(
+                f"an interrupted attempt of {name} is not settled yet: "
+                "run `reconciler apply` first, then gc"
+            )
+        kept = [
+            r["generation"]
+            for r in db.query(
+                "SELECT generation FROM attempts WHERE deployment = ? AND generation IS NOT NULL "
+                "ORDER BY generation DESC LIMIT ?",
+                [name, keep],
+            )
+        ]
+        recorded = read_recorded(db, name)
+        store = LocalStore(opts.state_path.parent / "store")
+        results = asyncio.run(_on_machines(opts, db, recorded, kept, delete_state, store))
+        _forget_removed(db, recorded, results)
+        local_removed, local_freed, local_note = _local_store(db, name, kept, store)
+    failed = [r for r in results if r.error]
+    if opts.format == "json":
+        print(
+            json.dumps(
+                {
+                    "deployment": name,
+                    "keptGenerations": sorted(kept),
+                    "machines": {
+                        r.machine: {**r.answer, "error": r.error}
+                        for r in sorted(results, key=lambda r: r.machine)
+                    },
+                    "localStore": {"removedPaths": local_removed, "freedBytes": local_freed},
+                },
+                indent=2,
+            )
+        )
+    else:
+        gens = ", ".join(str(g) for g in sorted(kept)) or "none"
+        print(f"Keeping generation{'s' * (len(kept) != 1)} {gens} of {name}.")
+        for r in sorted(results, key=lambda r: r.machine):
+            if r.error:
+                print(f"  {r.machine}: {r.error}", file=sys.stderr)
+                continue
+            a = r.answer
+            line = (
+                f"  {r.machine}: removed {plural(len(a['removedPaths']), 'store path')}, "
+                f"{plural(len(a['removedProfiles']), 'profile')}"
+            )
+            if delete_state:
+                line += f", state of {len(a['removedState'])} services"
+            print(f"{line} ({human_bytes(a['freedBytes'])} freed)")
+            if a["unknownProfiles"]:
+                print(
+                    f"    kept every store path: {', '.join(a['unknownProfiles'])} predate "
+                    "gc (they do not list their closure); apply once more, then gc again"
+                )
+        print(
+            f"  local store cache: removed {plural(len(local_removed), 'path')} "
+            f"({human_bytes(local_freed)} freed){local_note}"
+        )
+    return 1 if failed else 0
+
+
+def recorded_deployment(opts: Options, db: sqlite_utils.Database) -> str:
+    """The deployment named by -d, or the only one the state DB knows."""
+    names = [r["name"] for r in db.query("SELECT name FROM deployments ORDER BY name")]
+    if opts.deployment:
+        if opts.deployment not in names:
+            raise UserError(
+                f"-d {opts.deployment}: the state DB records no such deployment "
+                f"(it has: {', '.join(names) or 'none'})"
+            )
+        return opts.deployment
+    if len(names) != 1:
+        raise UserError(f"which deployment? use -d NAME (the state DB has: {', '.join(names)})")
+    return str(names[0])
+
+
+async def _on_machines(
+    opts: Options,
+    db: sqlite_utils.Database,
+    recorded: RecordedState,
+    kept: list[int],
+    delete_state: bool,
+    store: LocalStore,
+) -> list[MachineGc]:
+    agent = ensure_agent(store)
+    owner = f"gc-{uuid.uuid4()}"
+    host_keys = RecordedHostKeys(db)
+    targets = {
+        m: open_target(m, have.connection, opts.state_path.parent, host_keys)
+        for m, have in sorted(recorded.machines.items())
+        if have.connection
+    }
+
+    async def one(machine: str, target: Target) -> MachineGc:
+        base = {"stateDir": target.state_dir, "owner": owner}
+        try:
+            await ship([target], store, agent)
+            await call(target, agent.path, "lock", {**base, "ttl": 600})
+        except (AgentError, TargetError) as e:
+            return MachineGc(machine, {}, f"skipped: {e}")
+        try:
+            answer = await call(
+                target,
+                agent.path,
+                "gc",
+                {
+                    **base,
+                    "deployment": recorded.deployment,
+                    "keep": kept,
+                    "keepPaths": [agent.path],
+                    "deleteState": delete_state,
+                },
+            )
+            return MachineGc(machine, answer)
+        except (AgentError, TargetError) as e:
+            return MachineGc(machine, {}, f"gc failed: {e}")
+        finally:
+            try:
+                await call(target, agent.path, "unlock", base)
+            except (AgentError, TargetError) as e:
+                print(f"warning: {machine}: could not unlock: {e}", file=sys.stderr)
+
+    try:
+        return await asyncio.gather(*(one(m, t) for m, t in targets.items()))
+    finally:
+        await asyncio.gather(*(t.close() for t in targets.values()), return_exceptions=True)
+
+
+def _forget_removed(
+    db: sqlite_utils.Database, recorded: RecordedState, results: list[MachineGc]
+) -> None:
+    """Paths gone from a machine are gone for every deployment recorded at its location."""
+    with transaction(db):
+        for r in results:
+            removed = r.answer.get("removedPaths") or []
+            location = recorded.machines[r.machine].location
+            for row in db.query(
+                "SELECT deployment, name FROM machines WHERE location = ?", [location]
+            ):
+                db.conn.executemany(
+                    "DELETE FROM machine_paths WHERE deployment = ? AND machine = ? AND path = ?",
+                    [(row["deployment"], row["name"], p) for p in removed],
+                )
+
+
+def _local_store(
+    db: sqlite_utils.Database, name: str, kept: list[int], store: LocalStore
+) -> tuple[list[str], int, str]:
+    """Remove from the local cache what no kept generation of this deployment and no
+    generation of another one needs; the agent is rebuilt on demand."""
+    rows = list(
+        db.query(
+            "SELECT deployment, generation, machine_paths FROM attempts "
+            "WHERE generation IS NOT NULL"
+        )
+    )
+    considered = [r for r in rows if r["deployment"] != name or r["generation"] in kept]
+    if any(r["machine_paths"] is None for r in considered):
+        return [], 0, "; kept all: some generations predate gc"
+    needed = {
+        p for r in considered for paths in json.loads(r["machine_paths"]).values() for p in paths
+    }
+    removed, freed = [], 0
+    for meta in sorted((store.root / ".meta").glob("*.json")) if store.root.exists() else []:
+        path = meta.name.removesuffix(".json")
+        if path in needed or path.endswith("-reconciler-agent"):
+            continue
+        info = store.info(path)
+        freed += info.size if info else 0
+        meta.unlink()
+        if store.dir(path).exists():
+            remove_tree(store.dir(path))
+        removed.append(path)
+    with transaction(db):
+        db.conn.executemany("DELETE FROM store_paths WHERE path = ?", [(p,) for p in removed])
+    return removed, freed, ""

@@ -1,0 +1,73 @@
+"""What every provisioner offers (SPEC §3 step 1): create-or-find a machine, wait until it
+is ready, destroy it, observe it.
+
+Provisioners are synchronous (boto3 is) and thread safe: `apply` runs several machines
+at once, each in a thread (`asyncio.to_thread`). Every provider call is preceded by a
+record in the `provisioning` table (through a `Recorder`), so a process killed half-way
+finds its machine again instead of making a second one.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from reconciler.desired.state import DesiredMachine
+from reconciler.errors import UserError
+
+# States a provisioner reports (EC2's own instance states, plus ours)
+RUNNING = "running"
+PENDING = "pending"
+STOPPED = "stopped"
+TERMINATED = "terminated"
+MISSING = "missing"  # nothing found where the record says a machine is
+
+
+class ProvisionError(UserError):
+    """A provider refused or failed: reported per machine, without a traceback."""
+
+
+@dataclass(frozen=True)
+class Provisioned:
+    provider_id: str  # EC2: "<region>/<instance id>"; container: the netns name
+    state: str  # "running", "pending", "stopped", "terminated", ...
+    address: str | None  # the private address services listen on
+    ssh_host: str | None  # where SSH goes (EC2: the public address when there is one)
+    ssh_port: int
+    ssh_user: str
+    identity_file: str | None  # private key to use (containers: one reconciler generates)
+    host_key: str | None  # "ssh-ed25519 AAAA..." when known; None: trust on first use
+
+
+class Recorder(Protocol):
+    """The provisioning record of one deployment (record.py implements it over SQLite)."""
+
+    def token(self, machine: str, provider: str) -> str:
+        """The recorded idempotency token; records (and commits) a new one first if none."""
+        ...
+
+    def step(self, machine: str, state: str, provider_id: str | None = None, **detail: Any) -> None:
+        """Record where provisioning got to; `detail` is merged into the recorded detail."""
+        ...
+
+    def forget(self, machine: str) -> None:
+        """The machine is gone: drop its record (and so its token)."""
+        ...
+
+
+class Provisioner(Protocol):
+    def ensure(self, deployment: str, machine: DesiredMachine, recorder: Recorder) -> Provisioned:
+        """Create or find the machine, then wait until it is ready. Idempotent: a machine
+        made before (even by a process killed right after the create call) is found again,
+        never duplicated."""
+        ...
+
+    def destroy(
+        self, deployment: str, machine: str, provider_id: str | None, recorder: Recorder
+    ) -> None:
+        """Terminate the machine and wait until it is gone; idempotent."""
+        ...
+
+    def observe(self, deployment: str, machine: str, provider_id: str) -> str:
+        """The machine's current state, for `status` (MISSING when nothing is found)."""
+        ...

@@ -1,0 +1,139 @@
+"""The provisioning record: one row per provisioned machine in the `provisioning` table.
+
+Every write is a single autocommit statement, so it is committed when the call returns
+(the idempotency token must be on disk before the provider call it guards). Open the
+recorder on its own connection (`SqliteRecorder.open`) when the caller may hold a
+transaction on its connection while provisioners run: a statement issued from a worker
+thread on that connection would join, and roll back with, the caller's transaction.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+import uuid
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import sqlite_utils
+
+from reconciler.provision.base import ProvisionError
+from reconciler.state.db import open_db
+
+
+def _now() -> str:
+    return datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+@dataclass(frozen=True)
+class ProvisioningRecord:
+    deployment: str
+    machine: str
+    provider: str
+    token: str
+    provider_id: str | None
+    state: str
+    detail: dict[str, Any]
+    updated_at: str
+
+
+class SqliteRecorder:
+    """`Recorder` over the provisioning table of one deployment; thread safe."""
+
+    def __init__(self, db: sqlite_utils.Database, deployment: str) -> None:
+        self.db = db
+        self.deployment = deployment
+        self._lock = threading.Lock()  # one statement at a time on the shared connection
+        self._owned = False
+
+    @classmethod
+    def open(cls, path: Path, deployment: str) -> SqliteRecorder:
+        """A recorder with its own connection to the state DB at `path`."""
+        db = open_db(path, write=True)
+        assert db is not None  # a writer always gets a database
+        recorder = cls(db, deployment)
+        recorder._owned = True
+        return recorder
+
+    def close(self) -> None:
+        if self._owned:
+            self.db.conn.close()
+
+    def token(self, machine: str, provider: str) -> str:
+        with self._lock:
+            row = self._row(machine)
+            if row is not None and row.provider != provider:
+                if row.provider_id is not None:
+                    raise ProvisionError(
+                        f"machine {machine}: recorded as provisioned by {row.provider} "
+                        f"({row.provider_id}), now wanted as {provider}; destroy the old one "
+                        "first"
+                    )
+                self.db.execute(  # never created: the old token guards nothing
+                    "DELETE FROM provisioning WHERE deployment = ? AND machine = ?",
+                    [self.deployment, machine],
+                )
+            self.db.execute(
+                "INSERT INTO provisioning (deployment, machine, provider, token, state, detail, "
+                "updated_at) VALUES (?, ?, ?, ?, 'planned', '{}', ?) "
+                "ON CONFLICT (deployment, machine) DO NOTHING",
+                [self.deployment, machine, provider, uuid.uuid4().hex, _now()],
+            )
+            row = self._row(machine)
+            assert row is not None
+            return row.token
+
+    def step(self, machine: str, state: str, provider_id: str | None = None, **detail: Any) -> None:
+        """No-op without a row (`token` makes it): there is nothing to say progress about."""
+        with self._lock:
+            self.db.execute(
+                "UPDATE provisioning SET state = ?, provider_id = coalesce(?, provider_id), "
+                "detail = json_patch(detail, ?), updated_at = ? "
+                "WHERE deployment = ? AND machine = ?",
+                [state, provider_id, json.dumps(detail), _now(), self.deployment, machine],
+            )
+
+    def forget(self, machine: str) -> None:
+        with self._lock:
+            self.db.execute(
+                "DELETE FROM provisioning WHERE deployment = ? AND machine = ?",
+                [self.deployment, machine],
+            )
+
+    def get(self, machine: str) -> ProvisioningRecord | None:
+        with self._lock:
+            return self._row(machine)
+
+    def all(self) -> dict[str, ProvisioningRecord]:
+        """Every machine of the deployment with a provisioning record, by name."""
+        with self._lock:
+            rows = self.db.query(
+                "SELECT * FROM provisioning WHERE deployment = ? ORDER BY machine",
+                [self.deployment],
+            )
+            return {r["machine"]: _record(r) for r in rows}
+
+    def _row(self, machine: str) -> ProvisioningRecord | None:
+        row = next(
+            self.db.query(
+                "SELECT * FROM provisioning WHERE deployment = ? AND machine = ?",
+                [self.deployment, machine],
+            ),
+            None,
+        )
+        return _record(row) if row else None
+
+
+def _record(row: dict[str, Any]) -> ProvisioningRecord:
+    return ProvisioningRecord(
+        deployment=row["deployment"],
+        machine=row["machine"],
+        provider=row["provider"],
+        token=row["token"],
+        provider_id=row["provider_id"],
+        state=row["state"],
+        detail=json.loads(row["detail"] or "{}"),
+        updated_at=row["updated_at"],
+    )
