@@ -260,7 +260,8 @@ def ssh(
     """A shell, or a command, on a machine of the deployment."""
     from reconciler.commands import ssh as cmd
 
-    return cmd.run(ctx.obj, machine, command or [])
+    words = command or []
+    return cmd.run(ctx.obj, machine, words[1:] if words[:1] == ["--"] else words)
 
 
 @app.command()
@@ -276,11 +277,19 @@ def gc(
             help="Also delete the data of services no kept generation places on a machine.",
         ),
     ] = False,
+    min_age: Annotated[
+        str,
+        typer.Option(
+            "--min-age",
+            help="Keep unreferenced store paths received more recently (another apply "
+            "may be about to use them).",
+        ),
+    ] = "10m",
 ) -> int:
     """Remove store paths, profiles (and state) no longer referenced by the last N generations."""
     from reconciler.commands import gc as cmd
 
-    return cmd.run(ctx.obj, keep, delete_state)
+    return cmd.run(ctx.obj, keep, delete_state, min_age)
 
 
 @app.command()

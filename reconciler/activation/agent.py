@@ -1215,7 +1215,7 @@ def cmd_gc(req: dict[str, Any]) -> dict[str, Any]:
                 services.update(profile.get("services", []))
     store = os.path.join(dep.state_dir, "store")
     removed: list[str] = []
-    freed = 0
+    freed = young = 0
     now = time.time()
     for path in sorted(os.listdir(store)) if os.path.isdir(store) and not unknown else []:
         meta = os.path.join(store, ".meta", path + ".json")
@@ -1226,6 +1226,7 @@ def cmd_gc(req: dict[str, Any]) -> dict[str, Any]:
         except FileNotFoundError:
             received = 0.0  # never completed: an interrupted transfer's leftover
         if now - received < grace:
+            young += 1
             continue
         freed += tree_size(os.path.join(store, path))
         remove(meta)  # first the meta: a path without one never counts as present
@@ -1254,6 +1255,7 @@ def cmd_gc(req: dict[str, Any]) -> dict[str, Any]:
         "removedState": removed_state,
         "freedBytes": freed,
         "unknownProfiles": unknown,
+        "keptYoung": young,
     }
 
 

@@ -19,6 +19,7 @@ from reconciler.commands.options import Options
 from reconciler.errors import UserError
 from reconciler.execute.agent import AgentError, call, ensure_agent, ship
 from reconciler.execute.recover import unsettled
+from reconciler.models.schema import parse_duration
 from reconciler.state.db import exclusive, open_db, transaction
 from reconciler.state.hostkeys import RecordedHostKeys
 from reconciler.state.record import read_recorded
@@ -37,7 +38,11 @@ class MachineGc:
     error: str | None = None
 
 
-def run(opts: Options, keep: int, delete_state: bool) -> int:
+def run(opts: Options, keep: int, delete_state: bool, min_age: str) -> int:
+    try:
+        grace = parse_duration(min_age)
+    except ValueError as e:
+        raise UserError(f"--min-age {min_age}: {e}") from None
     if keep < 1:
         raise UserError(f"--keep {keep}: keep at least the current generation (--keep 1)")
     with exclusive(opts.state_path, "gc"):
@@ -60,7 +65,7 @@ def run(opts: Options, keep: int, delete_state: bool) -> int:
         ]
         recorded = read_recorded(db, name)
         store = LocalStore(opts.state_path.parent / "store")
-        results = asyncio.run(_on_machines(opts, db, recorded, kept, delete_state, store))
+        results = asyncio.run(_on_machines(opts, db, recorded, kept, delete_state, grace, store))
         _forget_removed(db, recorded, results)
         local_removed, local_freed, local_note = _local_store(db, name, kept, store)
     failed = [r for r in results if r.error]
@@ -92,8 +97,13 @@ def run(opts: Options, keep: int, delete_state: bool) -> int:
                 f"{plural(len(a['removedProfiles']), 'profile')}"
             )
             if delete_state:
-                line += f", state of {len(a['removedState'])} services"
+                line += f", state of {plural(len(a['removedState']), 'service')}"
             print(f"{line} ({human_bytes(a['freedBytes'])} freed)")
+            if a["keptYoung"]:
+                print(
+                    f"    kept {plural(a['keptYoung'], 'unreferenced path')} younger than "
+                    f"--min-age {min_age}: an apply from elsewhere may be about to use them"
+                )
             if a["unknownProfiles"]:
                 print(
                     f"    kept every store path: {', '.join(a['unknownProfiles'])} predate "
@@ -127,6 +137,7 @@ async def _on_machines(
     recorded: RecordedState,
     kept: list[int],
     delete_state: bool,
+    grace: float,
     store: LocalStore,
 ) -> list[MachineGc]:
     agent = ensure_agent(store)
@@ -156,6 +167,7 @@ async def _on_machines(
                     "keep": kept,
                     "keepPaths": [agent.path],
                     "deleteState": delete_state,
+                    "graceSeconds": grace,
                 },
             )
             return MachineGc(machine, answer)

@@ -45,8 +45,8 @@ def run(opts: Options, machine: str, command: list[str]) -> int:
         argv = ["/bin/sh", "-c", line] if line else [shell]
         os.execv(argv[0], argv)
     assert isinstance(target, SshTarget)
-    if line is not None:
-        return asyncio.run(_stream(target, line))
+    if line is not None:  # like the shell below, it starts in the machine's stateDir
+        return asyncio.run(_stream(target, f"cd {shlex.quote(target.state_dir)} && {line}"))
     return _interactive(target, opts.state_path.parent, host_keys)
 
 

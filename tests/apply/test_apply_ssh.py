@@ -54,6 +54,15 @@ def test_stafftracker_over_ssh(
     assert (state / "state/zipcode-db/zipcode-db.sqlite").exists()
     assert json.loads((state / "manifest.json").read_text())["generation"] == 1
 
+    # `reconciler ssh`: a command on the machine, from its stateDir, with its exit status
+    shown = run_cli(
+        "-d", "ssh", "ssh", "test2", "--", "cat", "deployments/ssh/manifest.json", cwd=repo
+    )
+    assert shown.returncode == 0, shown.stderr
+    assert json.loads(shown.stdout)["machine"] == "test2"
+    failed = run_cli("-d", "ssh", "ssh", "test1", "--", "sh", "-c", "exit 7", cwd=repo)
+    assert failed.returncode == 7
+
     gone = run_cli("-d", "ssh", "destroy", "--yes", cwd=repo, timeout=120)
     assert gone.returncode == 0, gone.stderr
     assert not (state / "current").exists()
