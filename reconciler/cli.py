@@ -210,6 +210,65 @@ def rollback(
 
 
 @app.command()
+def run(
+    ctx: typer.Context,
+    listen: Annotated[
+        str, typer.Option("--listen", help="HOST:PORT of the HTTP API, metrics and status page.")
+    ] = "127.0.0.1:8430",
+    once: Annotated[bool, typer.Option("--once", help="One pass over every deployment.")] = False,
+    webhook_secret_file: Annotated[
+        Path | None,
+        typer.Option(help="Secret for POST /hooks/git (GitHub HMAC, GitLab token); else 404."),
+    ] = None,
+    api_token_file: Annotated[
+        Path | None, typer.Option(help="Bearer token required by all but probes and webhook.")
+    ] = None,
+    allowed_signers: Annotated[
+        Path | None,
+        typer.Option(help="Apply only commits signed by these SSH keys (git allowed-signers)."),
+    ] = None,
+    gpg_keyring: Annotated[
+        Path | None, typer.Option(help="Apply only commits signed by a key in this keyring.")
+    ] = None,
+    known_hosts: Annotated[
+        Path | None, typer.Option(help="OpenSSH known_hosts pinning machines without hostKey.")
+    ] = None,
+    commit_url: Annotated[
+        str | None,
+        typer.Option(
+            help="Commit links on the status page, e.g. https://host/org/repo/commit/{sha}"
+        ),
+    ] = None,
+) -> int:
+    """The controller: every new commit on a tracked branch becomes a deployed generation."""
+    from reconciler.controller.git import Signers
+    from reconciler.controller.run import RunSettings
+    from reconciler.controller.run import run as run_controller
+
+    for option, path in (
+        ("--webhook-secret-file", webhook_secret_file),
+        ("--api-token-file", api_token_file),
+        ("--allowed-signers", allowed_signers),
+        ("--gpg-keyring", gpg_keyring),
+        ("--known-hosts", known_hosts),
+    ):
+        if path is not None and not path.is_file():
+            raise UserError(f"{option} {path}: no such file")
+    return run_controller(
+        RunSettings(
+            opts=ctx.obj,
+            listen=listen,
+            webhook_secret_file=webhook_secret_file,
+            api_token_file=api_token_file,
+            signers=Signers(allowed_signers, gpg_keyring),
+            known_hosts=known_hosts,
+            commit_url=commit_url,
+            once=once,
+        )
+    )
+
+
+@app.command()
 def destroy(
     ctx: typer.Context,
     yes: Annotated[bool, typer.Option("--yes", help="Do not ask for confirmation.")] = False,

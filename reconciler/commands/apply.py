@@ -263,11 +263,11 @@ async def _transition(
     number = record_generation(
         a.db, attempt, a.desired, {m: r.present for m, r in sent.items()}, requests
     )
-    _report_generation(a, number)
+    _report_generation(a, number, sum(r.wire_bytes for r in sent.values()))
     return 0
 
 
-def _report_generation(a: Attempt, number: int) -> None:
+def _report_generation(a: Attempt, number: int, wire_bytes: int) -> None:
     rev = a.desired.revision
     endpoints = {
         key: f"http://{a.desired.machines[i.machine].address}:{i.port}"
@@ -281,6 +281,7 @@ def _report_generation(a: Attempt, number: int) -> None:
                     "generation": number,
                     "revision": rev.sha if rev else None,
                     "endpoints": endpoints,
+                    "transferredBytes": wire_bytes,
                 },
                 indent=2,
             )

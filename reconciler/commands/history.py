@@ -8,6 +8,7 @@ import json
 import subprocess
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 from reconciler.commands.context import check_format
@@ -70,6 +71,16 @@ def run(opts: Options, with_git: bool) -> int:
         ],
     )
     return 0
+
+
+def history_rows(state: Path, name: str) -> list[dict[str, Any]]:
+    """What `history --format json` prints for one deployment (the controller's API)."""
+    from reconciler.state.db import open_db
+
+    db = open_db(state, write=False) if state.exists() else None
+    with reading(state):
+        record = read_deployment(db, name) if db is not None else None
+    return [_attempt_json(a) for a in record.attempts] if record else []
 
 
 def _attempt_json(a: AttemptRow) -> dict[str, Any]:

@@ -316,6 +316,23 @@ def _ready(
     return True, "AllActive", f"generation {generation.generation}: {n} instances active"
 
 
+def with_controller(
+    computed: list[dict[str, Any]], stored: list[dict[str, Any]]
+) -> list[dict[str, Any]]:
+    """The controller's own view overlaid: a Stalled it set (bad models, a refused
+    commit, a failing apply it backs off from) counts, and transition times it kept."""
+    by_type = {c.get("type"): c for c in stored}
+    out = []
+    for c in computed:
+        kept = by_type.get(c["type"])
+        if kept and c["type"] == "Stalled" and kept.get("status") == "True":
+            c = {**c, **{k: kept[k] for k in ("status", "reason", "message") if k in kept}}
+        if kept and kept.get("status") == c["status"]:
+            c = {**c, "lastTransitionTime": kept.get("lastTransitionTime")}
+        out.append(c)
+    return out
+
+
 def _condition(kind: str, status: bool, reason: str, message: str) -> dict[str, Any]:
     return {
         "type": kind,
@@ -387,7 +404,7 @@ def status_json(obs: Observation) -> dict[str, Any]:
         },
         "lastAppliedRevision": record.last_applied_sha,
         "lastAttemptedRevision": record.last_attempted_sha,
-        "conditions": conditions(obs, record),
+        "conditions": with_controller(conditions(obs, record), record.conditions),
         "machines": [
             {
                 "name": m.name,
@@ -406,26 +423,25 @@ def status_json(obs: Observation) -> dict[str, Any]:
 
 def _nothing(opts: Options, name: str | None) -> int:
     if opts.format == "json":
-        print(
-            json.dumps(
-                {
-                    "formatVersion": FORMAT_VERSION,
-                    "deployment": name,
-                    "recorded": False,
-                    "generation": None,
-                    "lastAttempt": None,
-                    "lastAppliedRevision": None,
-                    "lastAttemptedRevision": None,
-                    "conditions": conditions(None, None),
-                    "machines": [],
-                    "instances": [],
-                },
-                indent=2,
-            )
-        )
+        print(json.dumps(nothing_json(name), indent=2))
     else:
         print(nothing_recorded(opts, name))
     return 0
+
+
+def nothing_json(name: str | None) -> dict[str, Any]:
+    return {
+        "formatVersion": FORMAT_VERSION,
+        "deployment": name,
+        "recorded": False,
+        "generation": None,
+        "lastAttempt": None,
+        "lastAppliedRevision": None,
+        "lastAttemptedRevision": None,
+        "conditions": conditions(None, None),
+        "machines": [],
+        "instances": [],
+    }
 
 
 def nothing_recorded(opts: Options, name: str | None) -> str:

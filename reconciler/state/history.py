@@ -70,6 +70,7 @@ class DeploymentRecord:
     machines: list[MachineRow]  # by name
     instances: list[InstanceRow]  # by key
     paths: dict[str, dict[str, str]] = field(default_factory=dict)  # machine → path → hash
+    conditions: list[dict[str, Any]] = field(default_factory=list)  # as the controller left them
 
     @property
     def generation(self) -> AttemptRow | None:
@@ -158,7 +159,16 @@ def read_deployment(db: sqlite_utils.Database, name: str) -> DeploymentRecord | 
         machines=machines,
         instances=instances,
         paths=paths,
+        conditions=_conditions(row["conditions"]),
     )
+
+
+def _conditions(raw: str | None) -> list[dict[str, Any]]:
+    try:
+        value = json.loads(raw or "[]")
+    except ValueError:
+        return []
+    return [c for c in value if isinstance(c, dict)] if isinstance(value, list) else []
 
 
 def change_summary(summary: dict[str, int] | None) -> str | None:

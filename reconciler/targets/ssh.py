@@ -46,9 +46,15 @@ class _HostKeyCheck(asyncssh.SSHClient):
 
     def validate_host_public_key(self, host: str, addr: str, port: int, key: Any) -> bool:
         seen = key_text(key)
+        listed = _known_hosts(self.endpoint.host, addr, port)
         if self.endpoint.host_key:
             expected = " ".join(self.endpoint.host_key.split()[:2])
             source = "pinned by hostKey in the model"
+        elif listed:
+            if seen in listed:
+                return True
+            expected = " or ".join(listed)
+            source = f"listed in {os.environ.get(KNOWN_HOSTS_ENV)}"
         else:
             expected = self.store.recorded(self.endpoint.host, self.endpoint.port) or ""
             source = "recorded when first connected"
@@ -63,6 +69,22 @@ class _HostKeyCheck(asyncssh.SSHClient):
             "machine. If it was re-installed, set its new key as deployment.ssh.hostKey."
         )
         return False
+
+
+KNOWN_HOSTS_ENV = "RECONCILER_KNOWN_HOSTS"  # set by `run --known-hosts FILE`
+
+
+def _known_hosts(host: str, addr: str, port: int) -> list[str]:
+    """Keys an OpenSSH known_hosts file lists for this host (the controller's pinning
+    when the models give no hostKey); [] without such a file."""
+    path = os.environ.get(KNOWN_HOSTS_ENV)
+    if not path:
+        return []
+    try:
+        trusted = asyncssh.read_known_hosts(path).match(host, addr, port)[0]
+    except (OSError, ValueError) as e:
+        raise asyncssh.HostKeyNotVerifiable(f"{path}: {e}") from None
+    return [key_text(k) for k in trusted]
 
 
 _CIPHERS = [

@@ -1,0 +1,236 @@
+"""One deployment's level-triggered loop (SPEC §5): observe the branch head cheaply; on a
+new commit check it (descends from the last applied one, signed when signers are
+configured, valid), plan, and apply when `autoApply`; with `selfHeal`, re-activate what a
+check finds dead. A failing commit is retried only after a backoff or when a new commit
+arrives; the last good generation keeps running meanwhile.
+
+Applies run as a `reconciler apply` child process: SIGTERM reaches it as it would from a
+terminal (it settles, then exits), and a crash in it never takes the controller down."""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import json
+import random
+import signal
+import sys
+import time
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+from reconciler.commands.options import Options
+from reconciler.controller.git import GitError, Signers, branch_head, check_signature, is_ancestor
+from reconciler.errors import InvalidModels, UserError
+
+BACKOFF_FIRST = 5.0  # seconds after the first failure of a commit
+BACKOFF_CAP = 600.0  # SPEC §5: capped at 10 minutes
+STDERR_TAIL = 20  # lines of a failed apply kept as the condition's message
+
+
+def backoff(failures: int) -> float:
+    """Exponential with ±20 % jitter, capped: 5 s, 10 s, 20 s, … 10 min."""
+    base = min(BACKOFF_CAP, BACKOFF_FIRST * float(2 ** max(0, failures - 1)))
+    return min(BACKOFF_CAP, base * random.uniform(0.8, 1.2))
+
+
+def now_iso() -> str:
+    return datetime.now(UTC).isoformat(timespec="seconds").replace("+00:00", "Z")
+
+
+@dataclass
+class Outcome:
+    """What one pass did, for metrics and the view."""
+
+    result: str  # applied | unchanged | failed | invalid | refused | paused | planned | idle
+    seconds: float = 0.0
+    transferred: int = 0
+    message: str = ""
+
+
+@dataclass
+class DeploymentLoop:
+    name: str
+    opts: Options  # --repo, --path, --state of the controller
+    branch: str | None
+    interval: float
+    auto_apply: bool
+    self_heal: bool
+    allow_rewind: bool
+    signers: Signers
+    apply_lock: asyncio.Lock  # one writer per state DB: applies and heals take turns
+    wake: asyncio.Event = field(default_factory=asyncio.Event)
+    head: str | None = None
+    handled: str | None = None  # the head last acted on with a final result
+    failures: int = 0
+    backoff_until: float = 0.0
+    last_error: str | None = None
+    stalled: dict[str, str] | None = None  # the controller's own Stalled (reason, message)
+    next_poll: float = 0.0
+    child: asyncio.subprocess.Process | None = None
+    passes: int = 0
+
+    def poke(self) -> None:
+        self.wake.set()
+
+    # --- one pass ---------------------------------------------------------------------
+
+    async def reconcile(self) -> Outcome:
+        """Look at the branch head and act on it; never raises for the deployment's own
+        problems (they become the outcome and a Stalled condition)."""
+        started = time.monotonic()
+        self.passes += 1
+        try:
+            head = await branch_head(self.opts.repo, self.branch)
+        except GitError as e:
+            return self._fail("failed", "HeadUnavailable", str(e), started, retry=False)
+        if head != self.head:  # a new commit cancels waiting on a stuck one
+            self.head, self.failures, self.backoff_until = head, 0, 0.0
+        if head == self.handled:
+            return Outcome("idle", time.monotonic() - started)
+        if self.failures and time.monotonic() < self.backoff_until:
+            return Outcome("idle", time.monotonic() - started)
+        return await self._act(head, started)
+
+    async def _act(self, head: str, started: float) -> Outcome:
+        opts = dataclasses.replace(self.opts, ref=head, deployment=self.name, format="json")
+        try:
+            loaded, _ = await asyncio.to_thread(_load, opts)
+        except InvalidModels as e:
+            lines = [str(p) for p in e.problems]
+            return self._fail("invalid", "InvalidModels", "\n".join(lines), started)
+        except UserError as e:
+            return self._fail("invalid", "InvalidModels", str(e), started)
+        git_dir = loaded.git_dir
+        record = _deployment_row(self.opts, self.name)
+        last = record.get("last_applied_sha")
+        rewound = last and last != head and not await is_ancestor(git_dir, last, head)
+        if rewound and not self.allow_rewind:
+            return self._fail(
+                "refused",
+                "NotADescendant",
+                f"head {head[:12]} does not descend from the last applied commit "
+                f"{str(last)[:12]}; set allowRewind: true to accept it",
+                started,
+                retry=False,
+            )
+        if self.signers.required:
+            why = await check_signature(git_dir, head, self.signers)
+            if why:
+                return self._fail("refused", "UntrustedCommit", why, started, retry=False)
+        if record.get("paused_at_sha") == head:
+            self._ok(head)
+            return Outcome("paused", time.monotonic() - started, message="paused by rollback")
+        changes = await asyncio.to_thread(_has_changes, opts, loaded)
+        if not changes:
+            self._ok(head)
+            return Outcome("unchanged", time.monotonic() - started)
+        if not self.auto_apply:
+            self._ok(head)
+            return Outcome("planned", time.monotonic() - started, message="autoApply is off")
+        async with self.apply_lock:
+            code, out, err = await self._apply(head)
+        if code == 0:
+            self._ok(head)
+            try:
+                transferred = int(json.loads(out).get("transferredBytes", 0))
+            except (ValueError, AttributeError):
+                transferred = 0
+            return Outcome("applied", time.monotonic() - started, transferred)
+        tail = "\n".join(err.strip().splitlines()[-STDERR_TAIL:])
+        reason = "RollbackFailed" if code == 3 else "ApplyFailed"
+        return self._fail("failed", reason, tail or f"apply exited with {code}", started)
+
+    async def _apply(self, head: str) -> tuple[int, str, str]:
+        o = self.opts
+        argv = [sys.executable, "-m", "reconciler", "--repo", o.repo, "--ref", head]
+        argv += ["--path", o.path] if o.path else []
+        argv += ["--state", str(o.state_path), "-d", self.name, "-q"]
+        argv += ["apply", "--yes", "--format", "json"]
+        self.child = await asyncio.create_subprocess_exec(
+            *argv,
+            stdin=asyncio.subprocess.DEVNULL,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.PIPE,
+            start_new_session=True,  # a terminal's ^C reaches it only through us
+        )
+        try:
+            out, err = await self.child.communicate()
+        finally:
+            code = self.child.returncode
+            self.child = None
+        return code if code is not None else 1, out.decode(), err.decode(errors="replace")
+
+    def terminate_child(self) -> None:
+        """SIGTERM: the apply in flight settles (rolls back or finishes) and exits."""
+        if self.child is not None and self.child.returncode is None:
+            self.child.send_signal(signal.SIGTERM)
+
+    def _ok(self, head: str) -> None:
+        self.handled, self.failures, self.backoff_until = head, 0, 0.0
+        self.last_error, self.stalled = None, None
+
+    def _fail(
+        self, result: str, reason: str, message: str, started: float, retry: bool = True
+    ) -> Outcome:
+        """Stalled until a new commit; `retry`: also after the backoff (a transient
+        cause may pass; a refusal or bad models will not)."""
+        self.failures += 1
+        self.last_error = message
+        self.stalled = {"reason": reason, "message": message}
+        if retry:
+            self.backoff_until = time.monotonic() + backoff(self.failures)
+        else:
+            self.handled = self.head
+        return Outcome(result, time.monotonic() - started, message=message)
+
+    # --- what the view shows ----------------------------------------------------------
+
+    def info(self) -> dict[str, Any]:
+        left = self.backoff_until - time.monotonic()
+        return {
+            "autoApply": self.auto_apply,
+            "selfHeal": self.self_heal,
+            "paused": _deployment_row(self.opts, self.name).get("paused_at_sha") is not None,
+            "nextPollIn": max(0.0, round(self.next_poll - time.monotonic(), 1)),
+            "backoffUntil": (
+                datetime.fromtimestamp(time.time() + left, UTC).isoformat(timespec="seconds")
+                if self.failures and left > 0
+                else None
+            ),
+            "lastError": self.last_error,
+            "trackedBranch": self.branch,
+            "head": self.head,
+        }
+
+
+def _load(opts: Options) -> tuple[Any, Any]:
+    from reconciler.commands.context import load_one
+    from reconciler.desired.compile import compile_deployment
+
+    loaded, config = load_one(opts)
+    compile_deployment(loaded, {})  # compile problems are validation problems too
+    return loaded, config
+
+
+def _has_changes(opts: Options, loaded: Any) -> bool:
+    from reconciler.commands.context import compile_with_record
+    from reconciler.plan.diff import make_plan
+
+    desired, recorded = compile_with_record(opts, loaded)
+    plan = make_plan(desired, recorded, destroy_machines=loaded.config.destroyMachines)
+    return bool(plan.has_changes)
+
+
+def _deployment_row(opts: Options, name: str) -> dict[str, Any]:
+    from reconciler.state.db import open_db
+
+    if not opts.state_path.exists():
+        return {}
+    db = open_db(opts.state_path, write=False)
+    if db is None:
+        return {}
+    row = next(db.query("SELECT * FROM deployments WHERE name = ?", [name]), None)
+    db.conn.close()
+    return dict(row) if row else {}

@@ -1,0 +1,402 @@
+"""`reconciler run`: the controller (SPEC §5). One level-triggered loop per deployment of
+the models repository, woken by its interval (with jitter), by a commit in a watched
+local repository, or by the webhook; an HTTP server for probes, metrics, the API and the
+status page; one controller per state DB. SIGTERM settles the apply in flight, then
+the controller exits 0."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import fcntl
+import json
+import os
+import random
+import signal
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from reconciler.commands.options import Options
+from reconciler.controller.git import GitError, Signers, branch_head, default_branch
+from reconciler.controller.loop import DeploymentLoop, Outcome, now_iso
+from reconciler.errors import UserError
+from reconciler.models.source import is_remote, redact
+from reconciler.targets.ssh import KNOWN_HOSTS_ENV
+
+JITTER = 0.1  # ±10 % on every interval, so many controllers do not poll in step
+CONDITION_TYPES = ("Ready", "Reconciling", "Stalled")
+
+
+@dataclass(frozen=True)
+class RunSettings:
+    opts: Options
+    listen: str = "127.0.0.1:8430"
+    webhook_secret_file: Path | None = None
+    api_token_file: Path | None = None
+    signers: Signers = field(default_factory=Signers)
+    known_hosts: Path | None = None
+    commit_url: str | None = None
+    once: bool = False
+
+
+def read_secret(path: Path | None, what: str) -> str | None:
+    """A secret from a file, without the newline `kubectl create secret` leaves."""
+    if path is None:
+        return None
+    try:
+        value = path.read_text().strip()
+    except OSError as e:
+        raise UserError(f"{what} {path}: cannot read it: {e.strerror}") from None
+    if not value:
+        raise UserError(f"{what} {path}: the file is empty")
+    return value
+
+
+@contextlib.contextmanager
+def one_controller(state: Path) -> Iterator[None]:
+    """One controller per state DB: an flock beside it, released even on kill -9."""
+    state.parent.mkdir(parents=True, exist_ok=True)
+    path = state.with_name(f"{state.name}.controller")
+    fd = os.open(path, os.O_CREAT | os.O_RDWR, 0o600)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(fd, 100, 0).decode(errors="replace").strip()
+            raise UserError(
+                f"another controller runs on {state} ({holder or 'pid unknown'}); "
+                "one controller per state DB"
+            ) from None
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"pid {os.getpid()}".encode(), 0)
+        yield
+    finally:
+        os.close(fd)
+
+
+class Controller:
+    def __init__(self, settings: RunSettings) -> None:
+        from reconciler.controller.metrics import Metrics
+
+        self.settings = settings
+        self.opts = settings.opts
+        self.loops: dict[str, DeploymentLoop] = {}
+        self.apply_lock = asyncio.Lock()
+        self.stop = asyncio.Event()
+        self.metrics = Metrics()
+        self.view = ControllerView(self)
+        self.loop: asyncio.AbstractEventLoop | None = None
+        self.config_head: str | None = None
+        self.failed = False
+
+    async def run(self) -> int:
+        from reconciler.controller.http import HttpServer, HttpSettings
+
+        self.loop = asyncio.get_running_loop()
+        if self.settings.known_hosts:
+            os.environ[KNOWN_HOSTS_ENV] = str(self.settings.known_hosts)
+        await self.refresh_deployments()
+        server = None
+        if not self.settings.once:
+            server = HttpServer(
+                self.view,
+                HttpSettings(
+                    listen=self.settings.listen,
+                    api_token=read_secret(self.settings.api_token_file, "--api-token-file"),
+                    webhook_secret=read_secret(
+                        self.settings.webhook_secret_file, "--webhook-secret-file"
+                    ),
+                    commit_url=self.settings.commit_url,
+                ),
+                self.metrics,
+            )
+            server.start()
+            host, port = server.address
+            self.say(f"listening on http://{host}:{port}/")
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            self.loop.add_signal_handler(sig, self.shutdown)
+        watcher = self.watch_local_repo()
+        try:
+            if self.settings.once:
+                await asyncio.gather(*(self.one_pass(d) for d in list(self.loops.values())))
+                return 1 if self.failed else 0
+            await self.supervise()
+            return 0
+        finally:
+            if watcher is not None:
+                watcher.stop()
+            if server is not None:
+                server.stop()
+
+    def shutdown(self) -> None:
+        self.say("stopping: settling what is in flight")
+        self.stop.set()
+        for d in self.loops.values():
+            d.terminate_child()
+            d.poke()
+
+    def say(self, text: str) -> None:
+        if not self.opts.quiet:
+            print(f"{now_iso()} {text}", file=sys.stderr, flush=True)
+
+    # --- deployments ------------------------------------------------------------------
+
+    async def refresh_deployments(self) -> None:
+        """Deployments as reconciler.yaml at the default branch's head names them."""
+        from reconciler.commands.context import open_models
+
+        head = await branch_head(self.opts.repo, None)
+        if head == self.config_head:
+            return
+        if is_remote(self.opts.repo):
+            opts = self.opts  # open_models fetches the mirror
+        else:
+            opts = Options(**{**self.opts.__dict__, "ref": head})
+        _, config = await asyncio.to_thread(open_models, opts)
+        self.config_head = head
+        fallback = await default_branch(self.opts.repo)
+        wanted = config.root.deployments
+        if self.opts.deployment:
+            if self.opts.deployment not in wanted:
+                raise UserError(f"-d {self.opts.deployment}: no such deployment")
+            wanted = {self.opts.deployment: wanted[self.opts.deployment]}
+        for name, dep in wanted.items():
+            loop = self.loops.get(name)
+            settings = {
+                "branch": dep.branch or fallback,
+                "interval": dep.interval,
+                "auto_apply": dep.autoApply,
+                "self_heal": dep.selfHeal,
+                "allow_rewind": dep.allowRewind,
+            }
+            if loop is None:
+                self.loops[name] = DeploymentLoop(
+                    name=name,
+                    opts=self.opts,
+                    signers=self.settings.signers,
+                    apply_lock=self.apply_lock,
+                    **settings,  # type: ignore[arg-type]
+                )
+            else:
+                for key, value in settings.items():
+                    setattr(loop, key, value)
+        for gone in set(self.loops) - set(wanted):
+            self.say(f"{gone}: no longer in reconciler.yaml; no longer reconciled")
+            self.loops.pop(gone)
+
+    async def supervise(self) -> None:
+        tasks = {name: asyncio.create_task(self.forever(d)) for name, d in self.loops.items()}
+        interval = min((d.interval for d in self.loops.values()), default=30.0)
+        while not self.stop.is_set():
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self.stop.wait(), interval)
+            if self.stop.is_set():
+                break
+            try:
+                await self.refresh_deployments()
+            except (GitError, UserError) as e:
+                self.say(f"cannot read reconciler.yaml: {e}")
+            for name, d in self.loops.items():
+                if name not in tasks:
+                    tasks[name] = asyncio.create_task(self.forever(d))
+            for name in set(tasks) - set(self.loops):
+                tasks.pop(name).cancel()
+        await asyncio.gather(*tasks.values(), return_exceptions=True)
+
+    async def forever(self, d: DeploymentLoop) -> None:
+        while not self.stop.is_set():
+            await self.one_pass(d)
+            wait = d.interval * random.uniform(1 - JITTER, 1 + JITTER)
+            if d.failures and d.backoff_until > time.monotonic():
+                wait = min(wait, d.backoff_until - time.monotonic())
+            d.next_poll = time.monotonic() + wait
+            d.wake.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(d.wake.wait(), wait)
+
+    async def one_pass(self, d: DeploymentLoop) -> None:
+        outcome = await d.reconcile()
+        if outcome.result != "idle":
+            self.report(d, outcome)
+        if outcome.result in ("failed", "invalid", "refused"):
+            self.failed = True
+        if not self.stop.is_set():
+            await self.observe(d)
+
+    def report(self, d: DeploymentLoop, outcome: Outcome) -> None:
+        head = (d.head or "")[:12]
+        self.metrics.reconciled(d.name, outcome.result, outcome.seconds)
+        if outcome.transferred:
+            self.metrics.transferred(d.name, outcome.transferred)
+        if outcome.result == "applied":
+            self.metrics.applied(d.name, time.time())
+        detail = f": {outcome.message.splitlines()[0]}" if outcome.message else ""
+        self.say(f"{d.name}: {head} {outcome.result} in {outcome.seconds:.1f} s{detail}")
+
+    async def observe(self, d: DeploymentLoop) -> None:
+        """Observe the machines (the view's status, self-heal's check), heal, and store
+        the conditions with their transition times."""
+        from reconciler.commands.status import nothing_json, observe_async, status_json
+        from reconciler.state.db import open_db
+        from reconciler.state.history import read_deployment
+
+        db = open_db(self.opts.state_path, write=False) if self.opts.state_path.exists() else None
+        record = read_deployment(db, d.name) if db is not None else None
+        if db is None or record is None:
+            doc = nothing_json(d.name)
+        else:
+            obs = await observe_async(db, record, self.opts.state_path.parent)
+            drifted = [i.row.key for i in obs.instances if i.state in ("dead", "missing")]
+            if d.self_heal and drifted and not d.child:
+                healed = await self.heal(d, drifted)
+                if healed:
+                    record = read_deployment(db, d.name) or record
+                    obs = await observe_async(db, record, self.opts.state_path.parent)
+            doc = status_json(obs)
+            by_state: dict[str, int] = {}
+            for i in obs.instances:
+                by_state[i.state] = by_state.get(i.state, 0) + 1
+            self.metrics.instances(d.name, by_state)
+        doc["conditions"] = self.store_conditions(d, doc["conditions"])
+        doc["controller"] = d.info()
+        self.view.put(d.name, doc)
+
+    async def heal(self, d: DeploymentLoop, keys: list[str]) -> list[str]:
+        from reconciler.execute.heal import heal
+        from reconciler.state.db import open_db
+
+        async with self.apply_lock:
+            db = open_db(self.opts.state_path, write=True)
+            assert db is not None
+            healed, problems = await heal(db, d.name, keys, self.opts.state_path.parent)
+        if healed:
+            self.say(f"{d.name}: self-heal re-activated {', '.join(healed)}")
+        for p in problems:
+            self.say(f"{d.name}: self-heal: {p}")
+        return healed
+
+    def store_conditions(
+        self, d: DeploymentLoop, computed: list[dict[str, Any]]
+    ) -> list[dict[str, Any]]:
+        """Overlay the loop's own Stalled and Reconciling; keep transition times."""
+        from reconciler.state.db import open_db, transaction
+
+        out = []
+        for c in computed:
+            c = dict(c)
+            if c["type"] == "Stalled" and d.stalled:
+                c.update(status="True", **d.stalled)
+            if c["type"] == "Reconciling" and d.child is not None:
+                c.update(status="True", reason="Applying", message=f"applying {d.head}")
+            out.append(c)
+        db = open_db(self.opts.state_path, write=True)
+        assert db is not None
+        with transaction(db):
+            row = next(
+                db.query("SELECT conditions FROM deployments WHERE name = ?", [d.name]), None
+            )
+            before: dict[str, dict[str, Any]] = {}
+            with contextlib.suppress(ValueError, TypeError, KeyError):
+                before = {c["type"]: c for c in json.loads(row["conditions"] if row else "[]")}
+            for c in out:
+                old = before.get(c["type"]) or {}
+                same = old.get("status") == c["status"]
+                c["lastTransitionTime"] = old.get("lastTransitionTime") if same else None
+                c["lastTransitionTime"] = c["lastTransitionTime"] or now_iso()
+            db.execute(
+                "INSERT INTO deployments (name, created_at, conditions) VALUES (?, ?, ?) "
+                "ON CONFLICT (name) DO UPDATE SET conditions = excluded.conditions",
+                [d.name, now_iso(), json.dumps(out)],
+            )
+        db.conn.close()
+        return out
+
+    # --- triggers ---------------------------------------------------------------------
+
+    def poke_all(self) -> int:
+        assert self.loop is not None
+        for d in list(self.loops.values()):
+            self.loop.call_soon_threadsafe(d.poke)
+        return len(self.loops)
+
+    def watch_local_repo(self) -> Any:
+        """A commit in a local repository wakes every loop within a second or two."""
+        if is_remote(self.opts.repo):
+            return None
+        import git
+        from watchdog.events import FileSystemEvent, FileSystemEventHandler
+        from watchdog.observers import Observer
+
+        git_dir = Path(git.Repo(self.opts.repo, search_parent_directories=True).git_dir)
+        controller = self
+
+        class RefChanged(FileSystemEventHandler):
+            def on_any_event(self, event: FileSystemEvent) -> None:
+                path = str(event.src_path) + str(getattr(event, "dest_path", ""))
+                if "/refs/" in path or path.endswith(("HEAD", "packed-refs")):
+                    controller.poke_all()
+
+        observer = Observer()
+        observer.schedule(RefChanged(), str(git_dir / "refs"), recursive=True)
+        observer.schedule(RefChanged(), str(git_dir), recursive=False)
+        observer.daemon = True
+        observer.start()
+        self.say(f"watching {redact(str(git_dir))} for commits")
+        return observer
+
+
+class ControllerView:
+    """What the HTTP side reads (thread safe): the last document per deployment."""
+
+    def __init__(self, controller: Controller) -> None:
+        self.controller = controller
+        self.docs: dict[str, dict[str, Any]] = {}
+        self.lock = threading.Lock()
+
+    def put(self, name: str, doc: dict[str, Any]) -> None:
+        with self.lock:
+            self.docs[name] = doc
+
+    def deployments(self) -> list[dict[str, Any]]:
+        with self.lock:
+            return [self.docs[n] for n in sorted(self.docs)]
+
+    def deployment(self, name: str) -> dict[str, Any] | None:
+        with self.lock:
+            return self.docs.get(name)
+
+    def history(self, name: str) -> Any:
+        from reconciler.commands.history import history_rows
+
+        if name not in self.controller.loops:
+            return None
+        return history_rows(self.controller.opts.state_path, name)
+
+    def ready(self) -> tuple[bool, str]:
+        loops = list(self.controller.loops.values())
+        waiting = [d.name for d in loops if d.passes == 0 or d.name not in self.docs]
+        if waiting:
+            return False, f"first pass not done yet: {', '.join(sorted(waiting))}"
+        return True, "ok"
+
+    def poke(self, repo_urls: list[str]) -> int:
+        ours = _repo_key(self.controller.opts.repo)
+        if repo_urls and ours and ours not in {_repo_key(u) for u in repo_urls}:
+            return 0
+        return self.controller.poke_all()
+
+
+def _repo_key(url: str) -> str | None:
+    """'org/name' of a repository URL in any of its forms (https, ssh, scp-like)."""
+    parts = [p for p in url.rstrip("/").removesuffix(".git").replace(":", "/").split("/") if p]
+    return "/".join(parts[-2:]).lower() if len(parts) >= 2 else None
+
+
+def run(settings: RunSettings) -> int:
+    with one_controller(settings.opts.state_path):
+        return asyncio.run(Controller(settings).run())
