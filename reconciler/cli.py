@@ -178,8 +178,11 @@ def apply(
         bool,
         typer.Option("--allow-recreate", help="Replace machines whose immutable settings changed."),
     ] = False,
+    provision_only: Annotated[
+        bool, typer.Option("--provision-only", help="Only provision machines (step 1).")
+    ] = False,
 ) -> int:
-    """Run the plan: build, transfer only what machines lack, (then activate)."""
+    """Run the plan: provision, build, transfer only what machines lack, then activate."""
     from reconciler.commands import apply as cmd
 
     return cmd.run(
@@ -191,6 +194,7 @@ def apply(
         copy_only=copy_only,
         kill_obsolete=kill_obsolete,
         allow_recreate=allow_recreate,
+        provision_only=provision_only,
     )
 
 
@@ -272,11 +276,14 @@ def run(
 def destroy(
     ctx: typer.Context,
     yes: Annotated[bool, typer.Option("--yes", help="Do not ask for confirmation.")] = False,
+    keep_machines: Annotated[
+        bool, typer.Option("--keep-machines", help="Do not destroy provisioned machines.")
+    ] = False,
 ) -> int:
-    """Deactivate everything in reverse order and remove the deployment's profiles."""
+    """Deactivate everything in reverse order, remove profiles, destroy provisioned machines."""
     from reconciler.commands import destroy as cmd
 
-    return cmd.run(ctx.obj, yes)
+    return cmd.run(ctx.obj, yes, keep_machines)
 
 
 @app.command()

@@ -16,7 +16,7 @@ import sqlite_utils
 from reconciler.commands.context import compile_with_record, load_one, paused_gc
 from reconciler.commands.options import Options
 from reconciler.commands.progress import make_progress
-from reconciler.desired.state import DesiredState
+from reconciler.desired.state import PROVISIONED_ENVS, DesiredState
 from reconciler.errors import UserError
 from reconciler.execute.agent import ensure_agent, ship
 from reconciler.execute.recover import settle, unsettled
@@ -76,6 +76,7 @@ def run(
     copy_only: bool,
     kill_obsolete: bool,
     allow_recreate: bool,
+    provision_only: bool = False,
 ) -> int:
     if opts.format not in ("text", "json"):
         raise UserError(f"--format {opts.format}: apply writes text or json")
@@ -90,8 +91,10 @@ def run(
         return EXIT_FAILED
     if dry_run:
         return 0
-    if only and not copy_only:
-        raise UserError("--only works with --copy-only: a generation covers every machine")
+    if only and not (copy_only or provision_only):
+        raise UserError(
+            "--only works with --copy-only or --provision-only: a generation covers every machine"
+        )
     machines = _scope(desired, only)
     if sys.stdin.isatty() and not yes and not _confirm("Apply this plan?"):
         print("Nothing was changed.", file=sys.stderr)
@@ -100,6 +103,14 @@ def run(
         # another apply may have run since the plan above: plan again under the lock
         desired, recorded = compile_with_record(opts, loaded)
         plan = _plan(loaded, desired, recorded, options)
+        if any(m.target_env in PROVISIONED_ENVS for m in desired.machines.values()):
+            if not _provision(opts, desired, plan, machines):
+                return EXIT_FAILED
+            # plan again now that addresses and SSH endpoints are known (step 1)
+            desired, recorded = compile_with_record(opts, loaded)
+            plan = _plan(loaded, desired, recorded, options)
+        if provision_only:
+            return 0
         if not plan.has_changes and not copy_only:
             print(f"No changes: generation {recorded.generation} already matches {loaded.label}.")
             return 0
@@ -110,6 +121,66 @@ def run(
             opts, db, loaded, desired, recorded, plan, machines, max_concurrent, copy_only, secrets
         )
         return asyncio.run(_interruptible(attempt))
+
+
+def _provision(opts: Options, desired: DesiredState, plan: Plan, scope: list[str]) -> bool:
+    """Step 1: replace what must be replaced (--allow-recreate), then create or find
+    every provisioned machine in scope; False when one failed (nothing else is done)."""
+    from reconciler.execute.provision import destroy_all, provision_all
+
+    dep = desired.deployment
+    replaced = [(c.name, c.target_env, None) for c in plan.machines if c.action == "replace"]
+    if replaced:
+        print(
+            f"Destroying {', '.join(n for n, _, _ in replaced)} to replace them.", file=sys.stderr
+        )
+        errors = asyncio.run(destroy_all(opts.state_path, dep, replaced))
+        if errors:
+            for name, error in sorted(errors.items()):
+                print(f"{name}: destroy failed: {error}", file=sys.stderr)
+            return False
+    wanted = [
+        m
+        for name, m in sorted(desired.machines.items())
+        if m.target_env in PROVISIONED_ENVS and name in scope
+    ]
+    started = time.monotonic()
+    done = asyncio.run(
+        provision_all(opts.state_path, dep, wanted, desired.allocations.get("container-subnet"))
+    )
+    for name, error in sorted(done.errors.items()):
+        print(f"{name}: provisioning failed: {error}", file=sys.stderr)
+    if not opts.quiet and opts.format == "text":
+        for name, p in sorted(done.found.items()):
+            print(f"  {name:<20} {p.provider_id} {p.state} {p.address or ''}", file=sys.stderr)
+        if done.found:
+            print(
+                f"{plural(len(done.found), 'machine')} provisioned or found in "
+                f"{time.monotonic() - started:.1f} s.",
+                file=sys.stderr,
+            )
+    if done.errors:
+        print("Nothing was deployed; the machines made so far are recorded.", file=sys.stderr)
+    return not done.errors
+
+
+async def destroy_obsolete(opts: Options, plan: Plan, recorded: RecordedState) -> None:
+    """Provisioned machines removed from the model, with destroyMachines or --kill-obsolete."""
+    from reconciler.execute.provision import destroy_all
+
+    gone = [
+        (c.name, c.target_env, recorded.machines[c.name].provider_id)
+        for c in plan.machines
+        if c.action == "destroy" and c.name in recorded.machines
+    ]
+    if not gone:
+        return
+    errors = await destroy_all(opts.state_path, recorded.deployment, gone)
+    for name, _, _ in gone:
+        if name in errors:
+            print(f"warning: {name}: destroy failed: {errors[name]}", file=sys.stderr)
+        else:
+            print(f"Destroyed machine {name}.", file=sys.stderr)
 
 
 def _plan(
@@ -263,6 +334,7 @@ async def _transition(
     number = record_generation(
         a.db, attempt, a.desired, {m: r.present for m, r in sent.items()}, requests
     )
+    await destroy_obsolete(a.opts, a.plan, a.recorded)
     _report_generation(a, number, sum(r.wire_bytes for r in sent.values()))
     return 0
 

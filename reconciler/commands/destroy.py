@@ -16,7 +16,7 @@ from reconciler.execute.agent import ensure_agent, ship
 from reconciler.execute.requests import deployment_dir
 from reconciler.execute.transition import Transition, TransitionFailed, run_transition
 from reconciler.plan.diff import make_plan
-from reconciler.state.db import exclusive, open_db
+from reconciler.state.db import exclusive, open_db, transaction
 from reconciler.state.hostkeys import RecordedHostKeys
 from reconciler.state.journal import Journal
 from reconciler.state.record import (
@@ -30,7 +30,7 @@ from reconciler.store.local import LocalStore
 from reconciler.targets.open import open_target
 
 
-def run(opts: Options, yes: bool) -> int:
+def run(opts: Options, yes: bool, keep_machines: bool = False) -> int:
     name = opts.deployment
     if name is None:
         raise UserError("destroy needs -d NAME: which deployment to take down")
@@ -97,11 +97,37 @@ def run(opts: Options, yes: bool) -> int:
             print(f"error: {failed.reason}", file=sys.stderr)
             return 1 if failed.rolled_back else 3
         number = record_generation(db, attempt, empty, {}, {})
+        provisioned = [
+            (m.name, m.target_env, m.provider_id)
+            for m in recorded.machines.values()
+            if m.provider_id is not None
+        ]
+        if provisioned and not keep_machines:
+            from reconciler.execute.provision import destroy_all
+
+            errors = asyncio.run(destroy_all(opts.state_path, name, provisioned))
+            for machine, error in sorted(errors.items()):
+                print(f"{machine}: destroy failed: {error}", file=sys.stderr)
+            if errors:
+                return 1
+            with transaction(db):
+                db.execute("DELETE FROM machines WHERE deployment = ?", [name])
     if opts.format == "json":
-        print(json.dumps({"generation": number, "deactivated": plan.deactivation_order}))
+        gone = [] if keep_machines else [m for m, _, _ in provisioned]
+        print(
+            json.dumps(
+                {
+                    "generation": number,
+                    "deactivated": plan.deactivation_order,
+                    "destroyedMachines": gone,
+                }
+            )
+        )
     else:
+        machines = "" if keep_machines else f", {len(provisioned)} machines destroyed"
         print(
             f"Destroyed {name}: {len(plan.deactivation_order)} instances taken down "
-            f"(generation {number}); persistent state was kept."
+            f"(generation {number}){machines if provisioned else ''}; persistent state "
+            "was kept."
         )
     return 0

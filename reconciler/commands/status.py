@@ -414,6 +414,8 @@ def status_json(obs: Observation) -> dict[str, Any]:
                 "error": obs.machines[m.name].error,
                 "generation": obs.machines[m.name].generation,
                 "commit": (obs.machines[m.name].manifest or {}).get("commit"),
+                "providerId": m.provider_id,
+                "providerState": m.provider_state,
             }
             for m in record.machines
         ],
@@ -473,11 +475,12 @@ def _print_status(data: dict[str, Any], obs: Observation) -> None:
     if data["machines"]:
         print()
         print_table(
-            ["MACHINE", "ENV", "ADDRESS", "GENERATION", "REACHABLE"],
+            ["MACHINE", "ENV", "PROVIDER", "ADDRESS", "GENERATION", "REACHABLE"],
             [
                 [
                     m["name"],
                     m["targetEnv"],
+                    f"{m['providerId']} ({m['providerState']})" if m["providerId"] else "-",
                     m["address"] or "-",
                     _dash(m["generation"]),
                     "yes" + (f" ({m['error']})" if m["error"] else "")

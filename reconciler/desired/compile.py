@@ -6,6 +6,7 @@ through service digests (SPEC §2.5), so a change cascades to exactly its depend
 
 from __future__ import annotations
 
+import json
 from collections.abc import Mapping
 from typing import Any
 
@@ -17,6 +18,7 @@ from reconciler.desired.allocate import (
     allocate_ports,
 )
 from reconciler.desired.state import (
+    PROVISIONED_ENVS,
     DesiredInstance,
     DesiredMachine,
     DesiredState,
@@ -31,7 +33,7 @@ from reconciler.models.checks import container_type
 from reconciler.models.graph import topological_order
 from reconciler.models.load import LoadedDeployment
 from reconciler.models.merge import locate
-from reconciler.models.schema import ModelDocument
+from reconciler.models.schema import ModelDocument, SshSettings
 
 _SHORT = 48  # input values up to this long are shown as they are; longer ones as a hash
 
@@ -57,7 +59,8 @@ def compile_deployment(
         for svc, s in doc.services.items()
         if svc in deployed
     }
-    machines = _machines(doc, packages, addresses, instances)
+    reached = _provisioned_ssh(loaded, recorded, allocations)
+    machines = _machines(doc, packages, addresses, instances, reached)
     return DesiredState(
         deployment=loaded.name,
         revision=loaded.revision,
@@ -292,6 +295,28 @@ def identity_inputs(parts: Mapping[str, Any], package_path: str) -> dict[str, st
     return out
 
 
+def provisioned_key(deployment: str, machine: str) -> str:
+    return f"ssh-endpoint/{deployment}/{machine}"
+
+
+def _provisioned_ssh(
+    loaded: LoadedDeployment, recorded: Mapping[str, str], allocations: dict[str, str]
+) -> dict[str, SshSettings]:
+    """How provisioned machines are reached, as provisioning recorded it (host, port, key
+    it generated or read); what the model's `ssh:` sets (user, identityFile, a pinned
+    hostKey) wins."""
+    out = {}
+    for name, m in loaded.model.machines.items():
+        key = provisioned_key(loaded.name, name)
+        if m.deployment.targetEnv not in PROVISIONED_ENVS or key not in recorded:
+            continue
+        allocations[key] = recorded[key]
+        found = json.loads(recorded[key])
+        given = m.deployment.ssh.model_dump(exclude_unset=True) if m.deployment.ssh else {}
+        out[name] = SshSettings(**{**found, **given, "host": found.get("host")})
+    return out
+
+
 def _short(value: Any) -> str:
     text = value if isinstance(value, str) else canonical_json(value)
     return text if len(text) <= _SHORT else "sha256:" + sha256_hex(text)[:12]
@@ -302,6 +327,7 @@ def _machines(
     packages: Mapping[str, StorePackage],
     addresses: Mapping[str, str | None],
     instances: Mapping[str, DesiredInstance],
+    reached: Mapping[str, SshSettings],
 ) -> dict[str, DesiredMachine]:
     needed: dict[str, set[str]] = {name: set() for name in doc.machines}
     for inst in instances.values():
@@ -316,7 +342,7 @@ def _machines(
             name=name,
             target_env=d.targetEnv,
             address=addresses[name],
-            ssh=d.ssh,
+            ssh=reached.get(name, d.ssh),
             state_dir=d.stateDir,
             max_parallel=d.maxParallel,
             compression=d.compression,

@@ -46,6 +46,8 @@ class MachineRow:
     address: str | None
     state_dir: str | None
     connection: dict[str, Any]
+    provider_id: str | None = None  # provisioned machines: EC2 instance, container netns
+    provider_state: str | None = None
 
 
 @dataclass(frozen=True)
@@ -129,6 +131,8 @@ def read_deployment(db: sqlite_utils.Database, name: str) -> DeploymentRecord | 
             address=r["address"],
             state_dir=r["state_dir"],
             connection=_object(r["connection"]),
+            provider_id=r["provider_id"],
+            provider_state=r["provider_state"],
         )
         for r in db.query("SELECT * FROM machines WHERE deployment = ? ORDER BY name", [name])
     ]

@@ -166,9 +166,25 @@ def record_generation(
                 dep,
             ],
         )
-        db.execute("DELETE FROM machines WHERE deployment = ?", [dep])
+        # provisioning's record outlives generations: keep it for machines still wanted
+        provisioned = {
+            r["name"]: (r["provider_id"], r["provider_state"])
+            for r in db.query(
+                "SELECT name, provider_id, provider_state FROM machines WHERE deployment = ?",
+                [dep],
+            )
+        }
+        # a provisioned machine no longer in the model stays recorded until destroyed
+        wanted = list(desired.machines)
+        db.execute(
+            "DELETE FROM machines WHERE deployment = ? AND (provider_id IS NULL OR name IN "
+            f"({', '.join('?' * len(wanted))}))",
+            [dep, *wanted],
+        )
         db.table("machines").insert_all(
             {
+                "provider_id": provisioned.get(m.name, (None, None))[0],
+                "provider_state": provisioned.get(m.name, (None, None))[1],
                 "deployment": dep,
                 "name": m.name,
                 "target_env": m.target_env,
@@ -298,5 +314,54 @@ def record_transfer(
         )
         db.table("allocations").upsert_all(
             ({"key": k, "value": v, "deployment": dep} for k, v in desired.allocations.items()),
+            pk="key",
+        )
+
+
+def record_provisioned(
+    db: sqlite_utils.Database,
+    deployment: str,
+    machine: str,
+    target_env: str,
+    provider: Mapping[str, Any],
+    found: Mapping[str, Any] | None,
+    allocations: Mapping[str, str],
+) -> None:
+    """A machine provisioning made (`found`: provider id and state) or destroyed (None),
+    with the allocations that say how to reach it."""
+    stamp = now()
+    with transaction(db):
+        db.execute(
+            "INSERT INTO deployments (name, created_at) VALUES (?, ?) ON CONFLICT DO NOTHING",
+            [deployment, stamp],
+        )
+        if found is None:
+            db.execute(
+                "UPDATE machines SET provider_id = NULL, provider_state = 'destroyed' "
+                "WHERE deployment = ? AND name = ?",
+                [deployment, machine],
+            )
+            db.conn.executemany(
+                "DELETE FROM allocations WHERE key = ?", [(k,) for k in allocations]
+            )
+            return
+        db.execute(
+            "INSERT INTO machines (deployment, name, target_env, provider_id, provider_state, "
+            "provider, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?) "
+            "ON CONFLICT (deployment, name) DO UPDATE SET provider_id = excluded.provider_id, "
+            "provider_state = excluded.provider_state, provider = excluded.provider, "
+            "updated_at = excluded.updated_at",
+            [
+                deployment,
+                machine,
+                target_env,
+                found["provider_id"],
+                found["state"],
+                json.dumps(dict(provider)),
+                stamp,
+            ],
+        )
+        db.table("allocations").upsert_all(
+            ({"key": k, "value": v, "deployment": deployment} for k, v in allocations.items()),
             pk="key",
         )

@@ -26,7 +26,7 @@ def open_target(
     env, state_dir, ssh = connection["targetEnv"], connection.get("stateDir"), connection.get("ssh")
     if env == "local":
         return LocalTarget(name, state_dir or local_state_dir(state_root, name))
-    if env == "ssh" and ssh and ssh.get("host"):
+    if env in ("ssh", "container", "ec2") and ssh and ssh.get("host"):
         endpoint = SshEndpoint(
             ssh["host"],
             ssh.get("port", 22),
@@ -35,7 +35,9 @@ def open_target(
             ssh.get("hostKey"),
         )
         return SshTarget(name, state_dir or DEFAULT_STATE_DIR, endpoint, host_keys)
-    raise UserError(
-        f"machine {name}: targetEnv {env} cannot be deployed to yet "
-        "(provisioning lands in a later release); ssh and local machines can"
-    )
+    if env in ("container", "ec2"):
+        raise UserError(
+            f"machine {name}: the {env} machine is not provisioned yet; "
+            "`reconciler apply` provisions it first (or `apply --provision-only`)"
+        )
+    raise UserError(f"machine {name}: targetEnv ssh needs ssh.host (or address) to reach it")

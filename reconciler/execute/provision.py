@@ -1,0 +1,98 @@
+"""Step 1 of an attempt (SPEC §3): provision the machines reconciler makes itself
+(`container`, `ec2`), several at once, each in a thread (the provisioners are
+synchronous); and destroy them. Every provider call is recorded first (provision/record),
+so a killed apply finds its machines again rather than making them twice."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import Iterable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from reconciler.desired.compile import provisioned_key
+from reconciler.desired.state import DesiredMachine
+from reconciler.provision import Provisioned, provisioner_for
+from reconciler.provision.record import SqliteRecorder
+from reconciler.state.db import open_db
+from reconciler.state.record import record_provisioned
+
+
+@dataclass
+class Provisioning:
+    found: dict[str, Provisioned] = field(default_factory=dict)
+    errors: dict[str, str] = field(default_factory=dict)
+
+
+def reach(deployment: str, machine: str, target_env: str, p: Provisioned) -> dict[str, str]:
+    """The allocations compile reads back: how to reach the machine, its private address."""
+    ssh = {"host": p.ssh_host, "port": p.ssh_port, "user": p.ssh_user}
+    ssh |= {k: v for k, v in (("identityFile", p.identity_file), ("hostKey", p.host_key)) if v}
+    out = {provisioned_key(deployment, machine): json.dumps(ssh, sort_keys=True)}
+    if target_env == "ec2" and p.address:
+        out[f"ec2-address/{deployment}/{machine}"] = p.address
+    return out
+
+
+async def provision_all(
+    state: Path, deployment: str, machines: Iterable[DesiredMachine], container_subnet: str | None
+) -> Provisioning:
+    recorder = SqliteRecorder.open(state, deployment)
+    result = Provisioning()
+    todo = list(machines)
+
+    async def one(m: DesiredMachine) -> None:
+        try:
+            p = provisioner_for(m.target_env, state.parent, container_subnet=container_subnet)
+            result.found[m.name] = await asyncio.to_thread(p.ensure, deployment, m, recorder)
+        except Exception as e:  # one machine's failure is reported with the others'
+            result.errors[m.name] = str(e) or type(e).__name__
+
+    try:
+        await asyncio.gather(*(one(m) for m in todo))
+    finally:
+        recorder.close()
+    db = open_db(state, write=True)
+    assert db is not None
+    for m in todo:
+        if m.name in result.found:
+            p = result.found[m.name]
+            record_provisioned(
+                db,
+                deployment,
+                m.name,
+                m.target_env,
+                m.provider,
+                asdict(p),
+                reach(deployment, m.name, m.target_env, p),
+            )
+    return result
+
+
+async def destroy_all(
+    state: Path, deployment: str, machines: Iterable[tuple[str, str, str | None]]
+) -> dict[str, str]:
+    """Destroy (name, target_env, provider_id) machines; errors by machine name."""
+    recorder = SqliteRecorder.open(state, deployment)
+    errors: dict[str, str] = {}
+    todo = list(machines)
+
+    async def one(name: str, env: str, provider_id: str | None) -> None:
+        try:
+            p = provisioner_for(env, state.parent)
+            await asyncio.to_thread(p.destroy, deployment, name, provider_id, recorder)
+        except Exception as e:
+            errors[name] = str(e) or type(e).__name__
+
+    try:
+        await asyncio.gather(*(one(*m) for m in todo))
+    finally:
+        recorder.close()
+    db = open_db(state, write=True)
+    assert db is not None
+    for name, env, _ in todo:
+        if name not in errors:
+            gone = [provisioned_key(deployment, name), f"ec2-address/{deployment}/{name}"]
+            record_provisioned(db, deployment, name, env, {}, None, dict.fromkeys(gone, ""))
+    return errors
