@@ -607,7 +607,11 @@ def activate_process(dep: Deployment, inst: Instance, identity: str) -> dict[str
 
     def fail(why: str) -> NoReturn:
         stop_group(child.pid, child)
-        remove(pid_path)
+        # only our own record: an interrupted attempt's rollback may have started the old
+        # version meanwhile, and its record must stay
+        current = read_json(pid_path)
+        if isinstance(current, dict) and current.get("pid") == child.pid:
+            remove(pid_path)
         with open(log_path, "ab") as log:
             log.write(
                 f"--- reconciler: {utc_stamp(time.time())} activation failed: {why}\n".encode()

@@ -210,7 +210,14 @@ class Controller:
 
     async def forever(self, d: DeploymentLoop) -> None:
         while not self.stop.is_set():
-            await self.one_pass(d)
+            try:
+                await self.one_pass(d)
+            except Exception as e:  # a bug must not end the loop: say it, retry next pass
+                where = e.__traceback__
+                while where is not None and where.tb_next is not None:
+                    where = where.tb_next
+                at = f" ({where.tb_frame.f_code.co_filename}:{where.tb_lineno})" if where else ""
+                self.say(f"{d.name}: pass failed: {type(e).__name__}: {e}{at}")
             wait = d.interval * random.uniform(1 - JITTER, 1 + JITTER)
             if d.failures and d.backoff_until > time.monotonic():
                 wait = min(wait, d.backoff_until - time.monotonic())
@@ -241,7 +248,12 @@ class Controller:
     async def observe(self, d: DeploymentLoop) -> None:
         """Observe the machines (the view's status, self-heal's check), heal, and store
         the conditions with their transition times."""
-        from reconciler.commands.status import nothing_json, observe_async, status_json
+        from reconciler.commands.status import (
+            conditions,
+            nothing_json,
+            observe_async,
+            status_json,
+        )
         from reconciler.state.db import open_db
         from reconciler.state.history import read_deployment
 
@@ -249,6 +261,7 @@ class Controller:
         record = read_deployment(db, d.name) if db is not None else None
         if db is None or record is None:
             doc = nothing_json(d.name)
+            computed = doc["conditions"]
         else:
             obs = await observe_async(db, record, self.opts.state_path.parent)
             drifted = [i.row.key for i in obs.instances if i.state in ("dead", "missing")]
@@ -258,11 +271,12 @@ class Controller:
                     record = read_deployment(db, d.name) or record
                     obs = await observe_async(db, record, self.opts.state_path.parent)
             doc = status_json(obs)
+            computed = conditions(obs, record)  # without what this controller stored before
             by_state: dict[str, int] = {}
             for i in obs.instances:
                 by_state[i.state] = by_state.get(i.state, 0) + 1
             self.metrics.instances(d.name, by_state)
-        doc["conditions"] = self.store_conditions(d, doc["conditions"])
+        doc["conditions"] = self.store_conditions(d, computed)
         doc["controller"] = d.info()
         self.view.put(d.name, doc)
 

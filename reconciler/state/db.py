@@ -35,8 +35,10 @@ def open_db(path: Path, write: bool) -> sqlite_utils.Database | None:
     old_umask = os.umask(0o077)  # the file and the -wal and -shm files sqlite makes: private
     try:
         if write:
+            # sqlite creates the file (0600 under this umask); opening and closing a
+            # descriptor of our own here would drop the POSIX locks every other
+            # connection of this process holds on it, and let writers corrupt it
             path.parent.mkdir(parents=True, exist_ok=True)
-            os.close(os.open(path, os.O_CREAT | os.O_WRONLY, 0o600))
         return _open(path, write)
     except sqlite3.DatabaseError as e:
         raise UserError(f"{path}: not a usable reconciler state DB ({e})") from None

@@ -23,8 +23,17 @@ class LocalTarget(Target):
         )
         assert proc.stdin is not None
         feeding = asyncio.create_task(_feed(proc.stdin, stdin))
-        stdout, stderr = await _collect(proc)
-        await feeding
+        try:
+            stdout, stderr = await _collect(proc)
+            await feeding
+        except asyncio.CancelledError:
+            # interrupted: what it was doing is undone by the rollback, not finished behind
+            # its back (a half-done activation must not act after the rollback has)
+            feeding.cancel()
+            with contextlib.suppress(ProcessLookupError):
+                proc.kill()
+            await proc.wait()
+            raise
         return RunResult(await proc.wait(), stdout, stderr)
 
     async def close(self) -> None:

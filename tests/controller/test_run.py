@@ -46,9 +46,20 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
+_HOSTS = iter(range(1, 250))
+ADDRESS = ["127.0.0.1"]
+
+
 def address() -> str:
+    return ADDRESS[0]
+
+
+def next_address() -> str:
+    """A loopback address of this test's own: suites running side by side, and the
+    previous test's processes, must not hold our ports."""
     pid = os.getpid()
-    return f"127.{150 + pid % 50}.{pid // 50 % 250}.1"  # ours: tests run side by side
+    ADDRESS[0] = f"127.{150 + pid % 50}.{pid // 50 % 250}.{next(_HOSTS)}"
+    return ADDRESS[0]
 
 
 def hello_files(message: str, delay: float = 0) -> dict[str, str]:
@@ -121,6 +132,7 @@ def remote(tmp_path: Path) -> Iterator[Remote]:
             assert time.monotonic() < deadline, "git daemon did not start"
             time.sleep(0.05)
         url = f"git://127.0.0.1:{port}/models.git"
+        next_address()
         work = make_repo(tmp_path / "work", hello_files("v1"))
         (work / "hello/bin/hello").chmod(0o755)
         commit(work, {}, "executable")
@@ -144,7 +156,7 @@ class Controller:
             assert self.proc.poll() is None, self.log.read_text()
             try:
                 got = check()
-            except (OSError, ValueError, KeyError, sqlite3.Error):
+            except (OSError, ValueError, LookupError, sqlite3.Error):
                 got = None
             if got:
                 return got
@@ -204,7 +216,8 @@ def start(tmp_path: Path) -> Iterator[Callable[..., Controller]]:
         if c.proc.poll() is None:
             c.proc.send_signal(signal.SIGTERM)
             c.proc.wait(timeout=60)
-        run_cli("--state", str(c.state), "-d", "web", "destroy", "--yes", cwd=tmp_path)
+        done = run_cli("--state", str(c.state), "-d", "web", "destroy", "--yes", cwd=tmp_path)
+        assert done.returncode == 0, done.stderr
 
 
 def test_the_controller_follows_the_branch_recovers_and_heals(
@@ -212,7 +225,7 @@ def test_the_controller_follows_the_branch_recovers_and_heals(
 ) -> None:
     c = start(remote.url)
     c.wait("v1 to serve", lambda: answer(c.endpoint()) == "v1")
-    assert c.conditions()["Ready"]["status"] == "True"
+    c.wait("Ready", lambda: c.conditions()["Ready"]["status"] == "True")
 
     remote.push(hello_files("v2"), "hello v2")
     c.wait("v2 to serve", lambda: answer(c.endpoint()) == "v2")
@@ -240,7 +253,7 @@ def test_the_controller_follows_the_branch_recovers_and_heals(
         "self-heal",
         lambda: json.loads(pid_file.read_text())["pid"] != pid and answer(c.endpoint()) == "v4",
     )
-    assert "self-heal re-activated hello@m1" in c.log.read_text()
+    c.wait("the log to say so", lambda: "self-heal re-activated hello@m1" in c.log.read_text())
 
     c.proc.send_signal(signal.SIGTERM)
     assert c.proc.wait(timeout=60) == 0
@@ -286,4 +299,4 @@ def test_sigterm_during_a_transition_settles_and_exits_0(
     assert statuses[0] == "succeeded" and statuses[-1] in ("rolled_back", "succeeded")
     assert "running" not in statuses
     done = run_cli("--state", str(c.state), "-d", "web", "check", cwd=tmp_path)
-    assert done.returncode == 0, done.stdout + done.stderr  # what runs is what is recorded
+    assert done.returncode == 0, done.stdout + log.read_text()  # what runs is what is recorded

@@ -1,0 +1,130 @@
+"""The status page in a real browser: headless Chromium loads it from the HttpServer,
+dumps the DOM it parsed and takes a screenshot. The DOM must show the deployment, every
+instance and the conditions (and the <script> of a commit subject as text, not as an
+element); the screenshot must be the requested size, not blank, light, and coloured
+where the page colours states. A copy is left at SCREENSHOT for people to look at."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import struct
+import subprocess
+import zlib
+from collections import Counter
+from pathlib import Path
+
+import pytest
+
+from tests.controller.test_http import COMMIT_URL, sample_view, serving
+
+pytestmark = pytest.mark.slow
+
+SCREENSHOT = Path("/tmp/reconciler-status-page.png")
+WIDTH, HEIGHT = 1280, 1024
+GOOD_PILL, BAD_PILL, WHITE = bytes.fromhex("dafbe1"), bytes.fromhex("ffebe9"), b"\xff\xff\xff"
+
+
+def chromium() -> str:
+    found = shutil.which("chromium") or shutil.which("chromium-browser")
+    if found is None:
+        reason = "chromium is not installed (Debian: apt-get install chromium)"
+        if os.environ.get("CI") == "true":
+            pytest.fail(f"{reason}, and CI=true forbids skipping")
+        pytest.skip(reason)
+    return found
+
+
+def browse(binary: str, url: str, home: Path, *args: str) -> str:
+    """Run headless Chromium on url with a profile of its own; its stdout."""
+    home.mkdir()
+    command = [
+        binary,
+        "--headless",
+        "--no-sandbox",  # we may be root, where the sandbox refuses to start
+        "--disable-gpu",
+        "--no-proxy-server",
+        f"--user-data-dir={home / 'profile'}",
+        "--no-first-run",
+        "--disable-extensions",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--disable-sync",
+        "--disable-dev-shm-usage",
+        "--hide-scrollbars",
+        f"--window-size={WIDTH},{HEIGHT}",
+        *args,
+        url,
+    ]
+    env = {**os.environ, "HOME": str(home)}  # keep its caches out of the real home
+    done = subprocess.run(command, capture_output=True, text=True, timeout=60, env=env)
+    assert done.returncode == 0, done.stderr[-2000:]
+    return done.stdout
+
+
+def png_pixels(data: bytes) -> tuple[int, int, Counter[bytes]]:
+    """Width, height and how many pixels have each colour, of an 8-bit RGB(A), not
+    interlaced PNG (what Chromium writes), decoded with zlib alone."""
+    assert data[:8] == b"\x89PNG\r\n\x1a\n", "not a PNG"
+    pos, idat = 8, []
+    width = height = depth = colour_type = interlace = 0
+    while pos < len(data):
+        length, kind = struct.unpack(">I4s", data[pos : pos + 8])
+        chunk = data[pos + 8 : pos + 8 + length]
+        pos += 12 + length
+        if kind == b"IHDR":
+            width, height, depth, colour_type, _, _, interlace = struct.unpack(">IIBBBBB", chunk)
+        elif kind == b"IDAT":
+            idat.append(chunk)
+    assert (depth, interlace) == (8, 0) and colour_type in (2, 6)
+    bpp = 3 if colour_type == 2 else 4
+    raw = zlib.decompress(b"".join(idat))
+    stride = width * bpp
+    previous = bytearray(stride)
+    colours: Counter[bytes] = Counter()
+    for y in range(height):
+        start = y * (stride + 1)
+        kind, line = raw[start], bytearray(raw[start + 1 : start + 1 + stride])
+        for i in range(stride):  # undo the row's filter (PNG spec §9)
+            left = line[i - bpp] if i >= bpp else 0
+            up = previous[i]
+            up_left = previous[i - bpp] if i >= bpp else 0
+            if kind == 1:
+                line[i] = (line[i] + left) & 255
+            elif kind == 2:
+                line[i] = (line[i] + up) & 255
+            elif kind == 3:
+                line[i] = (line[i] + (left + up) // 2) & 255
+            elif kind == 4:
+                p = left + up - up_left
+                pa, pb, pc = abs(p - left), abs(p - up), abs(p - up_left)
+                nearest = left if pa <= pb and pa <= pc else up if pb <= pc else up_left
+                line[i] = (line[i] + nearest) & 255
+        colours.update(bytes(line[x : x + 3]) for x in range(0, stride, bpp))
+        previous = line
+    return width, height, colours
+
+
+def test_the_status_page_in_chromium(tmp_path: Path) -> None:
+    binary = chromium()
+    view = sample_view()
+    status = view.statuses["local"]
+    shot = tmp_path / "page.png"
+    with serving(view, commit_url=COMMIT_URL) as url:
+        dom = browse(binary, url + "/", tmp_path / "dom", "--dump-dom")
+        browse(binary, url + "/", tmp_path / "shot", f"--screenshot={shot}")
+
+    assert "<section" in dom and ">local</a>" in dom
+    for instance in status["instances"]:
+        assert instance["key"] in dom
+    for condition in ("Ready", "Reconciling", "Stalled", "AttemptFailed", "NotStalled"):
+        assert condition in dom
+    assert "<script" not in dom  # the subject's tag stayed text
+    assert "Pass a flag the staff service does not know &lt;script&gt;" in dom
+
+    shutil.copyfile(shot, SCREENSHOT)
+    width, height, colours = png_pixels(shot.read_bytes())
+    assert (width, height) == (WIDTH, HEIGHT)
+    assert len(colours) > 100, "the screenshot is (nearly) blank"
+    assert colours.most_common(1)[0][0] == WHITE, "dark on light"
+    assert colours[GOOD_PILL] > 0 and colours[BAD_PILL] > 0, "states are coloured"
