@@ -10,10 +10,11 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
+from reconciler.errors import UserError
 from reconciler.models.source import redact
 
 
-class GitError(Exception):
+class GitError(UserError):
     pass
 
 

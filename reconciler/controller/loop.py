@@ -53,6 +53,7 @@ class Outcome:
 class DeploymentLoop:
     name: str
     opts: Options  # --repo, --path, --state of the controller
+    remote: str  # what `git ls-remote` asks: the URL, or a local repository's git dir
     branch: str | None
     interval: float
     auto_apply: bool
@@ -82,7 +83,7 @@ class DeploymentLoop:
         started = time.monotonic()
         self.passes += 1
         try:
-            head = await branch_head(self.opts.repo, self.branch)
+            head = await branch_head(self.remote, self.branch)
         except GitError as e:
             return self._fail("failed", "HeadUnavailable", str(e), started, retry=False)
         if head != self.head:  # a new commit cancels waiting on a stuck one

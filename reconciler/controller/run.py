@@ -93,6 +93,7 @@ class Controller:
         self.loop: asyncio.AbstractEventLoop | None = None
         self.config_head: str | None = None
         self.failed = False
+        self.remote = settings.opts.repo if is_remote(settings.opts.repo) else _git_dir(self.opts)
 
     async def run(self) -> int:
         from reconciler.controller.http import HttpServer, HttpSettings
@@ -150,7 +151,7 @@ class Controller:
         """Deployments as reconciler.yaml at the default branch's head names them."""
         from reconciler.commands.context import open_models
 
-        head = await branch_head(self.opts.repo, None)
+        head = await branch_head(self.remote, None)
         if head == self.config_head:
             return
         if is_remote(self.opts.repo):
@@ -159,7 +160,7 @@ class Controller:
             opts = Options(**{**self.opts.__dict__, "ref": head})
         _, config = await asyncio.to_thread(open_models, opts)
         self.config_head = head
-        fallback = await default_branch(self.opts.repo)
+        fallback = await default_branch(self.remote)
         wanted = config.root.deployments
         if self.opts.deployment:
             if self.opts.deployment not in wanted:
@@ -178,6 +179,7 @@ class Controller:
                 self.loops[name] = DeploymentLoop(
                     name=name,
                     opts=self.opts,
+                    remote=self.remote,
                     signers=self.settings.signers,
                     apply_lock=self.apply_lock,
                     **settings,  # type: ignore[arg-type]
@@ -342,11 +344,10 @@ class Controller:
         """A commit in a local repository wakes every loop within a second or two."""
         if is_remote(self.opts.repo):
             return None
-        import git
         from watchdog.events import FileSystemEvent, FileSystemEventHandler
         from watchdog.observers import Observer
 
-        git_dir = Path(git.Repo(self.opts.repo, search_parent_directories=True).git_dir)
+        git_dir = Path(self.remote)
         controller = self
 
         class RefChanged(FileSystemEventHandler):
@@ -403,6 +404,16 @@ class ControllerView:
         if repo_urls and ours and ours not in {_repo_key(u) for u in repo_urls}:
             return 0
         return self.controller.poke_all()
+
+
+def _git_dir(opts: Options) -> str:
+    """A local --repo (a work tree, a folder inside one, or a bare repository)."""
+    import git
+
+    try:
+        return str(git.Repo(opts.repo, search_parent_directories=True).git_dir)
+    except (git.InvalidGitRepositoryError, git.NoSuchPathError):
+        raise UserError(f"--repo {opts.repo}: not a Git repository") from None
 
 
 def _repo_key(url: str) -> str | None:

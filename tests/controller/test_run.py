@@ -300,3 +300,30 @@ def test_sigterm_during_a_transition_settles_and_exits_0(
     assert "running" not in statuses
     done = run_cli("--state", str(c.state), "-d", "web", "check", cwd=tmp_path)
     assert done.returncode == 0, done.stdout + log.read_text()  # what runs is what is recorded
+
+
+def test_run_once_on_a_models_folder_inside_a_local_work_tree(tmp_path: Path) -> None:
+    next_address()
+    files = {f"ops/models/{k}": v for k, v in hello_files("local").items()}
+    repo = make_repo(
+        tmp_path / "project", {"README": "a project with its models inside\n", **files}
+    )
+    (repo / "ops/models/hello/bin/hello").chmod(0o755)
+    commit(repo, {}, "executable")
+    state = tmp_path / "state.db"
+    args = ("--repo", str(repo / "ops/models"), "--state", str(state), "run", "--once")
+    try:
+        first = run_cli(*args, cwd=tmp_path, timeout=120)
+        assert first.returncode == 0, first.stderr
+        assert "web: " in first.stderr and " applied in " in first.stderr
+        row = (
+            sqlite3.connect(state)
+            .execute("SELECT value FROM allocations WHERE key = 'port/web/hello@m1'")
+            .fetchone()
+        )
+        assert answer(f"http://{address()}:{row[0]}/") == "local"
+        again = run_cli(*args, cwd=tmp_path, timeout=120)
+        assert again.returncode == 0, again.stderr
+        assert " unchanged in " in again.stderr
+    finally:
+        run_cli("--state", str(state), "-d", "web", "destroy", "--yes", cwd=tmp_path)
