@@ -54,6 +54,11 @@ class Recorder(Protocol):
         """The machine is gone: drop its record (and so its token)."""
         ...
 
+    def detail(self, machine: str) -> dict[str, Any]:
+        """The recorded detail ({} without a record): e.g. the region of an EC2 create
+        interrupted before its instance id was recorded, for destroy to look there."""
+        ...
+
 
 class Provisioner(Protocol):
     def ensure(self, deployment: str, machine: DesiredMachine, recorder: Recorder) -> Provisioned:

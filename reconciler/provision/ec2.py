@@ -22,8 +22,8 @@ import os
 import re
 import threading
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -64,7 +64,9 @@ RETRYABLE_CODES = frozenset(
 _HOST_KEYS_BLOCK = re.compile(
     r"-----BEGIN SSH HOST KEY KEYS-----(.*?)-----END SSH HOST KEY KEYS-----", re.S
 )
-_KEY_LINE = re.compile(r"\b(ssh-ed25519|ecdsa-sha2-nistp(?:256|384|521)|ssh-rsa)\s+([A-Za-z0-9+/]+=*)")
+_KEY_LINE = re.compile(
+    r"\b(ssh-ed25519|ecdsa-sha2-nistp(?:256|384|521)|ssh-rsa)\s+([A-Za-z0-9+/]+=*)"
+)
 _KEY_PREFERENCE = ("ssh-ed25519", "ecdsa-sha2-nistp256", "ecdsa-sha2-nistp384",
                    "ecdsa-sha2-nistp521", "ssh-rsa")  # fmt: skip
 
@@ -149,6 +151,7 @@ class Ec2Provisioner:
         retry_mode: str = "standard",
         max_attempts: int = 8,
         create_attempts: int = 5,
+        retry_delay: float = 1.0,
         poll_interval: float = 5.0,
         ready_timeout: float = 600.0,
         max_pool_connections: int = 32,
@@ -157,11 +160,14 @@ class Ec2Provisioner:
         self._retry_mode = retry_mode
         self._max_attempts = max_attempts
         self._create_attempts = create_attempts
+        self._retry_delay = retry_delay
         self._poll_interval = poll_interval
         self._ready_timeout = ready_timeout
         self._pool = max_pool_connections
         self._clients: dict[tuple[str, bool], Any] = {}
         self._lock = threading.Lock()
+        # lookups every machine of a fleet shares: security group ids, AMI root devices
+        self._cache: dict[tuple[Any, ...], Any] = {}
 
     # -- the Provisioner protocol ----------------------------------------------------------
 
@@ -178,7 +184,8 @@ class Ec2Provisioner:
             if _state(instance) in ("stopping", "stopped"):
                 self._start(settings.region, name, instance)
         pid = _pid(settings.region, instance)
-        instance = self._wait_running(settings.region, name, instance["InstanceId"])
+        if not (_state(instance) == RUNNING and instance.get("PrivateIpAddress")):
+            instance = self._wait_running(settings.region, name, instance["InstanceId"])
         host_key = self._host_key(settings.region, name, instance["InstanceId"])
         private = instance.get("PrivateIpAddress")
         public = instance.get("PublicIpAddress")
@@ -191,7 +198,9 @@ class Ec2Provisioner:
             provider_id=pid,
             state=RUNNING,
             address=private,
-            ssh_host=(ssh.host if ssh and ssh.host else None) or public or private,
+            # not ssh.host: for a provisioned machine that is what an earlier ensure found,
+            # and a stopped and started instance has a new public address
+            ssh_host=public or private,
             ssh_port=ssh.port if ssh else 22,
             ssh_user=ssh.user if ssh else "root",
             identity_file=os.path.expanduser(identity) if identity else None,
@@ -242,7 +251,7 @@ class Ec2Provisioner:
         with self._aws(name, "DescribeImages/DescribeSecurityGroups"):
             base = self._run_parameters(deployment, name, settings)
         once = self._client(settings.region, retries=False)
-        delay = 1.0
+        delay = self._retry_delay
         for attempt in range(1, self._create_attempts + 1):
             if attempt > 1:  # the last call may have made it after all: look again first
                 with self._aws(name, "DescribeInstances"):
@@ -297,21 +306,35 @@ class Ec2Provisioner:
         if s.subnet_id:
             params["SubnetId"] = s.subnet_id
         if s.security_groups:
-            params["SecurityGroupIds"] = self._security_group_ids(ec2, name, s)
+            key = ("sg", s.region, s.subnet_id, s.security_groups)
+            params["SecurityGroupIds"] = self._cached(
+                key, lambda: self._security_group_ids(ec2, name, s)
+            )
         if s.root_volume_size:
-            images = ec2.describe_images(ImageIds=[s.ami]).get("Images", [])
-            if not images or not images[0].get("RootDeviceName"):
+            device = self._cached(("root", s.region, s.ami), lambda: _root_device(ec2, s.ami))
+            if not device:
                 raise ProvisionError(
                     f"machine {name}: ami {s.ami} not found in {s.region} (or it has no root "
                     "device); check deployment.ec2.ami and region"
                 )
             params["BlockDeviceMappings"] = [
                 {
-                    "DeviceName": images[0]["RootDeviceName"],
+                    "DeviceName": device,
                     "Ebs": {"VolumeSize": s.root_volume_size, "DeleteOnTermination": True},
                 }
             ]
         return params
+
+    def _cached(self, key: tuple[Any, ...], compute: Callable[[], Any]) -> Any:
+        """Good for one provisioner's life (one apply): concurrent misses compute twice,
+        harmlessly; a failure is not kept."""
+        with self._lock:
+            if key in self._cache:
+                return self._cache[key]
+        value = compute()
+        with self._lock:
+            self._cache[key] = value
+        return value
 
     def _security_group_ids(self, ec2: Any, name: str, s: Ec2Settings) -> list[str]:
         ids = [g for g in s.security_groups if g.startswith("sg-")]
@@ -407,10 +430,8 @@ class Ec2Provisioner:
         key = host_key_from_console(text)
         if key is None and text and "BEGIN SSH HOST KEY" not in text:
             # botocore decodes the base64 itself; an endpoint that does not gets a second look
-            try:
+            with suppress(ValueError):  # UnicodeDecodeError is one
                 key = host_key_from_console(base64.b64decode(text, validate=True).decode())
-            except (ValueError, UnicodeDecodeError):
-                pass
         return key
 
     # -- lookups ----------------------------------------------------------------------------
@@ -448,9 +469,9 @@ class Ec2Provisioner:
 
     def _describe(self, region: str, instance_id: str) -> dict[str, Any] | None:
         try:
-            reservations = (
-                self._client(region).describe_instances(InstanceIds=[instance_id])["Reservations"]
-            )
+            reservations = self._client(region).describe_instances(InstanceIds=[instance_id])[
+                "Reservations"
+            ]
         except ClientError as e:
             if e.response.get("Error", {}).get("Code") in (
                 "InvalidInstanceID.NotFound",
@@ -538,6 +559,11 @@ def _core_error(name: str, operation: str, e: BotoCoreError) -> ProvisionError:
         f"machine {name}: ec2 {operation} failed: {e}; check the network and AWS_ENDPOINT_URL "
         "(if set)"
     )
+
+
+def _root_device(ec2: Any, ami: str) -> str | None:
+    images = ec2.describe_images(ImageIds=[ami]).get("Images", [])
+    return str(images[0]["RootDeviceName"]) if images and images[0].get("RootDeviceName") else None
 
 
 def _with_token(base: dict[str, Any], token: str) -> dict[str, Any]:

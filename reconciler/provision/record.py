@@ -102,6 +102,11 @@ class SqliteRecorder:
                 [self.deployment, machine],
             )
 
+    def detail(self, machine: str) -> dict[str, Any]:
+        with self._lock:
+            row = self._row(machine)
+            return dict(row.detail) if row else {}
+
     def get(self, machine: str) -> ProvisioningRecord | None:
         with self._lock:
             return self._row(machine)
