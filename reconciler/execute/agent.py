@@ -3,6 +3,8 @@ called over `Target.run` with one JSON request in, one JSON answer out."""
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import hashlib
 import json
 import shlex
@@ -14,7 +16,7 @@ from typing import Any
 from reconciler.store.build import install
 from reconciler.store.content import hash_tree, make_immutable, remove_tree
 from reconciler.store.local import LocalStore, PathInfo
-from reconciler.targets.base import Target, TargetError
+from reconciler.targets.base import Channel, Target, TargetError
 from reconciler.targets.store import present, receive
 
 SOURCE = Path(__file__).resolve().parent.parent / "activation" / "agent.py"
@@ -78,7 +80,7 @@ async def ask(target: Target, requests: list[tuple[str, dict[str, Any]]]) -> dic
     runs each (command, request) in one process; {command: {"code", "answer"}}."""
     source = SOURCE.read_bytes()
     result = await target.run(
-        f"python3 -c {shlex.quote(_STREAMED)} {len(source)}",
+        f"{target.python} -c {shlex.quote(_STREAMED)} {len(source)}",
         source + json.dumps(requests).encode(),
     )
     try:
@@ -103,7 +105,7 @@ def answer_of(answers: dict[str, Any], command: str) -> Any:
 
 async def call(target: Target, agent: str, command: str, request: dict[str, Any]) -> dict[str, Any]:
     script = shlex.quote(f"{target.store_dir}/{agent}/agent.py")
-    result = await target.run(f"python3 {script} {command}", json.dumps(request).encode())
+    result = await target.run(f"{target.python} {script} {command}", json.dumps(request).encode())
     try:
         answer: dict[str, Any] = json.loads(result.stdout or b"{}")
     except ValueError:
@@ -112,3 +114,71 @@ async def call(target: Target, agent: str, command: str, request: dict[str, Any]
         return answer
     message = answer.get("error") or result.stderr.decode(errors="replace").strip()
     raise AgentError(target.machine, f"{command} failed: {message}", answer.get("log", ""))
+
+
+class AgentSession:
+    """One agent process on a machine for a whole transition (`agent.py serve`): requests
+    go down one channel as lines and run concurrently there; each answer comes back
+    with its id. Restarted on the next call if it ends."""
+
+    def __init__(self, target: Target, agent: str) -> None:
+        self.target, self.agent = target, agent
+        self.channel: Channel | None = None
+        self.reader: asyncio.Task[None] | None = None
+        self.pending: dict[int, asyncio.Future[dict[str, Any]]] = {}
+        self.starting = asyncio.Lock()
+        self.next_id = 0
+
+    async def call(self, command: str, request: dict[str, Any]) -> dict[str, Any]:
+        async with self.starting:
+            if self.channel is None:
+                script = shlex.quote(f"{self.target.store_dir}/{self.agent}/agent.py")
+                # exec: stopping the channel must reach the agent itself, not a shell
+                serve = f"exec {self.target.python} {script} serve"
+                self.channel = await self.target.start(serve)
+                self.reader = asyncio.create_task(self._read(self.channel))
+            channel = self.channel
+        self.next_id += 1
+        ident = self.next_id
+        answer: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
+        self.pending[ident] = answer
+        line = {"id": ident, "command": command, "request": request}
+        try:
+            await channel.send(json.dumps(line).encode() + b"\n")
+            msg = await answer
+        finally:
+            self.pending.pop(ident, None)
+        got = msg.get("answer")
+        body: dict[str, Any] = got if isinstance(got, dict) else {}
+        if msg.get("code") == 0:
+            return body
+        error = body.get("error") or f"no answer (code {msg.get('code')})"
+        raise AgentError(self.target.machine, f"{command} failed: {error}", body.get("log", ""))
+
+    async def _read(self, channel: Channel) -> None:
+        while line := await channel.receive():
+            try:
+                msg = json.loads(line)
+            except ValueError:
+                continue
+            ident = msg.get("id") if isinstance(msg, dict) else None
+            waiting = self.pending.get(ident) if isinstance(ident, int) else None
+            if waiting is not None and not waiting.done():
+                waiting.set_result(msg)
+        if self.channel is channel:
+            self.channel = None
+        for waiting in self.pending.values():
+            if not waiting.done():
+                waiting.set_exception(
+                    AgentError(self.target.machine, "the agent ended before it answered")
+                )
+
+    async def close(self) -> None:
+        """End the agent; an operation still running there is abandoned with it."""
+        channel, self.channel = self.channel, None
+        if channel is not None:
+            await channel.stop()
+        if self.reader is not None:
+            self.reader.cancel()  # a process the agent left behind may keep its stdout open
+            with contextlib.suppress(asyncio.CancelledError):
+                await self.reader

@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from reconciler.desired.state import DesiredInstance, DesiredState
-from reconciler.execute.agent import AgentError, call
+from reconciler.execute.agent import AgentError, AgentSession
 from reconciler.execute.requests import activation_request, deployment_dir
 from reconciler.plan.types import Plan
 from reconciler.state.journal import Journal
@@ -60,6 +60,8 @@ class Transition:
     switched: list[str] = field(default_factory=list)
     locked: list[str] = field(default_factory=list)
     locked_wrappers: list[str] = field(default_factory=list)
+    activating: set[str] = field(default_factory=set)  # started, not yet answered
+    sessions: dict[str, AgentSession] = field(default_factory=dict)
 
     def state_dir(self, machine: str) -> str:
         return self.targets[machine].state_dir
@@ -67,7 +69,15 @@ class Transition:
     async def agent_call(
         self, machine: str, command: str, request: dict[str, Any]
     ) -> dict[str, Any]:
-        return await call(self.targets[machine], self.agent, command, request)
+        if machine not in self.sessions:
+            self.sessions[machine] = AgentSession(self.targets[machine], self.agent)
+        return await self.sessions[machine].call(command, request)
+
+    async def end_sessions(self) -> None:
+        """Stop the machines' agents: after an interruption, so that nothing they were
+        in the middle of goes on behind the rollback's back; at the end, to finish."""
+        sessions, self.sessions = list(self.sessions.values()), {}
+        await asyncio.gather(*(s.close() for s in sessions), return_exceptions=True)
 
     # --- step 4: locks ------------------------------------------------------------
 
@@ -132,16 +142,14 @@ class Transition:
                     machine, "wrapper", {**self.old_requests[key], "action": "unlock"}
                 )
         self.locked_wrappers.clear()
-        for machine in reversed(self.locked):
+
+        async def unlock(machine: str) -> None:
             with contextlib.suppress(AgentError, TargetError):
                 await self.agent_call(
-                    machine,
-                    "unlock",
-                    {
-                        "stateDir": self.state_dir(machine),
-                        "owner": self.attempt,
-                    },
+                    machine, "unlock", {"stateDir": self.state_dir(machine), "owner": self.attempt}
                 )
+
+        await asyncio.gather(*(unlock(m) for m in reversed(self.locked)))
         self.locked.clear()
 
     # --- step 5: the transition -------------------------------------------------------
@@ -238,7 +246,9 @@ class Transition:
             self.journal.end(entry)
 
     async def switch_profiles(self) -> None:
-        for name in sorted(self.desired.machines):
+        """All machines at once (each switch is one atomic rename there)."""
+
+        async def switch(name: str) -> None:
             entry = self.journal.begin(
                 "transition",
                 name,
@@ -249,6 +259,13 @@ class Transition:
             await self.agent_call(name, "switch-profile", self._profile(name))
             self.journal.end(entry)
             self.switched.append(name)
+
+        done = await asyncio.gather(
+            *(switch(n) for n in sorted(self.desired.machines)), return_exceptions=True
+        )
+        for failed in done:
+            if isinstance(failed, BaseException):
+                raise failed
 
     async def activate_new(self, requests: Mapping[str, dict[str, Any]]) -> None:
         order = self.plan.activation_order
@@ -266,9 +283,11 @@ class Transition:
             entry = self.journal.begin(
                 "transition", new[key].machine, "activate", instance=key, request=requests[key]
             )
+            self.activating.add(key)
             await self.agent_call(new[key].machine, "activate", dict(requests[key]))
             self.journal.end(entry)
             self.activated.append(key)
+            self.activating.discard(key)
 
         await self._run_dag(order, waits, lambda k: new[k].machine, activate)
 
@@ -314,7 +333,8 @@ class Transition:
     async def rollback(self) -> list[str]:
         """Undo what was done, newest first; returns what could not be undone."""
         problems: list[str] = []
-        for key in reversed(self.activated):
+        # an activation interrupted half-way may have started its process: stop it too
+        for key in [*sorted(self.activating), *reversed(self.activated)]:
             inst = self.desired.instances[key]
             request = activation_request(self.desired, key, self.state_dir(inst.machine))
             await self._undo(problems, inst.machine, "deactivate", request, key)
@@ -458,6 +478,7 @@ async def run_transition(t: Transition) -> tuple[dict[str, dict[str, Any]], list
         except (AgentError, TargetError, asyncio.CancelledError, KeyboardInterrupt) as e:
             interrupted = isinstance(e, asyncio.CancelledError | KeyboardInterrupt)
             reason = "interrupted" if interrupted else _message(e)
+            await t.end_sessions()
             problems = await t.rollback()
             raise TransitionFailed(reason, not problems, problems) from None
         return requests, warnings
@@ -466,3 +487,4 @@ async def run_transition(t: Transition) -> tuple[dict[str, dict[str, Any]], list
         with contextlib.suppress(asyncio.CancelledError):
             await renewing
         await t.unlock_all()
+        await t.end_sessions()

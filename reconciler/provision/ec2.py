@@ -248,8 +248,7 @@ class Ec2Provisioner:
         recorder: Recorder,
     ) -> dict[str, Any]:
         name = machine.name
-        with self._aws(name, "DescribeImages/DescribeSecurityGroups"):
-            base = self._run_parameters(deployment, name, settings)
+        base = self._run_parameters(deployment, name, settings)
         once = self._client(settings.region, retries=False)
         delay = self._retry_delay
         for attempt in range(1, self._create_attempts + 1):
@@ -307,11 +306,13 @@ class Ec2Provisioner:
             params["SubnetId"] = s.subnet_id
         if s.security_groups:
             key = ("sg", s.region, s.subnet_id, s.security_groups)
-            params["SecurityGroupIds"] = self._cached(
-                key, lambda: self._security_group_ids(ec2, name, s)
-            )
+            with self._aws(name, "DescribeSecurityGroups"):
+                params["SecurityGroupIds"] = self._cached(
+                    key, lambda: self._security_group_ids(ec2, name, s)
+                )
         if s.root_volume_size:
-            device = self._cached(("root", s.region, s.ami), lambda: _root_device(ec2, s.ami))
+            with self._aws(name, "DescribeImages"):
+                device = self._cached(("root", s.region, s.ami), lambda: _root_device(ec2, s.ami))
             if not device:
                 raise ProvisionError(
                     f"machine {name}: ami {s.ami} not found in {s.region} (or it has no root "

@@ -1,5 +1,6 @@
-"""What every target environment offers: run a shell command (with streamed stdin) and
-close. Everything else — store queries, transfers, files — is built on `run`."""
+"""What every target environment offers: run a shell command (with streamed stdin), start
+one to talk to line by line, and close. Everything else — store queries, transfers,
+files — is built on these."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ import shlex
 from abc import ABC, abstractmethod
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
+from typing import Protocol
 
 Stdin = bytes | AsyncIterator[bytes] | None
 
@@ -26,11 +28,24 @@ class TargetError(Exception):
         self.machine = machine
 
 
+class Channel(Protocol):
+    """A running command on a target, talked to line by line."""
+
+    async def send(self, line: bytes) -> None: ...
+    async def receive(self) -> bytes: ...  # b"" once it has ended
+    async def stop(self) -> None: ...  # kill it; what it was doing is abandoned
+
+
 class Target(ABC):
     def __init__(self, machine: str, state_dir: str) -> None:
         self.machine = machine
         self.state_dir = state_dir
         self._commands: dict[str, bool] = {}
+
+    @property
+    def python(self) -> str:
+        """The python3 the agent runs with (SPEC §3: the target has one on its PATH)."""
+        return "python3"
 
     @property
     def store_dir(self) -> str:
@@ -39,6 +54,11 @@ class Target(ABC):
     @abstractmethod
     async def run(self, command: str, stdin: Stdin = None) -> RunResult:
         """Run `command` with sh on the target; stdin is sent as given, streamed."""
+
+    @abstractmethod
+    async def start(self, command: str) -> Channel:
+        """Start `command` with sh on the target and keep talking to it: lines in, lines
+        out (the agent's serve mode). Its stderr is discarded."""
 
     @abstractmethod
     async def close(self) -> None: ...

@@ -5,11 +5,18 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import shlex
+import sys
 
-from reconciler.targets.base import RunResult, Stdin, Target
+from reconciler.targets.base import Channel, RunResult, Stdin, Target
 
 
 class LocalTarget(Target):
+    @property
+    def python(self) -> str:
+        # this host's own interpreter: no PATH lookup (a pyenv shim costs 80 ms a call)
+        return shlex.quote(sys.executable)
+
     async def run(self, command: str, stdin: Stdin = None) -> RunResult:
         os.makedirs(self.state_dir, exist_ok=True)
         proc = await asyncio.create_subprocess_exec(
@@ -36,8 +43,40 @@ class LocalTarget(Target):
             raise
         return RunResult(await proc.wait(), stdout, stderr)
 
+    async def start(self, command: str) -> Channel:
+        os.makedirs(self.state_dir, exist_ok=True)
+        proc = await asyncio.create_subprocess_exec(
+            "sh",
+            "-c",
+            command,
+            stdin=asyncio.subprocess.PIPE,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.DEVNULL,
+            cwd=self.state_dir,
+            limit=1 << 24,  # an answer is one line, and may carry a log tail
+        )
+        return _LocalChannel(proc)
+
     async def close(self) -> None:
         return None
+
+
+class _LocalChannel:
+    def __init__(self, proc: asyncio.subprocess.Process) -> None:
+        assert proc.stdin is not None and proc.stdout is not None
+        self.proc, self.stdin, self.stdout = proc, proc.stdin, proc.stdout
+
+    async def send(self, line: bytes) -> None:
+        self.stdin.write(line)
+        await self.stdin.drain()
+
+    async def receive(self) -> bytes:
+        return await self.stdout.readline()
+
+    async def stop(self) -> None:
+        with contextlib.suppress(ProcessLookupError):
+            self.proc.kill()
+        await self.proc.wait()
 
 
 async def _feed(writer: asyncio.StreamWriter, stdin: Stdin) -> None:

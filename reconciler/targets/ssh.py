@@ -8,6 +8,7 @@ trusted and recorded, and a later mismatch is refused.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import sys
 from collections.abc import Callable
@@ -16,7 +17,7 @@ from typing import Any, Protocol
 
 import asyncssh
 
-from reconciler.targets.base import RunResult, Stdin, Target, TargetError
+from reconciler.targets.base import Channel, RunResult, Stdin, Target, TargetError
 
 
 class HostKeyStore(Protocol):
@@ -166,6 +167,16 @@ class SshTarget(Target):
         err = done.stderr if isinstance(done.stderr, bytes) else b""
         return RunResult(done.exit_status if done.exit_status is not None else 255, out, err)
 
+    async def start(self, command: str) -> Channel:
+        if self._conn is None:
+            await self.connect()
+        assert self._conn is not None
+        try:
+            proc = await self._conn.create_process(command, encoding=None, stderr=asyncssh.DEVNULL)
+        except (OSError, asyncssh.Error) as exc:
+            raise TargetError(self.machine, f"connection lost: {exc}") from None
+        return _SshChannel(self.machine, proc)
+
     async def stream(self, command: str) -> int:
         """Run `command` with this process's stdio attached (stdin only when it is not a
         terminal); its exit status. For `reconciler ssh MACHINE -- CMD`."""
@@ -201,3 +212,29 @@ class SshTarget(Target):
             self._conn.close()
             await self._conn.wait_closed()
             self._conn = None
+
+
+class _SshChannel:
+    def __init__(self, machine: str, proc: Any) -> None:
+        self.machine, self.proc = machine, proc
+
+    async def send(self, line: bytes) -> None:
+        try:
+            self.proc.stdin.write(line)
+            await self.proc.stdin.drain()
+        except (OSError, asyncssh.Error) as exc:
+            raise TargetError(self.machine, f"connection lost: {exc}") from None
+
+    async def receive(self) -> bytes:
+        try:
+            line: bytes = await self.proc.stdout.readline()
+        except (OSError, asyncssh.Error, asyncio.IncompleteReadError):
+            return b""
+        return line
+
+    async def stop(self) -> None:
+        # closing the channel ends the remote agent: its stdin reaches EOF and its
+        # writes fail; an operation it is in the middle of is abandoned with it
+        self.proc.close()
+        with contextlib.suppress(OSError, asyncssh.Error):
+            await self.proc.wait_closed()

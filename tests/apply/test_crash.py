@@ -65,7 +65,7 @@ def test_kill_9_during_the_transition_then_apply_again(example: Path) -> None:
         statuses = [r[0] for r in conn.execute("SELECT status FROM attempts ORDER BY started_at")]
     assert statuses == ["succeeded", "rolled_back", "succeeded"]
     pids = running_pids(example)
-    assert len(pids) == 6 and not any(gone(p) for p in pids.values())
+    assert len(pids) == 6 and not [k for k, p in pids.items() if gone(p)], pids
     front = f"http://127.0.0.10:{_port(example, 'stafftracker', 'test1')}"
     assert get(f"{front}/api/staff")["staff"]
     # exactly one process per instance: nothing left over from the killed attempt
