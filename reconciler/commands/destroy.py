@@ -38,7 +38,10 @@ def run(opts: Options, yes: bool, keep_machines: bool = False) -> int:
         db = open_db(opts.state_path, write=True)
         assert db is not None
         recorded = read_recorded(db, name)
-        if not recorded.instances and not recorded.machines:
+        from reconciler.execute.provision import destroy_all, interrupted_creates
+
+        half_made = interrupted_creates(opts.state_path, name, set(recorded.machines))
+        if not recorded.instances and not recorded.machines and not half_made:
             print(f"Nothing of {name} is deployed.")
             return 0
         if sys.stdin.isatty() and not yes:
@@ -97,14 +100,13 @@ def run(opts: Options, yes: bool, keep_machines: bool = False) -> int:
             print(f"error: {failed.reason}", file=sys.stderr)
             return 1 if failed.rolled_back else 3
         number = record_generation(db, attempt, empty, {}, {})
-        provisioned = [
+        provisioned: list[tuple[str, str, str | None]] = [
             (m.name, m.target_env, m.provider_id)
             for m in recorded.machines.values()
             if m.provider_id is not None
         ]
+        provisioned += half_made
         if provisioned and not keep_machines:
-            from reconciler.execute.provision import destroy_all
-
             errors = asyncio.run(destroy_all(opts.state_path, name, provisioned))
             for machine, error in sorted(errors.items()):
                 print(f"{machine}: destroy failed: {error}", file=sys.stderr)
@@ -124,10 +126,11 @@ def run(opts: Options, yes: bool, keep_machines: bool = False) -> int:
             )
         )
     else:
-        machines = "" if keep_machines else f", {len(provisioned)} machines destroyed"
+        kept = "persistent state was kept"
+        if provisioned and not keep_machines:
+            kept = f"{len(provisioned)} provisioned machines destroyed, with their disks"
         print(
             f"Destroyed {name}: {len(plan.deactivation_order)} instances taken down "
-            f"(generation {number}){machines if provisioned else ''}; persistent state "
-            "was kept."
+            f"(generation {number}); {kept}."
         )
     return 0

@@ -41,10 +41,15 @@ async def provision_all(
     recorder = SqliteRecorder.open(state, deployment)
     result = Provisioning()
     todo = list(machines)
+    # one per environment: it keeps its clients and lookups across machines
+    provisioners = {
+        env: provisioner_for(env, state.parent, container_subnet=container_subnet)
+        for env in {m.target_env for m in todo}
+    }
 
     async def one(m: DesiredMachine) -> None:
         try:
-            p = provisioner_for(m.target_env, state.parent, container_subnet=container_subnet)
+            p = provisioners[m.target_env]
             result.found[m.name] = await asyncio.to_thread(p.ensure, deployment, m, recorder)
         except Exception as e:  # one machine's failure is reported with the others'
             result.errors[m.name] = str(e) or type(e).__name__
@@ -77,10 +82,11 @@ async def destroy_all(
     recorder = SqliteRecorder.open(state, deployment)
     errors: dict[str, str] = {}
     todo = list(machines)
+    provisioners = {env: provisioner_for(env, state.parent) for env in {m[1] for m in todo}}
 
     async def one(name: str, env: str, provider_id: str | None) -> None:
         try:
-            p = provisioner_for(env, state.parent)
+            p = provisioners[env]
             await asyncio.to_thread(p.destroy, deployment, name, provider_id, recorder)
         except Exception as e:
             errors[name] = str(e) or type(e).__name__
@@ -96,3 +102,18 @@ async def destroy_all(
             gone = [provisioned_key(deployment, name), f"ec2-address/{deployment}/{name}"]
             record_provisioned(db, deployment, name, env, {}, None, dict.fromkeys(gone, ""))
     return errors
+
+
+def interrupted_creates(
+    state: Path, deployment: str, known: set[str]
+) -> list[tuple[str, str, None]]:
+    """Creates a killed process left without a recorded machine: destroy must find them
+    by their token (a row still `planned` never reached the provider)."""
+    db = open_db(state, write=False)
+    if db is None:
+        return []
+    rows = db.query(
+        "SELECT machine, provider FROM provisioning WHERE deployment = ? AND state != 'planned'",
+        [deployment],
+    )
+    return [(r["machine"], r["provider"], None) for r in rows if r["machine"] not in known]
