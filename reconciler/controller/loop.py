@@ -16,6 +16,7 @@ import random
 import signal
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -70,6 +71,8 @@ class DeploymentLoop:
     stalled: dict[str, str] | None = None  # the controller's own Stalled (reason, message)
     next_poll: float = 0.0
     child: asyncio.subprocess.Process | None = None
+    applying: str | None = None  # the commit being applied now
+    on_apply: Callable[[DeploymentLoop], None] | None = None  # says Reconciling at once
     passes: int = 0
 
     def poke(self) -> None:
@@ -131,7 +134,13 @@ class DeploymentLoop:
             self._ok(head)
             return Outcome("planned", time.monotonic() - started, message="autoApply is off")
         async with self.apply_lock:
-            code, out, err = await self._apply(head)
+            self.applying = head
+            if self.on_apply is not None:
+                self.on_apply(self)
+            try:
+                code, out, err = await self._apply(head)
+            finally:
+                self.applying = None
         if code == 0:
             self._ok(head)
             try:

@@ -182,6 +182,7 @@ class Controller:
                     remote=self.remote,
                     signers=self.settings.signers,
                     apply_lock=self.apply_lock,
+                    on_apply=self.reconciling,
                     **settings,  # type: ignore[arg-type]
                 )
             else:
@@ -296,6 +297,16 @@ class Controller:
             self.say(f"{d.name}: self-heal: {p}")
         return healed
 
+    def reconciling(self, d: DeploymentLoop) -> None:
+        """An apply starts: say so now, not after it (the page and API show it)."""
+        doc = self.view.deployment(d.name)
+        if doc is None:
+            return
+        before = [
+            {k: v for k, v in c.items() if k != "lastTransitionTime"} for c in doc["conditions"]
+        ]
+        self.view.put(d.name, {**doc, "conditions": self.store_conditions(d, before)})
+
     def store_conditions(
         self, d: DeploymentLoop, computed: list[dict[str, Any]]
     ) -> list[dict[str, Any]]:
@@ -307,8 +318,8 @@ class Controller:
             c = dict(c)
             if c["type"] == "Stalled" and d.stalled:
                 c.update(status="True", **d.stalled)
-            if c["type"] == "Reconciling" and d.child is not None:
-                c.update(status="True", reason="Applying", message=f"applying {d.head}")
+            if c["type"] == "Reconciling" and d.applying is not None:
+                c.update(status="True", reason="Applying", message=f"applying {d.applying}")
             out.append(c)
         db = open_db(self.opts.state_path, write=True)
         assert db is not None

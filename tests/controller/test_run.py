@@ -293,6 +293,8 @@ def test_sigterm_during_a_transition_settles_and_exits_0(
     remote.push(hello_files("slow", delay=4), "a slow-starting hello")
     log = c.state.parent / "machines/m1/deployments/web/instances/hello/log"
     c.wait("the new version starting", lambda: log.read_text().count(" starting ") >= 2)
+    reconciling = c.conditions()["Reconciling"]
+    assert reconciling["status"] == "True" and reconciling["reason"] == "Applying"
     c.proc.send_signal(signal.SIGTERM)
     assert c.proc.wait(timeout=60) == 0
     statuses = [s for (s,) in c.query("SELECT status FROM attempts ORDER BY started_at")]
