@@ -24,7 +24,7 @@ activations start right after it) to the end of the last `activate`. Each servic
 also writes, into its instance log, when its process was forked (from /proc), when its
 script began and when it listened: that splits every layer into dispatch (the agent
 starting the program), interpreter start, the DELAY itself and detection (health poll,
-agent exit, journal write). After each run the deployment is destroyed (`reconciler …
+answer, journal write). After each run the deployment is destroyed (`reconciler …
 destroy --yes`, timed too); whatever is still running under the bench's folder is killed.
 
 Goal (issue 4): activation window ≤ 1.3 × critical path, with the fixed overhead explained.
@@ -654,12 +654,12 @@ def overhead_lines(results: Sequence[Result]) -> list[str]:
         out.append(
             f"- Parallel, {ms(DELAY)} ms: the window is {ms(b.window)} ms, {ms(over)} ms over "
             f"the critical path ({ms(over / LAYERS)} ms per layer). Per instance: from its "
-            f"layer's start to its fork (sh, python3 agent.py, request, spawn) "
+            f"layer's start to its fork (request to the machine's agent, a thread, spawn) "
             f"{ms(statistics.mean(dispatch))} ms for the first of each layer, and the 10 "
-            f"forks of a layer spread over {ms(spread)} ms (10 agents starting at once on "
+            f"forks of a layer spread over {ms(spread)} ms (10 activations at once on "
             f"{len(os.sched_getaffinity(0))} cores); fork to script "
             f"start (interpreter) {ms(interp)} ms on average; listen to its activate step "
-            f"journaled as done (health poll every 100 ms, agent exit, journal write) "
+            f"journaled as done (health polls 20 ms apart, answer, journal write) "
             f"{ms(detect)} ms on average, "
             + ", ".join(f"{ms(i.end - i.ready)}" for i in slowest)
             + " ms for the last of each layer."
@@ -669,9 +669,8 @@ def overhead_lines(results: Sequence[Result]) -> list[str]:
             f"- Of the {ms(over / LAYERS)} ms per layer over the delay, {ms(machine)} ms are this "
             f"machine's (the in-process spawner's time over 3 × DELAY: 10 interpreters "
             f"starting at once, and seeing them listen) and {ms(over / LAYERS - machine)} ms "
-            "reconciler's: an agent process per activation (sh, python3, imports) competing "
-            "for the same cores, and the first health probe coming before the program "
-            "listens, so the answer is seen at the next 100 ms poll."
+            "reconciler's: the agent's threads and the journal competing for the same cores, "
+            "and the 20 ms between health probes."
         )
     zero = by.get(("parallel", 0.0))
     if zero:
@@ -795,7 +794,7 @@ def report(
         f"Graph: {LAYERS} layers × {PER_LAYER} `process` services, each service of layer k "
         f"dependsOn all {PER_LAYER} of layer k-1; every service runs one program that sleeps "
         "DELAY after its script starts, then listens; health check `tcp: true` (the agent "
-        "probes at once, then every 100 ms). Parallel: service i of a layer on machine "
+        "probes every 20 ms for 5 s, then every 100 ms). Parallel: service i of a layer on machine "
         f"i mod {MACHINES} (`local`, {', '.join(PARALLEL_ADDRESSES)}), `maxParallel: "
         f"{PER_LAYER}`; serial: one `local` machine ({SERIAL_ADDRESS}), `maxParallel: 1`. "
         "*Critical path*: 3 × DELAY (parallel), 30 × DELAY (serial). *Measured critical*: "
@@ -830,10 +829,10 @@ def report(
         "",
         f"- Calibration (best of 10, `sh -c` as a `local` machine runs it): `python3 -c pass` "
         f"{ms(bare)} ms; `python3 agent.py` with an unknown command (its imports, then exit) "
-        f"{ms(agent)} ms. Every agent call (lock, switch-profile, each activate, unlock) is "
-        "such a process; an activation also starts the program's interpreter and waits for "
-        "a health probe (the first one comes before the program listens, the next 100 ms "
-        "later).",
+        f"{ms(agent)} ms. A transition starts one such agent per machine (`agent.py serve`) "
+        "and sends it every call (lock, switch-profile, each activate, unlock) as a line; "
+        "an activation runs in a thread there, starts the program's interpreter and probes "
+        "its health every 20 ms (every 100 ms after 5 s).",
         *overhead_lines(results),
         "",
         "### Goals",

@@ -37,7 +37,9 @@ if TYPE_CHECKING:
 DEFAULT_PATH = "/usr/local/bin:/usr/bin:/bin"
 STOP_GRACE = 10.0  # seconds between SIGTERM and SIGKILL
 KILL_WAIT = 5.0  # seconds to wait for a SIGKILLed group to vanish
-POLL = 0.1  # health check interval
+POLL = 0.1  # health check interval, after the first seconds
+FAST_POLL = 0.02  # ...and during them: most services come up within a second or two
+FAST_FOR = 5.0
 NO_HEALTH_WAIT = 0.5  # without a health check: the process must still live after this
 STATUS_PROBE_TIMEOUT = 2.0  # one probe in `status`
 WRAPPER_HEALTH_TIMEOUT = 30.0
@@ -634,8 +636,8 @@ def activate_process(dep: Deployment, inst: Instance, identity: str) -> dict[str
             fail(gone)
         return {"pid": child.pid}
 
-    deadline = time.monotonic() + inst.health.timeout
-    pause = 0.005
+    started = time.monotonic()
+    deadline = started + inst.health.timeout
     while True:
         gone = exited()
         if gone:
@@ -649,9 +651,9 @@ def activate_process(dep: Deployment, inst: Instance, identity: str) -> dict[str
             return {"pid": child.pid}
         if time.monotonic() >= deadline:
             fail(f"health check did not pass within {inst.health.timeout:g} s: {why}")
-        # soon at first (most services are up in a few ms), then every POLL
-        time.sleep(max(0.0, min(pause, deadline - time.monotonic())))
-        pause = min(POLL, pause * 2)
+        # often at first, so a service that is up is seen within ms; then every POLL
+        fast = time.monotonic() - started < FAST_FOR
+        time.sleep(max(0.0, min(FAST_POLL if fast else POLL, deadline - time.monotonic())))
 
 
 def deactivate_process(dep: Deployment, inst: Instance) -> dict[str, Any]:
