@@ -613,10 +613,10 @@ def reconciler_phases(
         ("start-up, models, plan", stamp(started) - t0),
         ("build, transfer (until the last path landed)", transferred - stamp(started)),
         (
-            f"lock {len(profiles)} machines one by one, first switch-profile",
+            f"start the agents, lock {len(profiles)} machines one by one, first switch-profile",
             first_profile - transferred,
         ),
-        ("switch the other profiles one by one", max(profiles) - first_profile),
+        ("switch the other profiles", max(profiles) - first_profile),
         (f"activate {len(activations)} instances", max(activations) - max(profiles)),
         ("record, unlock, exit", t1 - max(activations)),
     ]
@@ -852,9 +852,10 @@ def report(
     lines.append(
         "- Host CPU per command over one open SSH connection (mean of 20, on a fresh host): "
         + "; ".join(f"{label} {ms(cpu)} ms" for label, cpu in calibration)
-        + ". reconciler runs one agent process per operation: per machine a store query, "
-        "the tar stream, lock, switch-profile, one activate per instance (which also starts "
-        "the program), unlock."
+        + ". reconciler runs per machine a store query and the tar stream, then one agent "
+        "process (`agent.py serve`) for the whole transition, started on every machine at "
+        "once, which takes lock, switch-profile, each activate (a thread that also starts "
+        "the program) and unlock as lines over one SSH channel."
     )
     lines += [
         "",

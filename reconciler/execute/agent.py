@@ -129,7 +129,7 @@ class AgentSession:
         self.starting = asyncio.Lock()
         self.next_id = 0
 
-    async def call(self, command: str, request: dict[str, Any]) -> dict[str, Any]:
+    async def open(self) -> Channel:
         async with self.starting:
             if self.channel is None:
                 script = shlex.quote(f"{self.target.store_dir}/{self.agent}/agent.py")
@@ -137,7 +137,10 @@ class AgentSession:
                 serve = f"exec {self.target.python} {script} serve"
                 self.channel = await self.target.start(serve)
                 self.reader = asyncio.create_task(self._read(self.channel))
-            channel = self.channel
+            return self.channel
+
+    async def call(self, command: str, request: dict[str, Any]) -> dict[str, Any]:
+        channel = await self.open()
         self.next_id += 1
         ident = self.next_id
         answer: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()

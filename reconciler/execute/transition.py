@@ -83,6 +83,10 @@ class Transition:
 
     async def lock_all(self) -> list[str]:
         """Lease every machine in name order; any refusal releases all and stops."""
+        # the agents start everywhere at once; the leases are then taken one by one
+        for machine in self.targets:
+            self.sessions.setdefault(machine, AgentSession(self.targets[machine], self.agent))
+        await asyncio.gather(*(s.open() for s in self.sessions.values()), return_exceptions=True)
         warnings = []
         for machine in sorted(self.targets):
             try:
