@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import fcntl
 import json
 import os
 import random
@@ -16,7 +15,6 @@ import signal
 import sys
 import threading
 import time
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -55,28 +53,6 @@ def read_secret(path: Path | None, what: str) -> str | None:
     if not value:
         raise UserError(f"{what} {path}: the file is empty")
     return value
-
-
-@contextlib.contextmanager
-def one_controller(state: Path) -> Iterator[None]:
-    """One controller per state DB: an flock beside it, released even on kill -9."""
-    state.parent.mkdir(parents=True, exist_ok=True)
-    path = state.with_name(f"{state.name}.controller")
-    fd = os.open(path, os.O_CREAT | os.O_RDWR, 0o600)
-    try:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            holder = os.pread(fd, 100, 0).decode(errors="replace").strip()
-            raise UserError(
-                f"another controller runs on {state} ({holder or 'pid unknown'}); "
-                "one controller per state DB"
-            ) from None
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, f"pid {os.getpid()}".encode(), 0)
-        yield
-    finally:
-        os.close(fd)
 
 
 class Controller:
@@ -434,5 +410,7 @@ def _repo_key(url: str) -> str | None:
 
 
 def run(settings: RunSettings) -> int:
-    with one_controller(settings.opts.state_path):
+    from reconciler.state.db import exclusive
+
+    with exclusive(settings.opts.state_path, "controller", suffix="controller"):
         return asyncio.run(Controller(settings).run())

@@ -61,9 +61,10 @@ def transaction(db: sqlite_utils.Database) -> Iterator[None]:
 
 
 @contextmanager
-def exclusive(path: Path, what: str) -> Iterator[None]:
-    """One writer per state DB at a time (an flock beside it, released even on kill -9)."""
-    lock_path = path.with_name(f"{path.name}.lock")
+def exclusive(path: Path, what: str, suffix: str = "lock") -> Iterator[None]:
+    """One writer per state DB at a time (an flock beside it, released even on kill -9);
+    `suffix` names another such lock (the controller's: one controller per state DB)."""
+    lock_path = path.with_name(f"{path.name}.{suffix}")
     lock_path.parent.mkdir(parents=True, exist_ok=True)
     fd = os.open(lock_path, os.O_CREAT | os.O_RDWR, 0o600)
     try:

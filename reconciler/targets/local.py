@@ -17,17 +17,21 @@ class LocalTarget(Target):
         # this host's own interpreter: no PATH lookup (a pyenv shim costs 80 ms a call)
         return shlex.quote(sys.executable)
 
-    async def run(self, command: str, stdin: Stdin = None) -> RunResult:
+    async def _spawn(self, command: str, stderr: int) -> asyncio.subprocess.Process:
         os.makedirs(self.state_dir, exist_ok=True)
-        proc = await asyncio.create_subprocess_exec(
+        return await asyncio.create_subprocess_exec(
             "sh",
             "-c",
             command,
             stdin=asyncio.subprocess.PIPE,
             stdout=asyncio.subprocess.PIPE,
-            stderr=asyncio.subprocess.PIPE,
+            stderr=stderr,
             cwd=self.state_dir,
+            limit=1 << 24,  # the agent's answer is one line, and may carry a log tail
         )
+
+    async def run(self, command: str, stdin: Stdin = None) -> RunResult:
+        proc = await self._spawn(command, asyncio.subprocess.PIPE)
         assert proc.stdin is not None
         feeding = asyncio.create_task(_feed(proc.stdin, stdin))
         try:
@@ -44,18 +48,7 @@ class LocalTarget(Target):
         return RunResult(await proc.wait(), stdout, stderr)
 
     async def start(self, command: str) -> Channel:
-        os.makedirs(self.state_dir, exist_ok=True)
-        proc = await asyncio.create_subprocess_exec(
-            "sh",
-            "-c",
-            command,
-            stdin=asyncio.subprocess.PIPE,
-            stdout=asyncio.subprocess.PIPE,
-            stderr=asyncio.subprocess.DEVNULL,
-            cwd=self.state_dir,
-            limit=1 << 24,  # an answer is one line, and may carry a log tail
-        )
-        return _LocalChannel(proc)
+        return _LocalChannel(await self._spawn(command, asyncio.subprocess.DEVNULL))
 
     async def close(self) -> None:
         return None
