@@ -335,12 +335,12 @@ def record_provisioned(
             "INSERT INTO deployments (name, created_at) VALUES (?, ?) ON CONFLICT DO NOTHING",
             [deployment, stamp],
         )
-        if found is None:
-            db.execute(
-                "UPDATE machines SET provider_id = NULL, provider_state = 'destroyed' "
-                "WHERE deployment = ? AND name = ?",
-                [deployment, machine],
-            )
+        if found is None:  # destroyed: nothing is left there to reach or to remember
+            for table, column in (("machines", "name"), ("machine_paths", "machine")):
+                db.execute(
+                    f"DELETE FROM {table} WHERE deployment = ? AND {column} = ?",
+                    [deployment, machine],
+                )
             db.conn.executemany(
                 "DELETE FROM allocations WHERE key = ?", [(k,) for k in allocations]
             )

@@ -10,6 +10,8 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Protocol
 
+from reconciler.errors import UserError
+
 Stdin = bytes | AsyncIterator[bytes] | None
 
 
@@ -20,8 +22,9 @@ class RunResult:
     stderr: bytes
 
 
-class TargetError(Exception):
-    """A machine could not be reached or refused an operation; reported per machine."""
+class TargetError(UserError):
+    """A machine could not be reached or refused an operation; reported per machine (and,
+    where nothing more specific catches it, as an error without a traceback)."""
 
     def __init__(self, machine: str, message: str) -> None:
         super().__init__(f"{machine}: {message}")

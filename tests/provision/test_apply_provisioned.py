@@ -86,7 +86,11 @@ def test_ec2_machines_are_provisioned_once_and_destroyed(aws: str, tmp_path: Pat
 
 @pytest.mark.hosts
 def test_the_containers_deployment_serves_and_leaves_nothing_behind(tmp_path: Path) -> None:
-    repo = example_repo(tmp_path / "models", example_files())
+    files = example_files()
+    physical = files["network/physical-containers.yaml"]
+    spare = "  spare:\n    deployment: {targetEnv: container, container: {}}\n"
+    files["network/physical-containers.yaml"] = physical + spare
+    repo = example_repo(tmp_path / "models", files)
     state = tmp_path / "state" / "state.db"
     args = ("--state", str(state), "-d", "containers")
     done = run_cli(*args, "apply", "--yes", "--format", "json", cwd=repo, timeout=300)
@@ -102,6 +106,20 @@ def test_the_containers_deployment_serves_and_leaves_nothing_behind(tmp_path: Pa
         assert {m["providerState"] for m in status["machines"]} == {"running"}
         again = run_cli(*args, "apply", "--yes", cwd=repo, timeout=300)
         assert "No changes" in again.stdout, again.stderr
+        # a machine removed from the model is only listed as obsolete...
+        spare_id = next(m["providerId"] for m in status["machines"] if m["name"] == "spare")
+        commit(repo, {"network/physical-containers.yaml": physical}, "no spare machine")
+        plan = run_cli(*args, "plan", cwd=repo).stdout
+        assert "spare" in plan and "obsolete" in plan
+        kept = run_cli(*args, "apply", "--yes", cwd=repo, timeout=300)
+        assert kept.returncode == 0, kept.stderr
+        assert spare_id in subprocess.run(["ip", "netns"], capture_output=True, text=True).stdout
+        # ...until --kill-obsolete (or destroyMachines: true)
+        killed = run_cli(*args, "apply", "--yes", "--kill-obsolete", cwd=repo, timeout=300)
+        assert killed.returncode == 0, killed.stderr
+        assert "Destroyed machine spare." in killed.stderr
+        netns = subprocess.run(["ip", "netns"], capture_output=True, text=True).stdout
+        assert spare_id not in netns
     finally:
         gone = run_cli(*args, "destroy", "--yes", cwd=repo, timeout=300)
     assert gone.returncode == 0, gone.stderr
