@@ -13,6 +13,7 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
+from reconciler.errors import UserError
 from reconciler.store.build import install
 from reconciler.store.content import hash_tree, make_immutable, remove_tree
 from reconciler.store.local import LocalStore, PathInfo
@@ -37,7 +38,7 @@ sys.stdout.write(json.dumps(answers))
 """
 
 
-class AgentError(Exception):
+class AgentError(UserError):
     """An operation on a machine failed; `log` holds the tail of the instance's log."""
 
     def __init__(self, machine: str, message: str, log: str = "") -> None:
