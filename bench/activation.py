@@ -38,8 +38,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import datetime as dt
-import hashlib
-import io
 import json
 import os
 import platform
@@ -52,7 +50,6 @@ import sqlite3
 import statistics
 import subprocess
 import sys
-import tarfile
 import tempfile
 import time
 from collections.abc import Callable, Sequence
@@ -64,6 +61,7 @@ BENCH_DIR = Path(__file__).resolve().parent
 ROOT = BENCH_DIR.parent
 sys.path.insert(0, str(BENCH_DIR))
 
+import snapshot  # noqa: E402  (beside this script)
 from results import write_section  # noqa: E402  (beside this script)
 
 OUT_DIR = BENCH_DIR / "out"
@@ -121,48 +119,8 @@ while True:
 # --- the reconciler under test -------------------------------------------------------------
 
 
-def package_dir() -> Path:
-    import importlib.util
-
-    spec = importlib.util.find_spec("reconciler")
-    if spec is None or not spec.submodule_search_locations:
-        raise SystemExit("reconciler is not installed in this interpreter")
-    return Path(next(iter(spec.submodule_search_locations)))
-
-
 def take_snapshot(ref: str | None) -> str:
-    """Copy reconciler/ as it is now (or at commit `ref`): children import the copy, agent
-    included, so edits made during the run cannot mix two versions into one table.
-    Returns what was measured."""
-    src = package_dir()
-    shutil.rmtree(SNAPSHOT_DIR, ignore_errors=True)
-    SNAPSHOT_DIR.mkdir(parents=True)
-    pkg = SNAPSHOT_DIR / "reconciler"
-    if ref is None:
-        shutil.copytree(src, pkg, ignore=shutil.ignore_patterns("__pycache__"))
-    else:
-        archive = subprocess.run(
-            ["git", "archive", "--format=tar", ref, "--", "."],
-            cwd=src,
-            capture_output=True,
-            check=True,
-        ).stdout
-        with tarfile.open(fileobj=io.BytesIO(archive)) as tar:
-            tar.extractall(pkg, filter="data")
-    digest = hashlib.sha256()
-    for path in sorted(pkg.rglob("*.py")):
-        digest.update(path.relative_to(pkg).as_posix().encode() + b"\0" + path.read_bytes())
-
-    def git(*args: str) -> str:
-        done = subprocess.run(["git", *args], cwd=src, capture_output=True, text=True)
-        return done.stdout.strip() if done.returncode == 0 else ""
-
-    commit = f"{ref or 'HEAD'}^{{commit}}"
-    where = f"commit {git('rev-parse', '--short=12', commit)}"
-    if ref is None and git("status", "--porcelain", "--", "."):
-        where += " + uncommitted changes in reconciler/"
-    how = f"snapshot of {ref}" if ref else "snapshot"
-    return f"{where} ({how}, sources sha256 {digest.hexdigest()[:12]})"
+    return snapshot.take_snapshot(SNAPSHOT_DIR, ref)
 
 
 def reconciler_cmd() -> list[str]:
