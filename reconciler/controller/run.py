@@ -189,6 +189,8 @@ class Controller:
 
     async def forever(self, d: DeploymentLoop) -> None:
         while not self.stop.is_set():
+            # cleared before the pass: a commit or SIGTERM arriving during it wakes the next
+            d.wake.clear()
             try:
                 await self.one_pass(d)
             except Exception as e:  # a bug must not end the loop: say it, retry next pass
@@ -201,7 +203,8 @@ class Controller:
             if d.failures and d.backoff_until > time.monotonic():
                 wait = min(wait, d.backoff_until - time.monotonic())
             d.next_poll = time.monotonic() + wait
-            d.wake.clear()
+            if self.stop.is_set():
+                break
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(d.wake.wait(), wait)
 
@@ -339,6 +342,8 @@ class Controller:
 
         class RefChanged(FileSystemEventHandler):
             def on_any_event(self, event: FileSystemEvent) -> None:
+                if event.event_type in ("opened", "closed_no_write"):
+                    return  # a read (our own ls-remote, git status) moves nothing
                 path = str(event.src_path) + str(getattr(event, "dest_path", ""))
                 if "/refs/" in path or path.endswith(("HEAD", "packed-refs")):
                     controller.poke_all()
