@@ -17,10 +17,11 @@ import sqlite_utils
 
 from reconciler.commands.options import Options
 from reconciler.errors import UserError
-from reconciler.execute.agent import AgentError, call, ensure_agent, ship
+from reconciler.execute.agent import AgentError, call, ensure_agent, lease, release
 from reconciler.execute.recover import unsettled
 from reconciler.models.schema import parse_duration
 from reconciler.state.db import exclusive, open_db, transaction
+from reconciler.state.history import pick_recorded, recorded_deployments
 from reconciler.state.hostkeys import RecordedHostKeys
 from reconciler.state.record import read_recorded
 from reconciler.state.recorded import RecordedState
@@ -117,18 +118,17 @@ def run(opts: Options, keep: int, delete_state: bool, min_age: str) -> int:
 
 
 def recorded_deployment(opts: Options, db: sqlite_utils.Database) -> str:
-    """The deployment named by -d, or the only one the state DB knows."""
-    names = [r["name"] for r in db.query("SELECT name FROM deployments ORDER BY name")]
-    if opts.deployment:
-        if opts.deployment not in names:
-            raise UserError(
-                f"-d {opts.deployment}: the state DB records no such deployment "
-                f"(it has: {', '.join(names) or 'none'})"
-            )
-        return opts.deployment
-    if len(names) != 1:
-        raise UserError(f"which deployment? use -d NAME (the state DB has: {', '.join(names)})")
-    return str(names[0])
+    """The deployment named by -d, or the only one the state DB knows; it must be recorded."""
+    name = pick_recorded(db, opts.deployment)
+    names = recorded_deployments(db)
+    if name is None:
+        raise UserError("the state DB records no deployment: nothing to collect")
+    if name not in names:
+        raise UserError(
+            f"-d {name}: the state DB records no such deployment "
+            f"(it has: {', '.join(names) or 'none'})"
+        )
+    return name
 
 
 async def _on_machines(
@@ -152,8 +152,7 @@ async def _on_machines(
     async def one(machine: str, target: Target) -> MachineGc:
         base = {"stateDir": target.state_dir, "owner": owner}
         try:
-            await ship([target], store, agent)
-            await call(target, agent.path, "lock", {**base, "ttl": 600})
+            await lease(target, store, agent, owner, 600)
         except (AgentError, TargetError) as e:
             return MachineGc(machine, {}, f"skipped: {e}")
         try:
@@ -174,10 +173,9 @@ async def _on_machines(
         except (AgentError, TargetError) as e:
             return MachineGc(machine, {}, f"gc failed: {e}")
         finally:
-            try:
-                await call(target, agent.path, "unlock", base)
-            except (AgentError, TargetError) as e:
-                print(f"warning: {machine}: could not unlock: {e}", file=sys.stderr)
+            problem = await release(target, agent.path, owner)
+            if problem:
+                print(f"warning: {problem}", file=sys.stderr)
 
     try:
         return await asyncio.gather(*(one(m, t) for m, t in targets.items()))

@@ -76,6 +76,24 @@ async def ship(targets: Iterable[Target], store: LocalStore, agent: PathInfo) ->
             await receive(target, store, [agent.path], "none")
 
 
+async def lease(target: Target, store: LocalStore, agent: PathInfo, owner: str, ttl: float) -> None:
+    """Ship the agent if needed and take the machine's lock for `owner` (gc, self-heal:
+    work outside a transition that must not run beside one)."""
+    await ship([target], store, agent)
+    await call(
+        target, agent.path, "lock", {"stateDir": target.state_dir, "owner": owner, "ttl": ttl}
+    )
+
+
+async def release(target: Target, agent: str, owner: str) -> str | None:
+    """Give the lock back; why not, if it could not be."""
+    try:
+        await call(target, agent, "unlock", {"stateDir": target.state_dir, "owner": owner})
+    except (AgentError, TargetError) as e:
+        return f"{target.machine}: could not unlock: {e}"
+    return None
+
+
 async def ask(target: Target, requests: list[tuple[str, dict[str, Any]]]) -> dict[str, Any]:
     """Ask without writing anything on the machine: the agent is streamed over stdin and
     runs each (command, request) in one process; {command: {"code", "answer"}}."""

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import sqlite_utils
 
-from reconciler.execute.agent import AgentError, call, ensure_agent, ship
+from reconciler.execute.agent import AgentError, call, ensure_agent, lease, release
 from reconciler.models.graph import topological_order
 from reconciler.state.hostkeys import RecordedHostKeys
 from reconciler.state.record import read_recorded, recorded_requests
@@ -47,10 +47,8 @@ async def heal(
     healed: list[str] = []
     try:
         for m in machines:
-            base = {"stateDir": targets[m].state_dir, "owner": owner}
             try:
-                await ship([targets[m]], store, agent)
-                await call(targets[m], agent.path, "lock", {**base, "ttl": 120})
+                await lease(targets[m], store, agent, owner, 120)
                 locked.append(m)
             except (AgentError, TargetError) as e:
                 problems.append(f"{m}: not healed: {e}")
@@ -65,11 +63,9 @@ async def heal(
                 problems.append(f"{key}: re-activation failed: {e}")
     finally:
         for m in locked:
-            base = {"stateDir": targets[m].state_dir, "owner": owner}
-            try:
-                await call(targets[m], agent.path, "unlock", base)
-            except (AgentError, TargetError) as e:
-                problems.append(f"{m}: could not unlock: {e}")
+            problem = await release(targets[m], agent.path, owner)
+            if problem:
+                problems.append(problem)
         for t in targets.values():
             await t.close()
     return healed, problems

@@ -66,12 +66,15 @@ class Transition:
     def state_dir(self, machine: str) -> str:
         return self.targets[machine].state_dir
 
+    def session(self, machine: str) -> AgentSession:
+        if machine not in self.sessions:
+            self.sessions[machine] = AgentSession(self.targets[machine], self.agent)
+        return self.sessions[machine]
+
     async def agent_call(
         self, machine: str, command: str, request: dict[str, Any]
     ) -> dict[str, Any]:
-        if machine not in self.sessions:
-            self.sessions[machine] = AgentSession(self.targets[machine], self.agent)
-        return await self.sessions[machine].call(command, request)
+        return await self.session(machine).call(command, request)
 
     async def end_sessions(self) -> None:
         """Stop the machines' agents: after an interruption, so that nothing they were
@@ -84,9 +87,9 @@ class Transition:
     async def lock_all(self) -> list[str]:
         """Lease every machine in name order; any refusal releases all and stops."""
         # the agents start everywhere at once; the leases are then taken one by one
-        for machine in self.targets:
-            self.sessions.setdefault(machine, AgentSession(self.targets[machine], self.agent))
-        await asyncio.gather(*(s.open() for s in self.sessions.values()), return_exceptions=True)
+        await asyncio.gather(
+            *(self.session(m).open() for m in self.targets), return_exceptions=True
+        )
         warnings = []
         for machine in sorted(self.targets):
             try:
