@@ -100,7 +100,7 @@ class DeploymentLoop:
     async def _act(self, head: str, started: float) -> Outcome:
         opts = dataclasses.replace(self.opts, ref=head, deployment=self.name, format="json")
         try:
-            loaded, _ = await asyncio.to_thread(_load, opts)
+            loaded, changes = await asyncio.to_thread(_evaluate, opts)
         except InvalidModels as e:
             lines = [str(p) for p in e.problems]
             return self._fail("invalid", "InvalidModels", "\n".join(lines), started)
@@ -126,7 +126,6 @@ class DeploymentLoop:
         if record.get("paused_at_sha") == head:
             self._ok(head)
             return Outcome("paused", time.monotonic() - started, message="paused by rollback")
-        changes = await asyncio.to_thread(_has_changes, opts, loaded)
         if not changes:
             self._ok(head)
             return Outcome("unchanged", time.monotonic() - started)
@@ -215,22 +214,16 @@ class DeploymentLoop:
         }
 
 
-def _load(opts: Options) -> tuple[Any, Any]:
-    from reconciler.commands.context import load_one
-    from reconciler.desired.compile import compile_deployment
-
-    loaded, config = load_one(opts)
-    compile_deployment(loaded, {})  # compile problems are validation problems too
-    return loaded, config
-
-
-def _has_changes(opts: Options, loaded: Any) -> bool:
-    from reconciler.commands.context import compile_with_record
+def _evaluate(opts: Options) -> tuple[Any, bool]:
+    """Load, compile and plan the commit: (the loaded deployment, whether it changes
+    anything). Compile problems count as invalid models, like load problems."""
+    from reconciler.commands.context import compile_with_record, load_one
     from reconciler.plan.diff import make_plan
 
+    loaded, _ = load_one(opts)
     desired, recorded = compile_with_record(opts, loaded)
     plan = make_plan(desired, recorded, destroy_machines=loaded.config.destroyMachines)
-    return bool(plan.has_changes)
+    return loaded, bool(plan.has_changes)
 
 
 def _deployment_row(opts: Options, name: str) -> dict[str, Any]:
