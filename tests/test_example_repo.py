@@ -8,6 +8,7 @@ services' programs directly, without reconciler.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -230,11 +231,14 @@ def test_programs_are_executable_and_carry_the_shared_code() -> None:
             assert _common_block(text) == shared, f"{program}: the shared block drifted"
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
+def _free_ports(n: int) -> list[int]:
+    """n distinct free ports: all held at once while chosen (one at a time, the kernel
+    may hand the same port out twice)."""
+    with contextlib.ExitStack() as stack:
+        sockets = [stack.enter_context(socket.socket()) for _ in range(n)]
+        for s in sockets:
+            s.bind(("127.0.0.1", 0))
+        return [int(s.getsockname()[1]) for s in sockets]
 
 
 def _request(url: str, data: dict[str, Any] | None = None) -> tuple[int, str, dict[str, str]]:
@@ -282,7 +286,7 @@ def running(tmp_path: Path) -> Iterator[dict[str, str]]:
                 conn.executescript(migration.read_text())
         db_paths[db] = str(path)
 
-    ports = {name: _free_port() for name in PROGRAMS}
+    ports = dict(zip(PROGRAMS, _free_ports(len(PROGRAMS)), strict=True))
     urls = {name: f"http://{host}:{port}" for name, port in ports.items()}
     depends = {s: [db] for s, db in DB_OF.items()} | {
         "geolocation-service": [],
