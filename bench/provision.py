@@ -58,7 +58,7 @@ import boto3  # noqa: E402
 from reconciler.desired.state import DesiredMachine  # noqa: E402
 from reconciler.provision.container import ContainerProvisioner  # noqa: E402
 from reconciler.provision.ec2 import Ec2Provisioner  # noqa: E402
-from reconciler.provision.record import SqliteRecorder  # noqa: E402
+from reconciler.state.provisioning import SqliteRecorder  # noqa: E402
 
 RESULTS_FILE = BENCH_DIR / "RESULTS.md"
 SECTION = "## provision"

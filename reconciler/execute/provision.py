@@ -1,6 +1,6 @@
 """Step 1 of an attempt (SPEC §3): provision the machines reconciler makes itself
 (`container`, `ec2`), several at once, each in a thread (the provisioners are
-synchronous); and destroy them. Every provider call is recorded first (provision/record),
+synchronous); and destroy them. Every provider call is recorded first (state/provisioning),
 so a killed apply finds its machines again rather than making them twice."""
 
 from __future__ import annotations
@@ -14,9 +14,9 @@ from pathlib import Path
 from reconciler.desired.compile import provisioned_key
 from reconciler.desired.state import DesiredMachine
 from reconciler.provision import Provisioned, provisioner_for
-from reconciler.provision.record import SqliteRecorder
+from reconciler.state import provisioning
 from reconciler.state.db import open_db
-from reconciler.state.record import record_provisioned
+from reconciler.state.machines import record_provisioned
 
 
 @dataclass
@@ -38,7 +38,7 @@ def reach(deployment: str, machine: str, target_env: str, p: Provisioned) -> dic
 async def provision_all(
     state: Path, deployment: str, machines: Iterable[DesiredMachine], container_subnet: str | None
 ) -> Provisioning:
-    recorder = SqliteRecorder.open(state, deployment)
+    recorder = provisioning.SqliteRecorder.open(state, deployment)
     result = Provisioning()
     todo = list(machines)
     # one per environment: it keeps its clients and lookups across machines
@@ -79,7 +79,7 @@ async def destroy_all(
     state: Path, deployment: str, machines: Iterable[tuple[str, str, str | None]]
 ) -> dict[str, str]:
     """Destroy (name, target_env, provider_id) machines; errors by machine name."""
-    recorder = SqliteRecorder.open(state, deployment)
+    recorder = provisioning.SqliteRecorder.open(state, deployment)
     errors: dict[str, str] = {}
     todo = list(machines)
     provisioners = {env: provisioner_for(env, state.parent) for env in {m[1] for m in todo}}
@@ -107,13 +107,6 @@ async def destroy_all(
 def interrupted_creates(
     state: Path, deployment: str, known: set[str]
 ) -> list[tuple[str, str, None]]:
-    """Creates a killed process left without a recorded machine: destroy must find them
-    by their token (a row still `planned` never reached the provider)."""
-    db = open_db(state, write=False)
-    if db is None:
-        return []
-    rows = db.query(
-        "SELECT machine, provider FROM provisioning WHERE deployment = ? AND state != 'planned'",
-        [deployment],
-    )
-    return [(r["machine"], r["provider"], None) for r in rows if r["machine"] not in known]
+    """Creates a killed process left without a recorded machine, as `destroy_all` takes
+    them: found again by their token, since no provider id was recorded."""
+    return [(m, env, None) for m, env in provisioning.interrupted_creates(state, deployment, known)]

@@ -1,5 +1,6 @@
 """Provisioners of the machines reconciler makes itself (SPEC §3 step 1): `ec2` and
-`container`. See base.py for the interface, record.py for the provisioning record."""
+`container`. See base.py for the interface, namespace_machine.py for
+what a container is made of, and state/provisioning.py for the provisioning record."""
 
 from __future__ import annotations
 

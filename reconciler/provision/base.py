@@ -40,7 +40,7 @@ class Provisioned:
 
 
 class Recorder(Protocol):
-    """The provisioning record of one deployment (record.py implements it over SQLite)."""
+    """The provisioning record of one deployment (over SQLite: state/provisioning.py)."""
 
     def token(self, machine: str, provider: str) -> str:
         """The recorded idempotency token; records (and commits) a new one first if none."""

@@ -1,4 +1,5 @@
-"""`container`: a machine on this host made of Linux namespaces, reached over real SSH.
+"""`container`: a machine on this host made of Linux namespaces, reached over real SSH
+(the machine itself is built by namespace_machine.py; this is the provisioner over it).
 
 One container is:
 
@@ -37,7 +38,6 @@ import ipaddress
 import json
 import os
 import shutil
-import signal
 import socket
 import subprocess
 import time
@@ -47,6 +47,7 @@ from pathlib import Path
 from typing import Any
 
 from reconciler.desired.state import DesiredMachine
+from reconciler.provision import namespace_machine as nm
 from reconciler.provision.base import (
     MISSING,
     RUNNING,
@@ -60,7 +61,6 @@ PROVIDER = "container"
 RUN_DIR = Path("/run/reconciler-containers")
 DEFAULT_SUBNET = "10.213.0.0/16"  # as reconciler/desired/allocate.py allocates from
 DEFAULT_STATE_DIR = "/var/lib/reconciler"
-SSHD = "/usr/sbin/sshd"
 READY_TIMEOUT = 15.0
 _DAEMON_ENV = {"PATH": "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
                "LANG": "C.UTF-8"}  # fmt: skip
@@ -194,7 +194,7 @@ class ContainerProvisioner:
             return MISSING
         entry = _read_json(names.registry)
         address, port = entry.get("address"), entry.get("port", 22)
-        if _listener_pid(names) and address and _wait_banner(str(address), int(port), 2.0):
+        if _listener_pid(names) and address and nm.answers_ssh(str(address), int(port), 2.0):
             return RUNNING
         return STOPPED
 
@@ -239,7 +239,7 @@ class ContainerProvisioner:
             identity = Path(os.path.expanduser(ssh.identityFile))
             public = identity.with_name(identity.name + ".pub")
             try:
-                authorized = " ".join(public.read_text().split()[:2])
+                authorized = nm.public_key(public)
             except OSError as e:
                 raise ProvisionError(
                     f"machine {name}: cannot read {public} ({e.strerror}): a container "
@@ -270,8 +270,8 @@ class ContainerProvisioner:
         with _flock(folder / ".lock"):
             public = key.with_name(key.name + ".pub")
             if not (key.exists() and public.exists()):
-                _keygen(key, f"reconciler@{socket.gethostname()}")
-            return key, " ".join(public.read_text().split()[:2])
+                nm.keygen(key, f"reconciler@{socket.gethostname()}")
+            return key, nm.public_key(public)
 
     def _prepare_disk(self, spec: _Spec) -> str:
         """The disk's folders and the machine's persistent host key; returns the key."""
@@ -283,9 +283,9 @@ class ContainerProvisioner:
         key = disk / "ssh_host_ed25519_key"
         public = key.with_name(key.name + ".pub")
         if not (key.exists() and public.exists()):
-            _keygen(key, f"root@{spec.machine}")
+            nm.keygen(key, f"root@{spec.machine}")
         (disk / "container.json").write_text(json.dumps(spec.as_json(), indent=2) + "\n")
-        return " ".join(public.read_text().split()[:2])
+        return nm.public_key(public)
 
     def _healthy(self, spec: _Spec, host_key: str) -> bool:
         """Reuse only a container that is whole and the same as wanted."""
@@ -301,16 +301,16 @@ class ContainerProvisioner:
             return False
         if " ".join(running_key.split()[:2]) != host_key:
             return False
-        link = _ip("-o", "link", "show", "dev", names.veth, check=False)
+        link = nm.ip("-o", "link", "show", "dev", names.veth, check=False)
         if f"master {spec.bridge} " not in link or "state DOWN" in link:
             return False
-        inner = _ip("-n", names.netns, "-o", "-4", "addr", "show", "dev", "eth0", check=False)
+        inner = nm.ip("-n", names.netns, "-o", "-4", "addr", "show", "dev", "eth0", check=False)
         if f"inet {spec.address}/{spec.subnet.prefixlen} " not in inner:
             return False
         if _listener_pid(names) is None:
             return False
         # a busy host may answer slowly: a live container is never torn down for that
-        return _wait_banner(spec.address, spec.port, 5.0)
+        return nm.answers_ssh(spec.address, spec.port, 5.0)
 
     def _create(self, spec: _Spec) -> None:
         names = spec.names
@@ -319,16 +319,8 @@ class ContainerProvisioner:
             self._ensure_bridge(spec)
             names.run.mkdir(mode=0o700, parents=True, exist_ok=True)
             _write_json(names.registry, spec.as_json())
-            _ip(
-                "-batch",
-                "-",
-                stdin=(
-                    f"netns add {names.netns}\n"
-                    f"link add {names.veth} type veth peer name eth0 netns {names.netns}\n"
-                    f"link set {names.veth} master {spec.bridge}\n"
-                    f"link set {names.veth} up\n"
-                ),
-            )
+            lines = nm.veth_commands(names.netns, names.veth, spec.bridge)
+            nm.ip("-batch", "-", stdin="\n".join(lines) + "\n")
         (names.run / "disk").mkdir(exist_ok=True)
         for suffix in ("", ".pub"):
             src = names.disk / f"ssh_host_ed25519_key{suffix}"
@@ -337,65 +329,41 @@ class ContainerProvisioner:
             dst.chmod(0o600 if not suffix else 0o644)
         _write_authorized_keys(spec)
         names.config.write_text(_sshd_config(spec))
-        _ip(
-            "-n",
-            names.netns,
-            "-batch",
-            "-",
-            stdin=(
-                f"addr add {spec.address}/{spec.subnet.prefixlen} dev eth0\n"
-                "link set lo up\n"
-                "link set eth0 up\n"
-                f"route add default via {spec.gateway}\n"
-            ),
-        )
+        nm.configure_eth0(names.netns, f"{spec.address}/{spec.subnet.prefixlen}", spec.gateway)
         self._spawn_sshd(spec)
         deadline = time.monotonic() + READY_TIMEOUT
-        while not _wait_banner(spec.address, spec.port, 0.5):
+        while not nm.answers_ssh(spec.address, spec.port, 0.5):
             if time.monotonic() > deadline:
                 raise ProvisionError(
                     f"machine {spec.machine}: the container's sshd does not answer on "
                     f"{spec.address}:{spec.port} after {READY_TIMEOUT:.0f} s; its log "
-                    f"({names.disk / 'sshd.log'}) ends:\n{_tail(names.disk / 'sshd.log')}"
+                    f"({names.disk / 'sshd.log'}) ends:\n{nm.tail(names.disk / 'sshd.log')}"
                 )
             time.sleep(0.05)
         pid = _listener_pid(names)
         if pid is not None:
-            stat = _proc_stat(pid)
+            stat = nm.proc_stat(pid)
             _write_json(names.run / "sshd.pid", {"pid": pid, "starttime": stat[2] if stat else 0})
 
     def _spawn_sshd(self, spec: _Spec) -> None:
-        """sshd as PID 1 of new PID, mount and UTS namespaces inside the netns, detached
-        (setsid -f) so it outlives this process."""
+        """sshd as PID 1 of the container, detached (setsid -f) so it outlives this process.
+        The disk is bound first, to a folder under /run that no later bind hides."""
         names = spec.names
         binds = [("home", "/root"), ("tmp", "/tmp"), ("root", spec.state_dir)]
         binds = [b for b in binds if b[0] == "root" or b[1] != spec.state_dir]
         binds.sort(key=lambda b: b[1].count("/"))  # outer folders first: inner ones go on top
-        script = [
-            "set -e",
-            "umount -l /run/netns 2>/dev/null || true",  # pin no other container's netns
-            # the disk stays reachable here whatever the binds below hide
-            f'mount --bind "$1" "{names.run}/disk"',
-        ]
-        for sub, target in binds:
-            script.append(f"mkdir -p {_sh_quote(target)}")
-            script.append(f'mount --bind "{names.run}/disk/{sub}" {_sh_quote(target)}')
-        script += ['hostname "$2"', f'exec {SSHD} -D -e -f "$3"']
+        mounts: list[tuple[Path | str, Path | str]] = [(names.disk, names.run / "disk")]
+        mounts += [(names.run / "disk" / sub, target) for sub, target in binds]
+        argv = nm.sshd_pid1_argv(names.netns, mounts, spec.machine, names.config)
         with open(names.disk / "sshd.log", "ab") as log:
             subprocess.run(
-                [
-                    "setsid", "-f", "ip", "netns", "exec", names.netns,
-                    "unshare", "--mount", "--uts", "--pid", "--fork", "--mount-proc",
-                    "--propagation", "private",
-                    "sh", "-c", "\n".join(script), "sh",
-                    str(names.disk), _hostname(spec.machine), str(names.config),
-                ],
+                ["setsid", "-f", *argv],
                 stdin=subprocess.DEVNULL,
                 stdout=log,
                 stderr=log,
                 env=_DAEMON_ENV,
                 check=True,
-            )  # fmt: skip
+            )
 
     def _claim_address(self, spec: _Spec) -> None:
         """Two state DBs on one host may allocate the same address: refuse the second."""
@@ -416,7 +384,7 @@ class ContainerProvisioner:
     def _ensure_bridge(self, spec: _Spec) -> None:
         cidr = f"{spec.gateway}/{spec.subnet.prefixlen}"
         if not Path("/sys/class/net", spec.bridge).exists():
-            for line in _ip("-o", "-4", "addr", "show").splitlines():
+            for line in nm.ip("-o", "-4", "addr", "show").splitlines():
                 parts = line.split()
                 net = ipaddress.IPv4Interface(parts[parts.index("inet") + 1]).network
                 if net.overlaps(spec.subnet):
@@ -425,27 +393,18 @@ class ContainerProvisioner:
                         f"{net} of {parts[1]} on this host; containers need a subnet of their own"
                     )
             mac = "02:72:63:" + ":".join(spec.bridge[i : i + 2] for i in (4, 6, 8))
-            _ip(
-                "-batch",
-                "-",
-                stdin=(
-                    # a fixed MAC: a bridge otherwise takes its ports' lowest, which changes as
-                    # containers come and go and leaves stale ARP entries for the gateway
-                    f"link add {spec.bridge} address {mac} type bridge\n"
-                    f"addr add {cidr} dev {spec.bridge}\n"
-                    f"link set {spec.bridge} up\n"
-                ),
-            )
-        elif f"inet {cidr} " not in _ip("-o", "-4", "addr", "show", "dev", spec.bridge):
-            _ip("addr", "add", cidr, "dev", spec.bridge)
-            _ip("link", "set", spec.bridge, "up")
+            lines = nm.bridge_commands(spec.bridge, mac, cidr)
+            nm.ip("-batch", "-", stdin="\n".join(lines) + "\n")
+        elif f"inet {cidr} " not in nm.ip("-o", "-4", "addr", "show", "dev", spec.bridge):
+            nm.ip("addr", "add", cidr, "dev", spec.bridge)
+            nm.ip("link", "set", spec.bridge, "up")
 
     @staticmethod
     def _remove_bridge_if_unused(bridge: str) -> None:
         if not Path("/sys/class/net", bridge).exists():
             return
-        if not _ip("-o", "link", "show", "master", bridge, check=False).strip():
-            _ip("link", "del", bridge, check=False)
+        if not nm.ip("-o", "link", "show", "master", bridge, check=False).strip():
+            nm.ip("link", "del", bridge, check=False)
 
 
 # -- processes, namespaces, files ----------------------------------------------------------
@@ -462,161 +421,27 @@ def _require_root(machine: str) -> None:
             raise ProvisionError(
                 f"machine {machine}: container machines need {tool} (apt-get install {package})"
             )
-    if not os.access(SSHD, os.X_OK):
+    if not os.access(nm.SSHD, os.X_OK):
         raise ProvisionError(
-            f"machine {machine}: container machines need {SSHD} (apt-get install openssh-server)"
+            f"machine {machine}: container machines need {nm.SSHD} (apt-get install openssh-server)"
         )
     Path("/run/sshd").mkdir(mode=0o755, exist_ok=True)  # sshd's privilege separation folder
 
 
 def _teardown_runtime(names: ContainerNames) -> None:
     """Every process, the veth, the netns and sshd's files; the disk stays."""
-    _kill_container(names)
+    nm.kill_machine(names.netns, f"{names.run}/")
     if Path("/sys/class/net", names.veth).exists():
-        _ip("link", "del", names.veth, check=False)  # before the netns: that would be async
+        nm.ip("link", "del", names.veth, check=False)  # before the netns: that would be async
     if Path("/run/netns", names.netns).exists():
-        _ip("netns", "del", names.netns, check=False)
+        nm.ip("netns", "del", names.netns, check=False)
     with _host_lock():
         names.registry.unlink(missing_ok=True)
     shutil.rmtree(names.run, ignore_errors=True)
 
 
-def _kill_container(names: ContainerNames, timeout: float = 10.0) -> None:
-    # sshd first: as PID 1 of the container its death kills everything started over SSH.
-    # Found by its config too: a netns deleted by hand leaves it running, nameless.
-    listeners = [p for p in _pids_with(str(names.config)) if _comm(p) == "sshd"]
-    if (pid := _listener_pid(names)) is not None:
-        listeners.append(pid)
-    if listeners:
-        _kill(listeners)
-        grace = time.monotonic() + 1.0
-        while _leftovers(names) and time.monotonic() < grace:
-            time.sleep(0.01)
-    deadline = time.monotonic() + timeout
-    while pids := _leftovers(names):  # what entered the netns otherwise
-        _kill(pids)
-        if time.monotonic() > deadline:
-            raise ProvisionError(
-                f"container {names.netns}: processes {pids} survive SIGKILL; remove them by "
-                "hand, then run destroy again"
-            )
-        time.sleep(0.01)
-
-
-def _leftovers(names: ContainerNames) -> list[int]:
-    return sorted(set(_pids_in_netns(names.netns)) | set(_pids_with(f"{names.run}/")))
-
-
-def _pids_with(fragment: str) -> list[int]:
-    """Live processes (not zombies: their command line is empty) mentioning `fragment`."""
-    needle = fragment.encode()
-    found = []
-    for name in os.listdir("/proc"):
-        if not name.isdigit() or int(name) == os.getpid():
-            continue
-        try:
-            if needle in Path(f"/proc/{name}/cmdline").read_bytes():
-                found.append(int(name))
-        except OSError:
-            continue
-    return found
-
-
-def _comm(pid: int) -> str | None:
-    stat = _proc_stat(pid)
-    return stat[1] if stat else None
-
-
-def _kill(pids: list[int]) -> None:
-    for pid in pids:
-        with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.kill(pid, signal.SIGKILL)
-
-
 def _listener_pid(names: ContainerNames) -> int | None:
-    """The host pid of the container's sshd listener (PID 1 of its PID namespace)."""
-    needle = str(names.config).encode()
-    for pid in _pids_in_netns(names.netns):
-        stat = _proc_stat(pid)
-        if stat is None or stat[1] != "sshd":
-            continue
-        parent = _proc_stat(stat[0])
-        try:
-            cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
-        except OSError:
-            continue
-        if needle in cmdline and parent is not None and parent[1] == "unshare":
-            return pid
-    return None
-
-
-def _pids_in_netns(netns: str) -> list[int]:
-    """Live processes in the netns (a zombie has left its namespaces: not counted)."""
-    try:
-        ns = os.stat(f"/run/netns/{netns}")
-    except OSError:
-        return []
-    found = []
-    for name in os.listdir("/proc"):
-        if not name.isdigit():
-            continue
-        try:
-            st = os.stat(f"/proc/{name}/ns/net")
-        except OSError:
-            continue
-        if (st.st_dev, st.st_ino) == (ns.st_dev, ns.st_ino):
-            found.append(int(name))
-    return found
-
-
-def _proc_stat(pid: int) -> tuple[int, str, int] | None:
-    """(ppid, comm, starttime) of a process, or None when it is gone."""
-    try:
-        raw = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return None
-    comm = raw[raw.index("(") + 1 : raw.rindex(")")]
-    fields = raw[raw.rindex(")") + 2 :].split()
-    return int(fields[1]), comm, int(fields[19])
-
-
-def _wait_banner(address: str, port: int, within: float) -> bool:
-    """True once an SSH server answers with its banner on address:port."""
-    deadline = time.monotonic() + within
-    while True:
-        try:
-            with socket.create_connection((address, port), timeout=0.5) as sock:
-                sock.settimeout(0.5)
-                if sock.recv(4).startswith(b"SSH-"):
-                    return True
-        except OSError:
-            pass
-        if time.monotonic() > deadline:
-            return False
-        time.sleep(0.05)
-
-
-def _ip(*args: str, stdin: str | None = None, check: bool = True) -> str:
-    result = subprocess.run(["ip", *args], input=stdin, capture_output=True, text=True)
-    if check and result.returncode != 0:
-        raise ProvisionError(
-            f"ip {' '.join(args)} failed: {result.stderr.strip() or result.returncode}"
-            + (f"\n{stdin}" if stdin else "")
-        )
-    return result.stdout
-
-
-def _keygen(path: Path, comment: str) -> None:
-    for stale in (path, path.with_name(path.name + ".pub")):
-        stale.unlink(missing_ok=True)
-    done = subprocess.run(
-        ["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", comment, "-f", str(path)],
-        stdin=subprocess.DEVNULL,
-        capture_output=True,
-        text=True,
-    )
-    if done.returncode != 0:
-        raise ProvisionError(f"ssh-keygen for {path} failed: {done.stderr.strip()}")
+    return nm.listener_pid(names.netns, names.config)
 
 
 def _write_authorized_keys(spec: _Spec) -> None:
@@ -628,36 +453,13 @@ def _write_authorized_keys(spec: _Spec) -> None:
 
 def _sshd_config(spec: _Spec) -> str:
     run = spec.names.run
-    return (
-        f"# container machine {spec.machine} of deployment {spec.deployment}: "
-        f"{spec.names.disk}\n"
-        f"Port {spec.port}\n"
-        f"ListenAddress {spec.address}\n"
-        f"HostKey {run}/ssh_host_ed25519_key\n"
-        "PidFile none\n"  # it is PID 1 of its namespace; sshd.pid beside holds the host pid
-        f"AuthorizedKeysFile {run}/authorized_keys\n"
-        "PermitRootLogin prohibit-password\n"
-        "PubkeyAuthentication yes\n"
-        "PasswordAuthentication no\n"
-        "KbdInteractiveAuthentication no\n"
-        "UsePAM no\n"
-        "StrictModes no\n"
-        "UseDNS no\n"
-        "PrintMotd no\n"
-        "PrintLastLog no\n"
-        "X11Forwarding no\n"
-        "MaxStartups 100:30:200\n"
-        "MaxSessions 10\n"
-        "Subsystem sftp internal-sftp\n"
+    return nm.sshd_config(
+        f"container machine {spec.machine} of deployment {spec.deployment}: {spec.names.disk}",
+        spec.address,
+        spec.port,
+        host_key=run / "ssh_host_ed25519_key",
+        authorized_keys=run / "authorized_keys",
     )
-
-
-def _hostname(machine: str) -> str:
-    return machine[:63]
-
-
-def _sh_quote(text: str) -> str:
-    return "'" + text.replace("'", "'\\''") + "'"
 
 
 @contextlib.contextmanager
@@ -699,10 +501,3 @@ def _remove_tree(path: Path) -> None:
 
     if path.exists():
         shutil.rmtree(path, onerror=retry_writable)
-
-
-def _tail(path: Path, lines: int = 20) -> str:
-    try:
-        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
-    except OSError:
-        return "(no log)"

@@ -15,7 +15,7 @@ import pytest
 
 from reconciler.desired.state import DesiredMachine
 from reconciler.models.schema import SshSettings
-from reconciler.provision.record import SqliteRecorder
+from reconciler.state.provisioning import SqliteRecorder
 
 REGION = "us-east-1"
 

@@ -29,7 +29,7 @@ from reconciler.provision.container import (
     bridge_name,
     container_names,
 )
-from reconciler.provision.record import SqliteRecorder
+from reconciler.state.provisioning import SqliteRecorder
 from tests import testhosts as th
 from tests.provision.conftest import desired_machine
 
@@ -187,7 +187,7 @@ ENSURE_IN_A_CHILD = textwrap.dedent(
 
     from reconciler.desired.state import DesiredMachine
     from reconciler.provision.container import ContainerProvisioner
-    from reconciler.provision.record import SqliteRecorder
+    from reconciler.state.provisioning import SqliteRecorder
 
     root, subnet, name, address = sys.argv[1:]
     machine = DesiredMachine(

@@ -21,7 +21,7 @@ from botocore.exceptions import ConnectionClosedError
 from reconciler.models.schema import SshSettings
 from reconciler.provision import RUNNING, TERMINATED, ProvisionError, provisioner_for
 from reconciler.provision.ec2 import Ec2Provisioner, host_key_from_console, split_provider_id
-from reconciler.provision.record import SqliteRecorder
+from reconciler.state.provisioning import SqliteRecorder
 from tests.provision.conftest import REGION, aws_environment, desired_machine
 
 REPO = Path(__file__).resolve().parents[2]
@@ -126,7 +126,7 @@ CHILD = textwrap.dedent(
 
     from reconciler.desired.state import DesiredMachine
     from reconciler.provision.ec2 import Ec2Provisioner
-    from reconciler.provision.record import SqliteRecorder
+    from reconciler.state.provisioning import SqliteRecorder
 
     state, deployment, name, settings = sys.argv[1:]
 

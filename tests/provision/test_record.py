@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from reconciler.provision import ProvisionError
-from reconciler.provision.record import SqliteRecorder
+from reconciler.state.provisioning import SqliteRecorder
 
 
 def test_the_token_is_committed_and_stable(tmp_path: Path, recorder: SqliteRecorder) -> None:

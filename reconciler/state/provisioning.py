@@ -1,4 +1,5 @@
-"""The provisioning record: one row per provisioned machine in the `provisioning` table.
+"""The provisioning record: one row per provisioned machine in the `provisioning` table
+(the `Recorder` the provisioners of reconciler/provision write through).
 
 Every write is a single autocommit statement, so it is committed when the call returns
 (the idempotency token must be on disk before the provider call it guards). Open the
@@ -13,18 +14,11 @@ import json
 import threading
 import uuid
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-import sqlite_utils
-
 from reconciler.provision.base import ProvisionError
-from reconciler.state.db import open_db
-
-
-def _now() -> str:
-    return datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+from reconciler.state.db import StateDB, now, open_db
 
 
 @dataclass(frozen=True)
@@ -42,7 +36,7 @@ class ProvisioningRecord:
 class SqliteRecorder:
     """`Recorder` over the provisioning table of one deployment; thread safe."""
 
-    def __init__(self, db: sqlite_utils.Database, deployment: str) -> None:
+    def __init__(self, db: StateDB, deployment: str) -> None:
         self.db = db
         self.deployment = deployment
         self._lock = threading.Lock()  # one statement at a time on the shared connection
@@ -59,7 +53,7 @@ class SqliteRecorder:
 
     def close(self) -> None:
         if self._owned:
-            self.db.conn.close()
+            self.db.close()
 
     def token(self, machine: str, provider: str) -> str:
         with self._lock:
@@ -79,7 +73,7 @@ class SqliteRecorder:
                 "INSERT INTO provisioning (deployment, machine, provider, token, state, detail, "
                 "updated_at) VALUES (?, ?, ?, ?, 'planned', '{}', ?) "
                 "ON CONFLICT (deployment, machine) DO NOTHING",
-                [self.deployment, machine, provider, uuid.uuid4().hex, _now()],
+                [self.deployment, machine, provider, uuid.uuid4().hex, now()],
             )
             row = self._row(machine)
             assert row is not None
@@ -92,7 +86,7 @@ class SqliteRecorder:
                 "UPDATE provisioning SET state = ?, provider_id = coalesce(?, provider_id), "
                 "detail = json_patch(detail, ?), updated_at = ? "
                 "WHERE deployment = ? AND machine = ?",
-                [state, provider_id, json.dumps(detail), _now(), self.deployment, machine],
+                [state, provider_id, json.dumps(detail), now(), self.deployment, machine],
             )
 
     def forget(self, machine: str) -> None:
@@ -142,3 +136,18 @@ def _record(row: dict[str, Any]) -> ProvisioningRecord:
         detail=json.loads(row["detail"] or "{}"),
         updated_at=row["updated_at"],
     )
+
+
+def interrupted_creates(path: Path, deployment: str, known: set[str]) -> list[tuple[str, str]]:
+    """(machine, provider) of the deployment's machines that reached their provider but
+    are not among `known` (the recorded machines): creates a killed process left behind,
+    which destroy must find by their token (a row still `planned` never reached the
+    provider)."""
+    db = open_db(path, write=False)
+    if db is None:
+        return []
+    rows = db.query(
+        "SELECT machine, provider FROM provisioning WHERE deployment = ? AND state != 'planned'",
+        [deployment],
+    )
+    return [(r["machine"], r["provider"]) for r in rows if r["machine"] not in known]
