@@ -1,0 +1,517 @@
+"""What the benchmarks share, so that each keeps only what it measures: the reconciler under
+test (a snapshot of reconciler/, its console script, the children's environment), scratch
+Git repositories, machine facts, CPU and process accounting, the test hosts, what the state
+DB recorded of an attempt, the command line and the RESULTS.md sections.
+
+Every use of reconciler's internals, of its state DB's tables and of the test hosts' private
+parts is in this module (see "Internals" below), so that a rename is a one-line fix here."""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import datetime as dt
+import hashlib
+import importlib.util
+import io
+import json
+import os
+import platform
+import resource
+import shlex
+import shutil
+import signal
+import socket
+import sqlite3
+import subprocess
+import sys
+import tarfile
+import threading
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+BENCH_DIR = Path(__file__).resolve().parent
+ROOT = BENCH_DIR.parent
+OUT_DIR = BENCH_DIR / "out"  # git-ignored scratch: snapshots, profiles
+RESULTS_FILE = BENCH_DIR / "RESULTS.md"
+# What a machine reached over SSH gets (sshd's default); the caller's PATH may start with
+# shims (pyenv: ~80 ms per `python3`) that a real machine does not have.
+STANDARD_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+TICK = os.sysconf("SC_CLK_TCK")
+
+if str(ROOT) not in sys.path:  # tests.testhosts, and reconciler/ when not installed
+    sys.path.append(str(ROOT))
+
+from tests.testhosts import TestHost, TestHostNetwork  # noqa: E402
+
+__all__ = ["TestHost", "TestHostNetwork"]
+
+
+# --- the reconciler under test -------------------------------------------------------------
+
+_SNAPSHOT: list[Path] = []  # the folder children import reconciler from, once taken
+
+
+def package_dir() -> Path:
+    spec = importlib.util.find_spec("reconciler")
+    if spec is None or not spec.submodule_search_locations:
+        raise SystemExit("reconciler is not installed in this interpreter")
+    return Path(next(iter(spec.submodule_search_locations)))
+
+
+def take_snapshot(name: str, ref: str | None = None, live: bool = False) -> str:
+    """Copy reconciler/ (as it is now, or at commit `ref`) to bench/out/NAME-snapshot, which
+    children import, so that edits made during a long run cannot mix two versions into one
+    table; `live` measures the tree itself. Returns what is measured, for the report."""
+    src = package_dir()
+    pkg = src
+    if not live:
+        into = OUT_DIR / f"{name}-snapshot"
+        shutil.rmtree(into, ignore_errors=True)
+        pkg = into / "reconciler"
+        pkg.parent.mkdir(parents=True)
+        if ref is None:
+            shutil.copytree(src, pkg, ignore=shutil.ignore_patterns("__pycache__"))
+        else:
+            archive = subprocess.run(
+                ["git", "archive", "--format=tar", ref, "--", "."],
+                cwd=src,
+                capture_output=True,
+                check=True,
+            ).stdout
+            with tarfile.open(fileobj=io.BytesIO(archive)) as tar:
+                tar.extractall(pkg, filter="data")
+        _SNAPSHOT[:] = [into]
+    digest = hashlib.sha256()
+    for path in sorted(pkg.rglob("*.py")):
+        digest.update(path.relative_to(pkg).as_posix().encode() + b"\0" + path.read_bytes())
+
+    def git_out(*args: str) -> str:
+        done = subprocess.run(["git", *args], cwd=src, capture_output=True, text=True)
+        return done.stdout.strip() if done.returncode == 0 else ""
+
+    commit = git_out("rev-parse", "--short=12", f"{ref or 'HEAD'}^{{commit}}")
+    where = f"commit {commit}" if commit else "no Git checkout"
+    if ref is None and git_out("status", "--porcelain", "--", "."):
+        where += " + uncommitted changes in reconciler/"
+    how = "live tree" if live else f"snapshot of {ref}" if ref else "snapshot"
+    return f"{where} ({how}, sources sha256 {digest.hexdigest()[:12]})"
+
+
+def measured_package() -> Path:
+    """The reconciler/ folder the children run: the snapshot's, else the installed one."""
+    return _SNAPSHOT[0] / "reconciler" if _SNAPSHOT else package_dir()
+
+
+def tool(name: str) -> str:
+    """A console script beside this interpreter (not a shim on PATH), else on PATH."""
+    script = Path(sys.executable).parent / name
+    if script.is_file() and os.access(script, os.X_OK):
+        return str(script)
+    found = shutil.which(name)
+    if not found:
+        raise SystemExit(f"{name} not found: pip install -e '.[bench]'")
+    return found
+
+
+def reconciler_cmd() -> list[str]:
+    script = Path(sys.executable).parent / "reconciler"
+    if script.is_file() and os.access(script, os.X_OK):
+        return [str(script)]
+    return [sys.executable, "-m", "reconciler"]
+
+
+def child_env(standard_path: bool = False) -> dict[str, str]:
+    """The environment of measured processes: no state DB or Git overrides, the snapshot
+    first on the path, a fixed Git identity, and byte code cached like an installed tool's
+    (where PYTHONDONTWRITEBYTECODE is set, under bench/out rather than in the tree)."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("GIT_", "RECONCILER_"))}
+    if env.pop("PYTHONDONTWRITEBYTECODE", None):
+        env.setdefault("PYTHONPYCACHEPREFIX", str(OUT_DIR / "pycache"))
+    if _SNAPSHOT:
+        env["PYTHONPATH"] = os.pathsep.join(
+            [str(_SNAPSHOT[0]), *filter(None, [env.get("PYTHONPATH")])]
+        )
+    if standard_path:
+        env["PATH"] = STANDARD_PATH
+    for who in ("AUTHOR", "COMMITTER"):
+        env[f"GIT_{who}_NAME"], env[f"GIT_{who}_EMAIL"] = "bench", "bench@example.test"
+    env.update(GIT_CONFIG_GLOBAL=os.devnull, GIT_CONFIG_NOSYSTEM="1", NO_COLOR="1")
+    return env
+
+
+# --- repositories --------------------------------------------------------------------------
+
+
+def git(repo: Path, *args: str, env: dict[str, str] | None = None) -> str:
+    done = subprocess.run(
+        ["git", *args], cwd=repo, env=env or child_env(), capture_output=True, text=True
+    )
+    if done.returncode != 0:
+        raise RuntimeError(f"git {' '.join(args)} in {repo}: {done.stderr.strip()}")
+    return done.stdout.strip()
+
+
+def new_repo(path: Path) -> Path:
+    """An empty work tree on branch main; objects stored uncompressed (set-up, not measured)."""
+    path.mkdir(parents=True)
+    git(path, "init", "-q", "-b", "main")
+    git(path, "config", "core.compression", "0")
+    git(path, "config", "gc.auto", "0")
+    return path
+
+
+def commit(repo: Path, message: str) -> str:
+    git(repo, "add", "-A")
+    git(repo, "commit", "-q", "-m", message)
+    return git(repo, "rev-parse", "HEAD")
+
+
+def write_models(repo: Path, files: dict[str, Any], deployments: dict[str, list[str]]) -> None:
+    """Model files (JSON, which is YAML) and reconciler.yaml naming each deployment's."""
+    for name, doc in files.items():
+        (repo / name).write_text(json.dumps(doc, indent=1))
+    config = {"deployments": {d: {"models": models} for d, models in deployments.items()}}
+    (repo / "reconciler.yaml").write_text(json.dumps(config, indent=1))
+
+
+def write_program(path: Path, text: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(text)
+    path.chmod(0o755)
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    with socket.socket() as s:
+        s.bind((host, 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+# --- the machine ---------------------------------------------------------------------------
+
+
+def nproc() -> int:
+    return len(os.sched_getaffinity(0))
+
+
+def loadavg() -> str:
+    return ", ".join(f"{x:.2f}" for x in os.getloadavg())
+
+
+def first_line(argv: Sequence[str], env: dict[str, str] | None = None) -> str:
+    with contextlib.suppress(OSError, IndexError):
+        done = subprocess.run(argv, capture_output=True, text=True, env=env)
+        return (done.stdout or done.stderr).strip().splitlines()[0]
+    return f"{argv[0]}: not installed"
+
+
+def machine_facts(*extra: str) -> str:
+    """CPU, load at the start, kernel, Python, and what the benchmark adds (versions)."""
+    cpu = platform.machine()
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    return ", ".join(
+        [
+            f"nproc {nproc()} ({cpu}), load average {loadavg()} at the start",
+            f"{platform.system()} {platform.release()}",
+            f"Python {platform.python_version()}",
+            *extra,
+        ]
+    )
+
+
+# --- CPU and processes ---------------------------------------------------------------------
+
+
+def children_cpu() -> float:
+    r = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return r.ru_utime + r.ru_stime
+
+
+def cpu_stat() -> tuple[int, int]:
+    """(busy, total) jiffies of all cores, from /proc/stat."""
+    values = [int(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+    idle = values[3] + values[4]  # idle + iowait
+    return sum(values) - idle, sum(values)
+
+
+def busy_share(a: tuple[int, int], b: tuple[int, int]) -> float:
+    return (b[0] - a[0]) / max(1, b[1] - a[1])
+
+
+def proc_fields(pid: int) -> list[str] | None:
+    """/proc/PID/stat after the command name: [0] is field 3 (state) of proc(5)."""
+    try:
+        raw = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    return raw[raw.rindex(")") + 2 :].split()
+
+
+class CpuSampler(threading.Thread):
+    """Samples a process's own CPU time (not its children's) until it exits: the last
+    sample is its total."""
+
+    def __init__(self, pid: int) -> None:
+        super().__init__(daemon=True)
+        self.pid, self.last = pid, 0.0
+        self.done = threading.Event()
+
+    def run(self) -> None:
+        while not self.done.is_set():
+            if f := proc_fields(self.pid):
+                self.last = (int(f[11]) + int(f[12])) / TICK
+            self.done.wait(0.02)
+
+
+def cmdline(pid: int) -> bytes:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return b""
+
+
+def pids_naming(root: Path, also: bytes = b"") -> list[int]:
+    """Processes (not this one) whose command line names a path under `root` (and `also`)."""
+    needle = str(root).encode()
+    return [
+        int(name)
+        for name in os.listdir("/proc")
+        if name.isdigit()
+        and int(name) != os.getpid()
+        and needle in (line := cmdline(int(name)))
+        and also in line
+    ]
+
+
+def kill_leftovers(root: Path) -> list[int]:
+    """SIGKILL the process group of every recorded instance still running under `root` (only
+    processes whose command line names a path under it: ours). Agents still running (an
+    apply killed half-way leaves them) are waited for first, up to 15 s: they may yet start
+    a program."""
+    deadline = time.monotonic() + 15
+    while pids_naming(root, b"agent") and time.monotonic() < deadline:
+        time.sleep(0.1)
+    killed = []
+    for pid_file in root.glob("**/deployments/*/instances/*/pid.json"):
+        with contextlib.suppress(OSError, ValueError, KeyError, ProcessLookupError):
+            pid = int(json.loads(pid_file.read_text())["pid"])
+            if str(root).encode() in cmdline(pid):
+                os.killpg(pid, signal.SIGKILL)
+                killed.append(pid)
+    return killed
+
+
+# --- Internals: the test hosts' private parts, the state DB, reconciler's modules ----------
+
+
+def host_veth(net: TestHostNetwork, host: TestHost) -> str:
+    """The host's veth in the root namespace (its byte counters are the wire)."""
+    return net._state(host).veth
+
+
+def sessions_cpu(net: TestHostNetwork, hosts: Sequence[TestHost]) -> float | None:
+    """CPU seconds of every finished ssh session of the hosts (sshd, shells, tar, python3 …),
+    as each sshd listener collected them (cutime + cstime); waits (up to 5 s) until no
+    session is open. Programs left running are not in it. None: a listener is gone."""
+    try:
+        listeners = {net._listener_pid(net._state(h)) for h in hosts}
+    except (AttributeError, RuntimeError):
+        return None
+    deadline = time.monotonic() + 5
+    while time.monotonic() < deadline:
+        sessions = [
+            pid
+            for name in os.listdir("/proc")
+            if name.isdigit()
+            and (f := proc_fields(pid := int(name)))
+            and int(f[1]) in listeners
+            and Path(f"/proc/{pid}/comm").read_text().startswith("sshd")
+        ]
+        if not sessions:
+            break
+        time.sleep(0.02)
+    total = 0.0
+    for pid in listeners:
+        if (f := proc_fields(pid)) is None:
+            return None
+        total += (int(f[13]) + int(f[14])) / TICK
+    return total
+
+
+def stamp(text: str) -> float:
+    return dt.datetime.fromisoformat(text.replace("Z", "+00:00")).timestamp()
+
+
+@dataclass(frozen=True)
+class Step:
+    action: str  # switch-profile, activate …
+    target: str  # the machine
+    detail: dict[str, Any]
+    at: float  # when the step ended
+
+
+@dataclass(frozen=True)
+class Attempt:
+    started: float
+    finished: float | None
+    status: str
+    transition: list[Step]  # the journal's transition steps, in order
+
+
+def last_attempt(state: Path, deployment: str, sha: str | None = None) -> Attempt | None:
+    """The deployment's latest attempt (of commit `sha`) as the state DB recorded it. No
+    command prints the journal, so this reads the tables (read-only)."""
+    uri = f"file:{state}?mode=ro"
+    with contextlib.closing(sqlite3.connect(uri, uri=True, timeout=10)) as db:
+        row = db.execute(
+            "SELECT id, started_at, finished_at, status FROM attempts WHERE deployment = ?"
+            + (" AND commit_sha = ?" if sha else "")
+            + " ORDER BY started_at DESC LIMIT 1",
+            [deployment, *([sha] if sha else [])],
+        ).fetchone()
+        if not row:
+            return None
+        steps = db.execute(
+            "SELECT action, target, detail, at FROM journal WHERE attempt_id = ? "
+            "AND step = 'transition' ORDER BY id",
+            [row[0]],
+        ).fetchall()
+    return Attempt(
+        stamp(row[1]),
+        stamp(row[2]) if row[2] else None,
+        row[3],
+        [Step(a, t, json.loads(d) if d else {}, stamp(at)) for a, t, d, at in steps],
+    )
+
+
+def desired_machine(name: str, target_env: str, address: str | None, provider: Any) -> Any:
+    from reconciler.desired.state import DesiredMachine
+
+    return DesiredMachine(
+        name=name, target_env=target_env, address=address, ssh=None, state_dir=None,
+        max_parallel=4, compression="auto", profile=(), keys={}, properties={},
+        provider=provider, closure=(),
+    )  # fmt: skip
+
+
+def ec2_provisioner(session: Any, pool: int) -> Any:
+    from reconciler.provision.ec2 import Ec2Provisioner
+
+    return Ec2Provisioner(session=session, max_pool_connections=pool)
+
+
+def container_provisioner(root: Path, subnet: str) -> Any:
+    from reconciler.provision.container import ContainerProvisioner
+
+    return ContainerProvisioner(root, subnet)
+
+
+def provision_recorder(state: Path, deployment: str) -> Any:
+    from reconciler.provision.record import SqliteRecorder
+
+    return SqliteRecorder.open(state, deployment)
+
+
+async def controller(repo: str, state: Path) -> Any:
+    """The controller `reconciler --repo REPO --state STATE run` builds (its deployments
+    loaded, its loops made, never started), in this process, on the running event loop.
+    `.loops[name].reconcile()` is one poll; `.one_pass(loop)` the whole pass."""
+    import asyncio
+
+    from reconciler.controller.run import Controller, RunSettings
+    from reconciler.options import Options
+
+    ctl = Controller(RunSettings(opts=Options(repo=repo, state=str(state), quiet=True), once=True))
+    ctl.loop = asyncio.get_running_loop()
+    await ctl.refresh_deployments()
+    return ctl
+
+
+# --- the command line and the report -------------------------------------------------------
+
+
+def parser(description: str, quick: str, repeat: str) -> argparse.ArgumentParser:
+    """The options every benchmark has: --quick (tiny sizes, one run: a smoke test that
+    runs the same code paths), --repeat, --at REF and --write-results."""
+    p = argparse.ArgumentParser(description=description)
+    p.add_argument("--quick", action="store_true", help=quick)
+    p.add_argument("--repeat", type=int, help=f"runs per timing, best kept ({repeat})")
+    p.add_argument("--at", metavar="REF", help="measure reconciler/ as committed at REF")
+    p.add_argument("--write-results", action="store_true", help="replace its RESULTS.md section")
+    return p
+
+
+def command_line(script: str, argv: Sequence[str] | None) -> str:
+    return shlex.join(["python3", f"bench/{script}", *(sys.argv[1:] if argv is None else argv)])
+
+
+class Log:
+    """Progress on stderr, with the seconds since the start."""
+
+    def __init__(self) -> None:
+        self.started = time.monotonic()
+
+    @property
+    def seconds(self) -> float:
+        return time.monotonic() - self.started
+
+    def __call__(self, msg: str) -> None:
+        print(f"[{self.seconds:6.1f} s] {msg}", file=sys.stderr, flush=True)
+
+
+def ms(seconds: float) -> str:
+    return f"{seconds * 1000:,.0f}"
+
+
+def verdict(ok: bool) -> str:
+    return "**met**" if ok else "**not met**"
+
+
+def header(name: str, facts: str, version: str) -> list[str]:
+    """The start of a `## name` section: who wrote it, when, on what, what was measured."""
+    now = dt.datetime.now(dt.UTC).isoformat(timespec="minutes")
+    return [
+        f"## {name}",
+        "",
+        f"<!-- Written by `bench/{name}.py --write-results`; a new run replaces this section. -->",
+        "",
+        f"Date: {now}. Machine: {facts}.",
+        "",
+        f"Measured: reconciler at {version}.",
+        "",
+    ]
+
+
+def write_section(path: Path, section: str, body: str) -> None:
+    """Replace (or append) the section headed `section`, keeping the other benchmarks'."""
+    text = path.read_text() if path.exists() else "# Benchmark results\n"
+    lines = text.splitlines()
+    start = next((i for i, line in enumerate(lines) if line.strip() == section), None)
+    if start is None:
+        new = [*lines, "", *body.splitlines()] if lines else body.splitlines()
+    else:
+        end = next(
+            (i for i in range(start + 1, len(lines)) if lines[i].startswith("## ")), len(lines)
+        )
+        new = [
+            *lines[:start],
+            *body.splitlines(),
+            *(["", *lines[end:]] if end < len(lines) else []),
+        ]
+    path.write_text("\n".join(new).rstrip("\n") + "\n")
+
+
+def publish(name: str, text: str, write: bool, log: Log | None = None) -> None:
+    """Print the report; with --write-results, also replace its section of RESULTS.md."""
+    print(text, flush=True)
+    if write:
+        write_section(RESULTS_FILE, f"## {name}", text)
+        (log or print)(f"wrote '## {name}' in {RESULTS_FILE}")
