@@ -1,7 +1,6 @@
 """The controller's HTTP side (SPEC §5): probes, metrics, the JSON API, the status page
-and the Git webhook, served by the standard library's ThreadingHTTPServer in threads of
-its own while the controller's asyncio loop runs in the main thread. It only reads the
-controller through `View` (thread safe) and only acts on it through `View.poke`.
+and the Git webhook. It only reads the controller through `View` and only acts on it
+through `View.poke`.
 
     GET  /healthz                          200 "ok" while the process serves
     GET  /readyz                           200 when View.ready(), else 503 with the reason
@@ -9,11 +8,26 @@ controller through `View` (thread safe) and only acts on it through `View.poke`.
     GET  /api/deployments                  {"deployments": [...]}
     GET  /api/deployments/<d>              the deployment's JSON, or 404 {"error": ...}
     GET  /api/deployments/<d>/history      its history JSON, or 404
+    GET  /api/deployments/<d>/instances/<key>/log   the tail of the instance's log
+                                           (text/plain), or 404
     GET  /                                 the status page (HTML)
     GET  /deployments/<d>                  one deployment's page
     POST /hooks/git                        a GitHub or GitLab push event (see webhook.py)
 
 HEAD is answered wherever GET is. Unknown paths are 404, other methods 405.
+
+**Why aiohttp, in the controller's own event loop.** The probes must stay fast while
+anyone on the network holds connections open or trickles bodies in, so every connection
+must be cheap and none may be a thread: an asyncio server costs a few kilobytes per idle
+connection, reads a body only when asked to (the kernel holds back the rest), and
+answers `/healthz` between any two steps of everything else. aiohttp is the well-kept
+asyncio HTTP/1.1 server: a listen backlog of our choosing (the standard library's was 5,
+so 200 concurrent probes waited for SYN retransmits, up to 8 s), bounded header sizes, a
+connection that has not sent its headers within IDLE_TIMEOUT is closed, and no access
+log. Running in the controller's loop makes `/healthz` an honest liveness probe: a
+wedged loop stops answering it. View calls that may touch the disk (history, the page,
+a log) run in a small thread pool of their own, so a slow one never stalls the loop nor
+takes the threads the controller's own work uses.
 
 **Authentication.** With an API token, everything but `/healthz`, `/readyz` and
 `/hooks/git` needs it, compared in constant time, as either `Authorization: Bearer
@@ -23,9 +37,12 @@ browser asks once and then remembers it for the session). A token is never accep
 the URL, where it would land in logs and browser history. Without a token nothing asks
 for one: bind to a private address then.
 
-**Webhook.** Without a webhook secret `/hooks/git` is 404. A request whose signature or
-token is missing or wrong is 401 and pokes nothing; bodies over 5 MiB are 413 (unread).
-GitHub's `ping` is 200; any other authentic event pokes the loops tracking the
+**Webhook.** Without a webhook secret `/hooks/git` is 404. Before a byte of the body is
+read: no Content-Length is 411, over 5 MiB is 413, and a request with neither the right
+GitLab token nor a well-formed GitHub signature is 401. Only HOOK_READERS bodies are read
+at a time, each within HOOK_TIMEOUT (else 408), so unauthenticated bodies never hold
+more than HOOK_READERS × 5 MiB. A signature or token that is wrong is 401 and pokes
+nothing. GitHub's `ping` is 200; any other authentic event pokes the loops tracking the
 repositories it names (all of them when it names none we can read) and answers 202
 `{"poked": n}`.
 
@@ -35,36 +52,46 @@ handler failures are, without tokens or secrets, which never appear in a path.
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import binascii
+import errno
 import hmac
 import json
 import logging
-import socket
-import socketserver
-import threading
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Any, Protocol, cast
-from urllib.parse import unquote, urlsplit
+from typing import Any, Protocol, TypeVar, cast
+from urllib.parse import unquote
+
+from aiohttp import web
+from aiohttp.http_exceptions import HttpProcessingError
 
 from reconciler.controller import page, webhook
 from reconciler.controller.metrics import Metrics
+from reconciler.errors import UserError
 
 log = logging.getLogger(__name__)
 
 MAX_HOOK_BODY = 5 * 1024 * 1024  # GitHub push payloads are far smaller
-REQUEST_TIMEOUT = 30.0  # seconds a client may take to send its request
-STOP_WITHIN = 0.1  # seconds: how often serve_forever looks for stop()
+HOOK_READERS = 4  # webhook bodies read at once, before their signature can be checked
+HOOK_TIMEOUT = 10.0  # seconds a webhook may take to get a reader and send its body
+IDLE_TIMEOUT = 15.0  # seconds a connection may take to send its headers, or sit idle
+BACKLOG = 1024  # connections the kernel queues before we accept them (capped by somaxconn)
+VIEW_THREADS = 4  # View calls that may touch the disk, at once
+STOP_WITHIN = 1.0  # seconds stop() gives requests in flight
 # The page has no scripts and no external assets, whatever a commit subject may contain.
 _PAGE_POLICY = "default-src 'none'; style-src 'unsafe-inline'; frame-ancestors 'none'"
 _CHALLENGE = ('Bearer realm="reconciler"', 'Basic realm="reconciler", charset="UTF-8"')
 
+T = TypeVar("T")
+
 
 class View(Protocol):
-    """What the HTTP side reads; the controller implements it (thread safe)."""
+    """What the HTTP side reads; the controller implements it (thread safe: all but
+    ready() and poke() are called from threads of the HTTP side's own)."""
 
     def deployments(self) -> list[dict[str, Any]]:
         """Each: the JSON `reconciler status --format json` prints, plus `"controller":
@@ -77,6 +104,10 @@ class View(Protocol):
     def history(self, name: str) -> list[dict[str, Any]] | None:
         """What `reconciler history --format json` prints (a list, newest first); None
         for an unknown deployment."""
+        ...
+
+    def instance_log(self, deployment: str, key: str) -> str | None:
+        """The tail of an instance's log; None for an unknown deployment or instance."""
         ...
 
     def ready(self) -> tuple[bool, str]:
@@ -98,46 +129,205 @@ class HttpSettings:
 
 
 class HttpServer:
+    """Serves in the running event loop between `await start()` and `await stop()`."""
+
     def __init__(self, view: View, settings: HttpSettings, metrics: Metrics) -> None:
         # An empty token or secret would let anyone in: refuse it rather than guess.
         if settings.api_token == "":
             raise ValueError("the API token is empty")
         if settings.webhook_secret == "":
             raise ValueError("the webhook secret is empty")
+        try:
+            self._bind = parse_listen(settings.listen)
+        except ValueError as e:
+            raise UserError(str(e)) from None
         self.view = view
         self.settings = settings
         self.metrics = metrics
-        self._bind = parse_listen(settings.listen)
-        self._server: _Server | None = None
-        self._thread: threading.Thread | None = None
+        self._hook_readers = asyncio.Semaphore(HOOK_READERS)
+        self._runner: web.AppRunner | None = None
+        self._pool: ThreadPoolExecutor | None = None
 
-    def start(self) -> None:
-        """Bind (OSError when the address is taken) and serve in a daemon thread."""
-        self._server = _Server(self._bind, self)
-        self._thread = threading.Thread(
-            target=self._server.serve_forever,
-            kwargs={"poll_interval": STOP_WITHIN},
-            name="reconciler-http",
-            daemon=True,
+    async def start(self) -> None:
+        """Bind and serve; a UserError saying what to do when the address is taken."""
+        app = web.Application(client_max_size=MAX_HOOK_BODY)
+        app.router.add_route("*", "/{path:.*}", self._serve)
+        runner = web.AppRunner(
+            app,
+            handle_signals=False,  # SIGTERM is the controller's
+            access_log=None,
+            logger=_ClientErrorsQuiet(log, {}),
+            keepalive_timeout=IDLE_TIMEOUT,  # also bounds the wait for a request's headers
+            shutdown_timeout=STOP_WITHIN,
         )
-        self._thread.start()
+        await runner.setup()
+        host, port = self._bind
+        try:
+            await web.TCPSite(runner, host or None, port, backlog=BACKLOG).start()
+        except OSError as e:
+            await runner.cleanup()
+            raise UserError(listen_error(self.settings.listen, e)) from None
+        self._runner = runner
+        self._pool = ThreadPoolExecutor(VIEW_THREADS, thread_name_prefix="reconciler-http")
 
     @property
     def address(self) -> tuple[str, int]:
-        if self._server is None:
+        if self._runner is None:
             raise RuntimeError("the HTTP server is not started")
-        host, port = self._server.server_address[:2]
+        host, port = self._runner.addresses[0][:2]
         return str(host), int(port)
 
-    def stop(self) -> None:
-        """Stop serving and close the socket; requests in flight finish in their threads."""
-        if self._server is None:
-            return
-        self._server.shutdown()
-        self._server.server_close()
-        if self._thread is not None:
-            self._thread.join()
-        self._server, self._thread = None, None
+    async def stop(self) -> None:
+        """Stop serving and close the socket, giving requests in flight STOP_WITHIN."""
+        if self._runner is not None:
+            await self._runner.cleanup()
+        if self._pool is not None:
+            self._pool.shutdown(wait=False, cancel_futures=True)
+        self._runner, self._pool = None, None
+
+    # --- requests ---------------------------------------------------------------------
+
+    async def _serve(self, request: web.Request) -> web.StreamResponse:
+        path = request.rel_url.raw_path
+        try:
+            response = await self._handle(request, path)
+        except Exception:
+            log.exception("HTTP %s %s failed", request.method, path)
+            response = _json(500, {"error": "internal error (see the controller's log)"})
+        out = web.Response(status=response.status, body=response.body)
+        out.headers["Content-Type"] = response.content_type
+        out.headers["Cache-Control"] = "no-store"
+        out.headers["X-Content-Type-Options"] = "nosniff"
+        out.headers["Server"] = "reconciler"
+        for name, value in response.headers:
+            out.headers.add(name, value)
+        return out
+
+    async def _handle(self, request: web.Request, path: str) -> _Response:
+        route = self._route([unquote(p) for p in path.split("/") if p], request)
+        if route is None:
+            return _json(404, {"error": f"no such path: {path}"})
+        allowed = route.methods + (("HEAD",) if "GET" in route.methods else ())
+        if request.method not in allowed:
+            return _json(
+                405,
+                {"error": f"{request.method} is not allowed here; use {', '.join(allowed)}"},
+                [("Allow", ", ".join(allowed))],
+            )
+        token = self.settings.api_token
+        given = request.headers.get("Authorization")
+        if route.protected and token is not None and not authorized(given, token):
+            challenge = [("WWW-Authenticate", c) for c in _CHALLENGE]
+            return _json(401, {"error": "a valid API token is required"}, challenge)
+        return await route.handle()
+
+    def _route(self, parts: list[str], request: web.Request) -> _Route | None:
+        view = self.view
+        match parts:
+            case []:
+                return _Route(("GET",), True, lambda: self._call(self._overview))
+            case ["healthz"]:
+                return _Route(("GET",), False, _healthy)
+            case ["readyz"]:
+                return _Route(("GET",), False, self._ready)
+            case ["metrics"]:
+                return _Route(("GET",), True, self._metrics)
+            case ["api", "deployments"]:
+                return _Route(("GET",), True, lambda: self._call(self._listed))
+            case ["api", "deployments", name]:
+                return _Route(
+                    ("GET",), True, lambda: self._call(lambda: _found(view.deployment(name), name))
+                )
+            case ["api", "deployments", name, "history"]:
+                return _Route(
+                    ("GET",), True, lambda: self._call(lambda: _found(view.history(name), name))
+                )
+            case ["api", "deployments", name, "instances", key, "log"]:
+                return _Route(("GET",), True, lambda: self._call(lambda: self._log(name, key)))
+            case ["deployments", name]:
+                return _Route(("GET",), True, lambda: self._call(lambda: self._detail(name)))
+            case ["hooks", "git"] if self.settings.webhook_secret is not None:
+                return _Route(("POST",), False, lambda: self._hook(request))
+        return None
+
+    async def _call(self, work: Callable[[], T]) -> T:
+        """Work that may touch the disk, in the HTTP side's own threads."""
+        return await asyncio.get_running_loop().run_in_executor(self._pool, work)
+
+    async def _ready(self) -> _Response:
+        ready, why = self.view.ready()
+        return _text(200 if ready else 503, why or ("ready" if ready else "not ready"))
+
+    async def _metrics(self) -> _Response:
+        body, content_type = self.metrics.render()
+        return _Response(200, body, content_type)
+
+    def _listed(self) -> _Response:
+        return _json(200, {"deployments": self.view.deployments()})
+
+    def _overview(self) -> _Response:
+        view = self.view
+        deployments = view.deployments()
+        histories = {
+            str(d.get("deployment")): _rows(view.history(str(d.get("deployment"))))
+            for d in deployments
+        }
+        text = page.overview(
+            deployments,
+            histories,
+            ready=view.ready(),
+            commit_url=self.settings.commit_url,
+            now=datetime.now(UTC),
+        )
+        return _html(200, text)
+
+    def _detail(self, name: str) -> _Response:
+        view = self.view
+        now = datetime.now(UTC)
+        deployment = view.deployment(name)
+        if deployment is None:
+            return _html(404, page.not_found(f"No deployment named {name!r}.", now))
+        text = page.detail(
+            deployment,
+            _rows(view.history(name)),
+            commit_url=self.settings.commit_url,
+            now=now,
+        )
+        return _html(200, text)
+
+    def _log(self, name: str, key: str) -> _Response:
+        text = self.view.instance_log(name, key)
+        if text is None:
+            return _json(404, {"error": f"no instance {key!r} in deployment {name!r}"})
+        return _Response(200, text.encode(), "text/plain; charset=utf-8")
+
+    async def _hook(self, request: web.Request) -> _Response:
+        secret = cast(str, self.settings.webhook_secret)  # routed only when set
+        length = request.content_length  # a malformed one never gets here: aiohttp says 400
+        if "chunked" in request.headers.get("Transfer-Encoding", "").lower() or length is None:
+            return _json(411, {"error": "send a Content-Length"})
+        if length > MAX_HOOK_BODY:
+            return _json(413, {"error": f"the body is larger than {MAX_HOOK_BODY} bytes"})
+        headers = dict(request.headers.items())
+        if not webhook.may_be_authentic(headers, secret):
+            return self._refused(request)
+        try:
+            async with asyncio.timeout(HOOK_TIMEOUT), self._hook_readers:
+                body = await request.read()
+        except TimeoutError:
+            return _json(408, {"error": f"the body took longer than {HOOK_TIMEOUT:.0f} s"})
+        forge = webhook.verify(headers, body, secret)
+        if forge is None:
+            return self._refused(request)
+        if request.headers.get("X-GitHub-Event") == "ping":
+            return _json(200, {"ok": True})
+        poked = self.view.poke(webhook.repo_urls(body))
+        log.debug("webhook from %s: %d loops poked", forge, poked)
+        return _json(202, {"poked": poked})
+
+    def _refused(self, request: web.Request) -> _Response:
+        log.warning("webhook from %s refused: signature or token missing or wrong", request.remote)
+        return _json(401, {"error": "signature or token missing or wrong"})
 
 
 def parse_listen(listen: str) -> tuple[str, int]:
@@ -148,8 +338,32 @@ def parse_listen(listen: str) -> tuple[str, int]:
     elif ":" in host:
         sep = ""  # a bare IPv6 address is ambiguous with its port
     if not sep or not (port.isascii() and port.isdigit()) or int(port) > 65535:
-        raise ValueError(f"listen address {listen!r}: expected host:port, e.g. 127.0.0.1:8430")
+        raise ValueError(
+            f"--listen {listen}: expected host:port, e.g. 127.0.0.1:8430 or [::1]:8430"
+        )
     return host, int(port)
+
+
+def listen_error(listen: str, error: OSError) -> str:
+    """Why `--listen` cannot be served, and what to do instead."""
+    if error.errno == errno.EADDRINUSE:
+        return (
+            f"--listen {listen}: something else already listens there; "
+            "stop it, or choose a free address with --listen HOST:PORT"
+        )
+    reason = (error.strerror or str(error)).lower()
+    return f"--listen {listen}: cannot listen there ({reason}); choose another with --listen"
+
+
+class _ClientErrorsQuiet(logging.LoggerAdapter[logging.Logger]):
+    """aiohttp logs a malformed request with a traceback at ERROR: it is the client's
+    problem, worth a debug line. Anything else stays an error."""
+
+    def exception(self, msg: object, *args: object, exc_info: Any = True, **kw: Any) -> None:
+        if isinstance(exc_info, HttpProcessingError):
+            self.debug("HTTP client %s: %s", args[0] if args else "?", exc_info.message)
+        else:
+            self.error(msg, *args, exc_info=exc_info, **kw)
 
 
 def authorized(header: str | None, token: str) -> bool:
@@ -168,7 +382,7 @@ def authorized(header: str | None, token: str) -> bool:
     return hmac.compare_digest(given.encode("utf-8", "replace"), token.encode())
 
 
-# --- the server -----------------------------------------------------------------------
+# --- responses ------------------------------------------------------------------------
 
 
 @dataclass
@@ -177,6 +391,13 @@ class _Response:
     body: bytes
     content_type: str
     headers: list[tuple[str, str]] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class _Route:
+    methods: tuple[str, ...]
+    protected: bool  # needs the API token when one is set
+    handle: Callable[[], Awaitable[_Response]]
 
 
 def _json(status: int, value: Any, headers: list[tuple[str, str]] | None = None) -> _Response:
@@ -196,192 +417,8 @@ def _html(status: int, text: str) -> _Response:
     return _Response(status, text.encode(), "text/html; charset=utf-8", headers)
 
 
-@dataclass(frozen=True)
-class _Route:
-    methods: tuple[str, ...]
-    protected: bool  # needs the API token when one is set
-    handle: Callable[[], _Response]
-
-
-class _Server(ThreadingHTTPServer):
-    daemon_threads = True  # a hung client never keeps the process alive
-
-    def __init__(self, address: tuple[str, int], owner: HttpServer) -> None:
-        self.owner = owner
-        self.address_family = socket.AF_INET6 if ":" in address[0] else socket.AF_INET
-        super().__init__(address, _Handler)
-
-    def server_bind(self) -> None:
-        # HTTPServer.server_bind resolves its own name (getfqdn), which can take seconds.
-        socketserver.TCPServer.server_bind(self)
-        host, port = self.server_address[:2]
-        self.server_name, self.server_port = str(host), int(port)
-
-
-class _Handler(BaseHTTPRequestHandler):
-    server_version = "reconciler"
-    sys_version = ""
-    timeout = REQUEST_TIMEOUT
-
-    def do_GET(self) -> None:
-        self._dispatch("GET")
-
-    def do_HEAD(self) -> None:
-        self._dispatch("HEAD")
-
-    def do_POST(self) -> None:
-        self._dispatch("POST")
-
-    def do_PUT(self) -> None:
-        self._dispatch("PUT")
-
-    def do_PATCH(self) -> None:
-        self._dispatch("PATCH")
-
-    def do_DELETE(self) -> None:
-        self._dispatch("DELETE")
-
-    def log_message(self, format: str, *args: Any) -> None:
-        """No access log; see the module docstring."""
-
-    def log_error(self, format: str, *args: Any) -> None:
-        # Malformed requests and timeouts: the client's problem, not worth a warning.
-        log.debug("HTTP client %s: " + format, self.client_address[0], *args)
-
-    @property
-    def _owner(self) -> HttpServer:
-        return cast(_Server, self.server).owner
-
-    def _dispatch(self, method: str) -> None:
-        path = urlsplit(self.path).path
-        try:
-            response = self._handle(method, path)
-        except Exception:
-            log.exception("HTTP %s %s failed", method, path)
-            response = _json(500, {"error": "internal error (see the controller's log)"})
-        try:
-            self.send_response(response.status)
-            self.send_header("Content-Type", response.content_type)
-            self.send_header("Content-Length", str(len(response.body)))
-            self.send_header("Cache-Control", "no-store")
-            self.send_header("X-Content-Type-Options", "nosniff")
-            for name, value in response.headers:
-                self.send_header(name, value)
-            self.end_headers()
-            if method != "HEAD":
-                self.wfile.write(response.body)
-        except ConnectionError:
-            pass  # the client went away; nothing to tell anyone
-
-    def _handle(self, method: str, path: str) -> _Response:
-        route = self._route([unquote(p) for p in path.split("/") if p])
-        if route is None:
-            return _json(404, {"error": f"no such path: {path}"})
-        allowed = route.methods + (("HEAD",) if "GET" in route.methods else ())
-        if method not in allowed:
-            return _json(
-                405,
-                {"error": f"{method} is not allowed here; use {', '.join(allowed)}"},
-                [("Allow", ", ".join(allowed))],
-            )
-        token = self._owner.settings.api_token
-        given = self.headers.get("Authorization")
-        if route.protected and token is not None and not authorized(given, token):
-            challenge = [("WWW-Authenticate", c) for c in _CHALLENGE]
-            return _json(401, {"error": "a valid API token is required"}, challenge)
-        return route.handle()
-
-    def _route(self, parts: list[str]) -> _Route | None:
-        view = self._owner.view
-        match parts:
-            case []:
-                return _Route(("GET",), True, self._overview)
-            case ["healthz"]:
-                return _Route(("GET",), False, lambda: _text(200, "ok"))
-            case ["readyz"]:
-                return _Route(("GET",), False, self._ready)
-            case ["metrics"]:
-                return _Route(("GET",), True, self._metrics)
-            case ["api", "deployments"]:
-                return _Route(
-                    ("GET",), True, lambda: _json(200, {"deployments": view.deployments()})
-                )
-            case ["api", "deployments", name]:
-                return _Route(("GET",), True, lambda: _found(view.deployment(name), name))
-            case ["api", "deployments", name, "history"]:
-                return _Route(("GET",), True, lambda: _found(view.history(name), name))
-            case ["deployments", name]:
-                return _Route(("GET",), True, lambda: self._detail(name))
-            case ["hooks", "git"] if self._owner.settings.webhook_secret is not None:
-                return _Route(("POST",), False, self._hook)
-        return None
-
-    def _ready(self) -> _Response:
-        ready, why = self._owner.view.ready()
-        return _text(200 if ready else 503, why or ("ready" if ready else "not ready"))
-
-    def _metrics(self) -> _Response:
-        body, content_type = self._owner.metrics.render()
-        return _Response(200, body, content_type)
-
-    def _overview(self) -> _Response:
-        view = self._owner.view
-        deployments = view.deployments()
-        histories = {
-            str(d.get("deployment")): _rows(view.history(str(d.get("deployment"))))
-            for d in deployments
-        }
-        text = page.overview(
-            deployments,
-            histories,
-            ready=view.ready(),
-            commit_url=self._owner.settings.commit_url,
-            now=datetime.now(UTC),
-        )
-        return _html(200, text)
-
-    def _detail(self, name: str) -> _Response:
-        view = self._owner.view
-        now = datetime.now(UTC)
-        deployment = view.deployment(name)
-        if deployment is None:
-            return _html(404, page.not_found(f"No deployment named {name!r}.", now))
-        text = page.detail(
-            deployment,
-            _rows(view.history(name)),
-            commit_url=self._owner.settings.commit_url,
-            now=now,
-        )
-        return _html(200, text)
-
-    def _hook(self) -> _Response:
-        secret = cast(str, self._owner.settings.webhook_secret)  # routed only when set
-        if "chunked" in self.headers.get("Transfer-Encoding", "").lower():
-            return _json(411, {"error": "send a Content-Length"})
-        try:
-            length = int(self.headers.get("Content-Length", ""))
-        except ValueError:
-            return _json(411, {"error": "send a Content-Length"})
-        if length < 0:
-            return _json(400, {"error": "bad Content-Length"})
-        if length > MAX_HOOK_BODY:
-            return _json(413, {"error": f"the body is larger than {MAX_HOOK_BODY} bytes"})
-        body = self.rfile.read(length)
-        if len(body) < length:
-            return _json(400, {"error": "the body is shorter than its Content-Length"})
-        headers = dict(self.headers.items())
-        forge = webhook.verify(headers, body, secret)
-        if forge is None:
-            log.warning(
-                "webhook from %s refused: signature or token missing or wrong",
-                self.client_address[0],
-            )
-            return _json(401, {"error": "signature or token missing or wrong"})
-        if self.headers.get("X-GitHub-Event") == "ping":
-            return _json(200, {"ok": True})
-        poked = self._owner.view.poke(webhook.repo_urls(body))
-        log.debug("webhook from %s: %d loops poked", forge, poked)
-        return _json(202, {"poked": poked})
+async def _healthy() -> _Response:
+    return _text(200, "ok")
 
 
 def _found(value: dict[str, Any] | list[dict[str, Any]] | None, name: str) -> _Response:

@@ -40,10 +40,25 @@ def verify(headers: Mapping[str, str], body: bytes, secret: str) -> str | None:
         expected = "sha256=" + hmac.new(key, body, hashlib.sha256).hexdigest()
         if hmac.compare_digest(_bytes(signature.strip().lower()), expected.encode()):
             return "github"
-    token = lowered.get("x-gitlab-token")
-    if token is not None and hmac.compare_digest(_bytes(token), key):
+    if _right_token(lowered, key):
         return "gitlab"
     return None
+
+
+def may_be_authentic(headers: Mapping[str, str], secret: str) -> bool:
+    """Whether a request is worth reading the body of: it carries the right GitLab token,
+    or a well-formed GitHub signature (which only the body can confirm)."""
+    if not secret:
+        return False
+    lowered = {name.lower(): value for name, value in headers.items()}
+    signature = lowered.get("x-hub-signature-256", "").strip().lower()
+    digest = signature.removeprefix("sha256=")
+    well_formed = (
+        signature.startswith("sha256=")
+        and len(digest) == 64
+        and all(c in "0123456789abcdef" for c in digest)
+    )
+    return well_formed or _right_token(lowered, secret.encode())
 
 
 def repo_urls(payload: bytes) -> list[str]:
@@ -68,9 +83,14 @@ def _parse(payload: bytes) -> dict[str, Any]:
         if text.startswith("payload="):  # GitHub's application/x-www-form-urlencoded
             text = parse_qs(text).get("payload", [""])[0]
         event = json.loads(text)
-    except (UnicodeDecodeError, ValueError):
+    except (UnicodeDecodeError, ValueError, RecursionError):  # too deep: unreadable too
         return {}
     return event if isinstance(event, dict) else {}
+
+
+def _right_token(lowered: Mapping[str, str], key: bytes) -> bool:
+    token = lowered.get("x-gitlab-token")
+    return token is not None and hmac.compare_digest(_bytes(token), key)
 
 
 def _bytes(header: str) -> bytes:
