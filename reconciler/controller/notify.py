@@ -214,7 +214,7 @@ class _Receiver:
         tries, problem = 0, "not tried"
         while True:
             if time.monotonic() > delivery.deadline:
-                self._lost(delivery, f"{tries} tries in {self.retry.within:g}s; last: {problem}")
+                self._lost(delivery, f"{tries} tries within {self.retry.within:g}s; last: {problem}")
                 return True
             tries += 1
             try:
@@ -227,7 +227,7 @@ class _Receiver:
                 problem = _describe(e)
             wait = backoff(self.retry, tries)
             if time.monotonic() + wait > delivery.deadline:  # no retry would start in time
-                self._lost(delivery, f"{tries} tries in {self.retry.within:g}s; last: {problem}")
+                self._lost(delivery, f"{tries} tries within {self.retry.within:g}s; last: {problem}")
                 return True
             if self.stopped.wait(wait):
                 return False
