@@ -6,10 +6,12 @@ Topology of one run (``TestHostNetwork``)::
     bridge rthb-<runid> 10.231.X.1/24 ---- veth rthv<runid>-<i> <-> eth0 10.231.X.(10+i)/24
                                                                    default via 10.231.X.1
 
-Every host runs ``/usr/sbin/sshd -D -e`` inside its network namespace plus private mount, UTS
-and PID namespaces: ``/var/lib`` is a bind mount of ``<workdir>/host<i>/var-lib`` (visible from
-the outside as ``TestHost.var_lib``), the hostname is ``host<i>`` and sshd is PID 1 of the host,
-so it reaps orphans and killing it takes every process of the host down with it.
+Every host is the product's namespace machine (``reconciler/provision/namespace_machine.py``,
+what a ``container`` machine is made of): ``/usr/sbin/sshd -D -e`` inside its network
+namespace plus private mount, UTS and PID namespaces: ``/var/lib`` is a bind mount of
+``<workdir>/host<i>/var-lib`` (visible from the outside as ``TestHost.var_lib``), the hostname
+is ``host<i>`` and sshd is PID 1 of the host, so it reaps orphans and killing it takes every
+process of the host down with it.
 
 ``/root`` and ``/tmp`` are private (empty) per host as well (``<workdir>/host<i>/root``,
 ``.../tmp``): logins then do not run the real root's ~/.bashrc (which may e.g. run pyenv and
@@ -39,7 +41,6 @@ import os
 import secrets
 import shutil
 import signal
-import socket
 import subprocess
 import time
 from collections.abc import Callable, Iterator
@@ -48,6 +49,8 @@ from pathlib import Path
 from typing import Any, ClassVar, NoReturn
 
 import pytest
+
+from reconciler.provision import namespace_machine as nm
 
 __all__ = [
     "REGISTRY_DIR",
@@ -64,7 +67,6 @@ __all__ = [
     "ssh_network_factory",
 ]
 
-SSHD = "/usr/sbin/sshd"
 REGISTRY_DIR = Path("/run/reconciler-testhosts")
 SUBNET_PREFIX = "10.231"
 FIRST_HOST_OCTET = 10
@@ -161,119 +163,14 @@ class TestHost:
 # small helpers
 
 
-def _ip(*args: str, stdin: str | None = None, check: bool = True) -> str:
-    result = subprocess.run(["ip", *args], input=stdin, capture_output=True, text=True, check=False)
-    if check and result.returncode != 0:
-        raise RuntimeError(
-            f"ip {' '.join(args)} failed ({result.returncode}): "
-            f"{result.stderr.strip()}\n{stdin or ''}"
-        )
-    return result.stdout
-
-
-def _proc_stat(pid: int) -> tuple[int, str, int] | None:
-    """(ppid, comm, starttime) of a process, or None if it is gone."""
-    try:
-        raw = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return None
-    comm = raw[raw.index("(") + 1 : raw.rindex(")")]
-    fields = raw[raw.rindex(")") + 2 :].split()
-    # fields[0] is field 3 (state) of proc(5): ppid is field 4, starttime field 22.
-    return int(fields[1]), comm, int(fields[19])
-
-
-def _comm(pid: int) -> str | None:
-    stat = _proc_stat(pid)
-    return stat[1] if stat else None
-
-
-def _all_pids() -> list[int]:
-    return [int(name) for name in os.listdir("/proc") if name.isdigit()]
-
-
 def _pid_alive(pid: int, starttime: int | None) -> bool:
-    stat = _proc_stat(pid)
+    stat = nm.proc_stat(pid)
     try:
         if stat is None or Path(f"/proc/{pid}/cmdline").read_bytes() == b"":  # gone/zombie
             return False
     except OSError:
         return False
     return starttime is None or stat[2] == starttime
-
-
-def _pids_in_netns(netns: str) -> list[int]:
-    try:
-        ns = os.stat(f"/run/netns/{netns}")
-    except OSError:
-        return []
-    found = []
-    for pid in _all_pids():
-        try:
-            st = os.stat(f"/proc/{pid}/ns/net")
-        except OSError:
-            continue
-        if (st.st_dev, st.st_ino) == (ns.st_dev, ns.st_ino):
-            found.append(pid)
-    return found
-
-
-def _pids_with_cmdline(fragment: str) -> list[int]:
-    needle = fragment.encode()
-    found = []
-    for pid in _all_pids():
-        if pid == os.getpid():
-            continue
-        try:
-            if needle in Path(f"/proc/{pid}/cmdline").read_bytes():
-                found.append(pid)
-        except OSError:
-            continue
-    return found
-
-
-def _kill(pids: list[int]) -> None:
-    for pid in pids:
-        with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.kill(pid, signal.SIGKILL)
-
-
-def _kill_netns_processes(netns: str, timeout: float = 5.0) -> None:
-    # spare `unshare` in the first round: it exits by itself once its child (sshd) is gone
-    _kill([pid for pid in _pids_in_netns(netns) if _comm(pid) != "unshare"])
-    grace = time.monotonic() + 0.2
-    while _pids_in_netns(netns) and time.monotonic() < grace:
-        time.sleep(0.01)
-    deadline = time.monotonic() + timeout
-    while pids := _pids_in_netns(netns):
-        _kill(pids)
-        if time.monotonic() > deadline:
-            raise RuntimeError(f"processes in netns {netns} survive SIGKILL: {pids}")
-        time.sleep(0.01)
-
-
-def _probe_ssh(address: str, port: int, timeout: float = 0.5) -> bool:
-    """True if an SSH server answers with its banner on address:port."""
-    try:
-        with socket.create_connection((address, port), timeout=timeout) as sock:
-            sock.settimeout(timeout)
-            return sock.recv(4).startswith(b"SSH-")
-    except OSError:
-        return False
-
-
-def _keygen(path: Path, comment: str) -> str:
-    """Generate an ed25519 key without passphrase; return "ssh-ed25519 AAAA..." (no comment)."""
-    for stale in (path, path.with_name(path.name + ".pub")):
-        stale.unlink(missing_ok=True)
-    subprocess.run(
-        ["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", comment, "-f", str(path)],
-        stdin=subprocess.DEVNULL,
-        capture_output=True,
-        check=True,
-    )
-    key_type, key, *_ = path.with_name(path.name + ".pub").read_text().split()
-    return f"{key_type} {key}"
 
 
 def _write_atomic(path: Path, text: str) -> None:
@@ -302,8 +199,8 @@ def _environment_problem() -> str | None:
         return "needs Linux network namespaces (/proc/self/ns/net missing)"
     if os.geteuid() != 0:
         return "needs root (creates network namespaces, veths and a bridge); run as root"
-    if not os.access(SSHD, os.X_OK):
-        return f"{SSHD} not found (apt-get install openssh-server)"
+    if not os.access(nm.SSHD, os.X_OK):
+        return f"{nm.SSHD} not found (apt-get install openssh-server)"
     for tool, package in (
         ("ip", "iproute2"),
         ("unshare", "util-linux"),
@@ -381,13 +278,13 @@ def _runid_of(name: str, prefix: str) -> str | None:
 def _our_objects() -> tuple[dict[str, list[str]], dict[str, list[str]]]:
     """Netns names and link names that look like ours, grouped by runid."""
     netns: dict[str, list[str]] = {}
-    for line in _ip("netns", "list").splitlines():
+    for line in nm.ip("netns", "list").splitlines():
         name = line.split()[0] if line.split() else ""
         runid = _runid_of(name, _NETNS_PREFIX)
         if runid:
             netns.setdefault(runid, []).append(name)
     links: dict[str, list[str]] = {}
-    for line in _ip("-o", "link", "show").splitlines():
+    for line in nm.ip("-o", "link", "show").splitlines():
         parts = line.split(":", 2)
         if len(parts) < 2:
             continue
@@ -400,17 +297,18 @@ def _our_objects() -> tuple[dict[str, list[str]], dict[str, list[str]]]:
 
 def _destroy_run(runid: str, netns: list[str], links: list[str]) -> list[str]:
     removed: list[str] = []
+    marker = f"{REGISTRY_DIR}/{runid}/"
     for ns in netns:
-        _kill_netns_processes(ns)
+        nm.kill_machine(ns, marker)
     # sshds whose netns name is gone already (e.g. deleted by hand)
-    pids = _pids_with_cmdline(f"{REGISTRY_DIR}/{runid}/")
-    _kill(pids)
+    pids = nm.pids_with(marker)
+    nm.kill(pids)
     removed += [f"process {pid}" for pid in pids]
     # veths before netns: deleting the netns would delete them only asynchronously
     commands = [f"link del {name}" for name in sorted(links, key=lambda n: n.startswith("rthb"))]
     commands += [f"netns del {ns}" for ns in netns]
     if commands:
-        _ip("-force", "-batch", "-", stdin="\n".join(commands) + "\n", check=False)
+        nm.ip("-force", "-batch", "-", stdin="\n".join(commands) + "\n", check=False)
     removed += [f"link {name}" for name in links] + [f"netns {ns}" for ns in netns]
     shutil.rmtree(REGISTRY_DIR / runid, ignore_errors=True)
     (REGISTRY_DIR / f"{runid}.json").unlink(missing_ok=True)
@@ -530,11 +428,11 @@ class TestHostNetwork:
 
     def cut(self, host: TestHost) -> None:
         """Take the host's link down: packets to/from it are dropped (connections hang)."""
-        _ip("link", "set", self._state(host).veth, "down")
+        nm.ip("link", "set", self._state(host).veth, "down")
 
     def restore(self, host: TestHost) -> None:
         """Undo ``cut``; returns once the host's sshd is reachable again."""
-        _ip("link", "set", self._state(host).veth, "up")
+        nm.ip("link", "set", self._state(host).veth, "up")
         self._wait_ready([self._state(host)])
 
     def throttle(self, host: TestHost, rate: str | None) -> None:
@@ -569,7 +467,7 @@ class TestHostNetwork:
         New connections are accepted as before."""
         state = self._state(host)
         listener = self._listener_pid(state)
-        table = {pid: stat for pid in _all_pids() if (stat := _proc_stat(pid)) is not None}
+        table = {pid: stat for pid in nm.all_pids() if (stat := nm.proc_stat(pid)) is not None}
         children: dict[int, list[int]] = {}
         for pid, (ppid, _, _) in table.items():
             children.setdefault(ppid, []).append(pid)
@@ -580,7 +478,7 @@ class TestHostNetwork:
             if table[pid][1] == "sshd":
                 victims.append(pid)
             todo.extend(children.get(pid, []))
-        _kill(victims)
+        nm.kill(victims)
 
     def close(self) -> None:
         """Tear everything down (processes, mounts, netns, veths, bridge, registry entry).
@@ -623,17 +521,12 @@ class TestHostNetwork:
         Path("/run/sshd").mkdir(mode=0o755, exist_ok=True)  # sshd privilege separation dir
         cleanup_stale()
         self._register()
-        pubkey = _keygen(self.identity_file, f"testhosts-{self.runid}")
+        pubkey = nm.keygen(self.identity_file, f"testhosts-{self.runid}")
         self.authorized_keys_file.write_text(pubkey + "\n")
         self.known_hosts_file.write_text("")
         mac = "02:72:74:" + ":".join(self.runid[i : i + 2] for i in range(0, 6, 2))
-        # fixed MAC: a bridge otherwise takes the lowest port MAC, which changes on add_host
-        # and leaves stale ARP entries for the gateway address in the hosts.
-        _ip("-batch", "-", stdin=(
-            f"link add {self.bridge} address {mac} type bridge\n"
-            f"addr add {self.bridge_address}/24 dev {self.bridge}\n"
-            f"link set {self.bridge} up\n"
-        ))  # fmt: skip
+        lines = nm.bridge_commands(self.bridge, mac, f"{self.bridge_address}/24")
+        nm.ip("-batch", "-", stdin="\n".join(lines) + "\n")
         if count:
             self._start_hosts(list(range(1, count + 1)))
         else:
@@ -654,7 +547,7 @@ class TestHostNetwork:
                     break
             else:
                 raise RuntimeError(f"no free subnet in {SUBNET_PREFIX}.0.0/16")
-            stat = _proc_stat(os.getpid())
+            stat = nm.proc_stat(os.getpid())
             entry = {
                 "pid": os.getpid(),
                 "starttime": stat[2] if stat else None,
@@ -679,24 +572,14 @@ class TestHostNetwork:
         # root namespace side in one ip process (also avoids racing `ip netns add`s)
         lines: list[str] = []
         for st in states:
-            lines += [
-                f"netns add {st.host.netns}",
-                f"link add {st.veth} type veth peer name eth0 netns {st.host.netns}",
-                f"link set {st.veth} master {self.bridge}",
-                f"link set {st.veth} up",
-            ]
+            lines += nm.veth_commands(st.host.netns, st.veth, self.bridge)
         self._states += states
         for st in states:
             _NETWORKS[st.host.netns] = self
-        _ip("-batch", "-", stdin="\n".join(lines) + "\n")
+        nm.ip("-batch", "-", stdin="\n".join(lines) + "\n")
 
         def configure(st: _HostState) -> None:
-            _ip("-n", st.host.netns, "-batch", "-", stdin=(
-                f"addr add {st.host.address}/24 dev eth0\n"
-                "link set lo up\n"
-                "link set eth0 up\n"
-                f"route add default via {self.bridge_address}\n"
-            ))  # fmt: skip
+            nm.configure_eth0(st.host.netns, f"{st.host.address}/24", self.bridge_address)
 
         with concurrent.futures.ThreadPoolExecutor(max_workers=workers) as pool:
             list(pool.map(configure, states))
@@ -720,28 +603,17 @@ class TestHostNetwork:
         sshd_dir = self.run_dir / name
         sshd_dir.mkdir(mode=0o700, exist_ok=True)
         address = f"{SUBNET_PREFIX}.{self.subnet}.{FIRST_HOST_OCTET + index}"
-        host_key = _keygen(sshd_dir / "ssh_host_ed25519_key", f"root@{name}")
+        host_key = nm.keygen(sshd_dir / "ssh_host_ed25519_key", f"root@{name}")
         config = sshd_dir / "sshd_config"
         config.write_text(
-            f"# test host {name} of run {self.runid}, workdir {self.workdir}\n"
-            "Port 22\n"
-            f"ListenAddress {address}\n"
-            f"HostKey {sshd_dir}/ssh_host_ed25519_key\n"
-            f"PidFile {sshd_dir}/sshd.pid\n"
-            f"AuthorizedKeysFile {self.authorized_keys_file}\n"
-            "PermitRootLogin prohibit-password\n"
-            "PubkeyAuthentication yes\n"
-            "PasswordAuthentication no\n"
-            "KbdInteractiveAuthentication no\n"
-            "UsePAM no\n"
-            "StrictModes no\n"
-            "UseDNS no\n"
-            "PrintMotd no\n"
-            "PrintLastLog no\n"
-            "X11Forwarding no\n"
-            "MaxStartups 100:30:200\n"
-            "MaxSessions 10\n"
-            "Subsystem sftp internal-sftp\n"
+            nm.sshd_config(
+                f"test host {name} of run {self.runid}, workdir {self.workdir}",
+                address,
+                22,
+                host_key=sshd_dir / "ssh_host_ed25519_key",
+                authorized_keys=self.authorized_keys_file,
+                pid_file=sshd_dir / "sshd.pid",
+            )
         )
         host = TestHost(
             name=name,
@@ -769,26 +641,11 @@ class TestHostNetwork:
         ]
         # the bind that hides workdir (if it is below /tmp, /root or /var/lib) must come last
         binds.sort(key=lambda b: self.workdir.is_relative_to(b[1]))
-        script = (
-            # keep other netns files from being pinned by this mount namespace
-            "umount -l /run/netns 2>/dev/null; "
-            'mount --bind "$1" "$2" && mount --bind "$3" "$4" && mount --bind "$5" "$6" '
-            f'&& echo "$7" > /proc/sys/kernel/hostname && exec {SSHD} -D -e -f "$8"'
-        )
+        argv = nm.sshd_pid1_argv(st.host.netns, binds, st.host.name, st.config)
         with open(st.host.sshd_log, "ab") as log:
             return subprocess.Popen(
-                [
-                    "ip", "netns", "exec", st.host.netns,
-                    "unshare", "--mount", "--uts", "--pid", "--fork", "--mount-proc",
-                    "--propagation", "private",
-                    "sh", "-c", script, "sh", *(str(p) for b in binds for p in b),
-                    st.host.name, str(st.config),
-                ],
-                stdin=subprocess.DEVNULL,
-                stdout=log,
-                stderr=log,
-                start_new_session=True,
-            )  # fmt: skip
+                argv, stdin=subprocess.DEVNULL, stdout=log, stderr=log, start_new_session=True
+            )
 
     def _wait_ready(self, states: list[_HostState]) -> None:
         deadline = time.monotonic() + READY_TIMEOUT
@@ -798,16 +655,16 @@ class TestHostNetwork:
                 if st.proc is not None and st.proc.poll() is not None:
                     raise RuntimeError(
                         f"sshd of {st.host.name} exited with {st.proc.returncode}:\n"
-                        + _tail(st.host.sshd_log)
+                        + nm.tail(st.host.sshd_log)
                     )
-                if _probe_ssh(st.host.address, st.host.port, timeout=0.25):
+                if nm.answers_ssh(st.host.address, st.host.port, 0, attempt=0.25):
                     pending.remove(st)
             if pending:
                 if time.monotonic() > deadline:
                     names = ", ".join(st.host.name for st in pending)
                     raise RuntimeError(
                         f"sshd of {names} not reachable after {READY_TIMEOUT:.0f} s:\n"
-                        + _tail(pending[0].host.sshd_log)
+                        + nm.tail(pending[0].host.sshd_log)
                     )
                 time.sleep(0.01)
 
@@ -866,28 +723,26 @@ class TestHostNetwork:
     # -- teardown and lookups -------------------------------------------------------------------
 
     def _stop_sshd(self, st: _HostState) -> None:
-        if st.proc is not None and st.proc.poll() is None:
-            # sshd is PID 1 of the host: its death kills every process of the host. Kill it
-            # first so that `unshare` reaps it and exits (killing both at once would leave a
-            # zombie where PID 1 of the machine does not reap orphans, e.g. in containers).
+        # sshd first: as PID 1 of the host its death kills every process of the host, and
+        # `unshare` reaps it and exits (killing both at once would leave a zombie where PID 1
+        # of the machine does not reap orphans, e.g. in containers); then anything else that
+        # entered the netns (e.g. `ip netns exec` from a test)
+        nm.kill_machine(st.host.netns, f"{st.config.parent}/")
+        if st.proc is not None:
             try:
-                _kill([self._listener_pid(st)])
                 st.proc.wait(timeout=5)
-            except (RuntimeError, subprocess.TimeoutExpired):
+            except subprocess.TimeoutExpired:
                 with contextlib.suppress(ProcessLookupError):
                     os.killpg(st.proc.pid, signal.SIGKILL)
                 st.proc.wait(timeout=10)
-        # anything else that entered the netns (e.g. `ip netns exec` from a test)
-        _kill_netns_processes(st.host.netns)
 
     def _listener_pid(self, st: _HostState) -> int:
         if st.proc is None or st.proc.poll() is not None:
             raise RuntimeError(f"sshd of {st.host.name} is not running")
-        for pid in _all_pids():
-            stat = _proc_stat(pid)
-            if stat is not None and stat[0] == st.proc.pid and stat[1] == "sshd":
-                return pid
-        raise RuntimeError(f"sshd listener of {st.host.name} not found")
+        pid = nm.listener_pid(st.host.netns, st.config)
+        if pid is None:
+            raise RuntimeError(f"sshd listener of {st.host.name} not found")
+        return pid
 
     def _state(self, host: TestHost) -> _HostState:
         self._check_open()
@@ -903,23 +758,16 @@ class TestHostNetwork:
 
 def _networks_in_use() -> list[ipaddress.IPv4Network]:
     nets: list[ipaddress.IPv4Network] = []
-    for line in _ip("-o", "-4", "addr", "show").splitlines():
+    for line in nm.ip("-o", "-4", "addr", "show").splitlines():
         parts = line.split()
         if "inet" in parts:
             nets.append(ipaddress.IPv4Interface(parts[parts.index("inet") + 1]).network)
-    for line in _ip("-4", "route", "show", "table", "all").splitlines():
+    for line in nm.ip("-4", "route", "show", "table", "all").splitlines():
         dest = line.split()[0] if line.split() else ""
         if dest and dest[0].isdigit():
             with contextlib.suppress(ValueError):
                 nets.append(ipaddress.IPv4Network(dest, strict=False))
     return nets
-
-
-def _tail(path: Path, lines: int = 20) -> str:
-    try:
-        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
-    except OSError:
-        return f"({path} unreadable)"
 
 
 # --------------------------------------------------------------------------------------------

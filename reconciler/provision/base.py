@@ -10,10 +10,12 @@ finds its machine again instead of making a second one.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
-from reconciler.desired.state import DesiredMachine
 from reconciler.errors import UserError
+
+if TYPE_CHECKING:  # only stdlib at run time: scripts/testhosts runs on the system python
+    from reconciler.desired.state import DesiredMachine
 
 # States a provisioner reports (EC2's own instance states, plus ours)
 RUNNING = "running"
