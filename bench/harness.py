@@ -392,6 +392,12 @@ def last_attempt(state: Path, deployment: str, sha: str | None = None) -> Attemp
     )
 
 
+def agent_script() -> Path | None:
+    """The agent's script in the measured reconciler/, which a machine runs with python3."""
+    path = measured_package() / "activation" / "agent.py"
+    return path if path.is_file() else None
+
+
 def desired_machine(name: str, target_env: str, address: str | None, provider: Any) -> Any:
     from reconciler.desired.state import DesiredMachine
 
