@@ -14,10 +14,13 @@ drop a repeat.
 
 `send` never blocks: it appends to a queue per URL, and a thread per URL delivers in
 order, retrying a receiver that is down, times out or answers 408, 429 or 5xx with
-exponential backoff (±10 % jitter) until `Retry.within` seconds after the event was sent.
-An event that cannot be delivered within that bound, one refused with another status,
-and those still queued when the controller stops are each reported on stderr (the
-URL's scheme and host only: a Slack URL's path is its secret).
+exponential backoff (±10 % jitter; by default 2 s doubling up to 60 s, each POST timing
+out after 10 s) until `Retry.within` seconds (default 10 min) after the event was sent.
+An event that cannot be delivered within that bound, one refused with another status
+(3xx included: a POST is not followed), the oldest waiting one when more than `limit`
+(default 1000) wait for one URL, and those still queued when the controller stops are
+each reported on stderr (the URL's scheme and host only: a Slack URL's path is its
+secret), naming the event.
 
 Why threads and urllib: no HTTP client is among our dependencies, a POST every few
 minutes needs none, and a thread per receiver cannot hold up the controller's event loop,
@@ -108,13 +111,17 @@ def backoff(retry: Retry, tries: int) -> float:
 def shown(url: str) -> str:
     """A URL as the log may show it: scheme and host, never credentials or the path."""
     parts = urlsplit(url)
-    return f"{parts.scheme}://{parts.hostname}{f':{parts.port}' if parts.port else ''}/…"
+    return f"{parts.scheme}://{parts.netloc.rpartition('@')[2]}/…"
 
 
 def check_url(url: str) -> str:
     parts = urlsplit(url)
     if parts.scheme not in ("http", "https") or not parts.hostname:
         raise UserError(f"--notify {shown(url)}: not an http:// or https:// URL")
+    try:
+        parts.port  # noqa: B018 (parsing it is the check)
+    except ValueError:
+        raise UserError(f"--notify {shown(url)}: the port is not a number") from None
     return url
 
 
@@ -174,8 +181,13 @@ class _Receiver:
 
     def put(self, delivery: _Delivery) -> None:
         with self.changed:
+            if self.closing:
+                self._lost(delivery, "the controller is stopping")
+                return
             if len(self.queue) >= self.limit:
-                self._lost(self.queue.popleft(), f"more than {self.limit} events are waiting")
+                # The oldest waiting event: the head may be in flight.
+                self._lost(self.queue[1], f"more than {self.limit} events are waiting")
+                del self.queue[1]
             self.queue.append(delivery)
             self.changed.notify()
 
@@ -211,11 +223,11 @@ class _Receiver:
 
     def _deliver(self, delivery: _Delivery) -> bool:
         """Try until delivered, refused or past the bound; False when stopped first."""
-        tries, problem = 0, "not tried"
+        if time.monotonic() > delivery.deadline:
+            self._lost(delivery, f"not tried within {self.retry.within:g}s, behind earlier events")
+            return True
+        tries = 0
         while True:
-            if time.monotonic() > delivery.deadline:
-                self._lost(delivery, f"{tries} tries within {self.retry.within:g}s; last: {problem}")
-                return True
             tries += 1
             try:
                 self._post(delivery)
@@ -227,7 +239,8 @@ class _Receiver:
                 problem = _describe(e)
             wait = backoff(self.retry, tries)
             if time.monotonic() + wait > delivery.deadline:  # no retry would start in time
-                self._lost(delivery, f"{tries} tries within {self.retry.within:g}s; last: {problem}")
+                within = self.retry.within
+                self._lost(delivery, f"{tries} tries within {within:g}s; last: {problem}")
                 return True
             if self.stopped.wait(wait):
                 return False
@@ -247,7 +260,7 @@ class _Receiver:
         except urllib.error.HTTPError as e:
             e.close()
             if e.code not in RETRYABLE_STATUS:
-                raise _Refused(f"{shown(self.url)} answered {e.code} {e.reason}") from None
+                raise _Refused(f"answered {e.code} {e.reason}") from None
             raise
 
     def _lost(self, delivery: _Delivery, why: str) -> None:
@@ -274,11 +287,11 @@ class Notifier:
         limit: int = 1000,
         log: Callable[[str], None] = stderr_line,
     ) -> None:
+        if limit < 2:
+            raise ValueError("a notification queue holds at least 2 events")
         self._retry = retry or Retry()
-        self._receivers = [
-            _Receiver(check_url(url), secret, self._retry, limit, log)
-            for url in dict.fromkeys(urls)
-        ]
+        checked = [check_url(url) for url in dict.fromkeys(urls)]  # before any thread starts
+        self._receivers = [_Receiver(url, secret, self._retry, limit, log) for url in checked]
 
     def send(self, event: Event) -> None:
         """Queue the event for every URL and return at once (from any thread)."""

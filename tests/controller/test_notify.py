@@ -186,7 +186,8 @@ def test_a_refused_event_is_reported_and_not_retried() -> None:
         time.sleep(0.5)  # longer than a few backoffs
         notifier.close()
         assert len(receiver.requests) == 1
-    assert len(lines) == 1 and "answered 400 Bad Request" in lines[0]
+    assert len(lines) == 1
+    assert f"gave up on {receiver.url.rsplit('/', 2)[0]}/… (answered 400 Bad Request)" in lines[0]
 
 
 def test_what_is_still_queued_at_shutdown_is_reported() -> None:
@@ -200,6 +201,21 @@ def test_what_is_still_queued_at_shutdown_is_reported() -> None:
     assert time.monotonic() - started < 1.5
     assert len(lines) == 2
     assert all("the controller is stopping" in line for line in lines)
+
+
+def test_a_full_queue_drops_its_oldest_waiting_event_and_says_so() -> None:
+    lines: list[str] = []
+    url = f"http://127.0.0.1:{free_port()}/hooks/reconciler"
+    notifier = Notifier([url], None, Retry(first=5.0, within=60.0), limit=2, log=lines.append)
+    for generation in range(3):
+        notifier.send(Event("local", "failed", generation=generation))
+    shown = url.rsplit("/", 2)[0] + "/…"
+    assert lines == [
+        f"notify: gave up on {shown} (more than 2 events are waiting): "
+        "reconciler: local: failed, generation 1"
+    ]
+    notifier.close(grace=0)
+    assert [line.rsplit(" ", 1)[1] for line in lines[1:]] == ["0", "2"]  # reported once each
 
 
 def test_the_event_loop_is_not_held_up_by_a_receiver_that_hangs() -> None:
@@ -237,7 +253,16 @@ def test_aclose_waits_for_what_is_queued() -> None:
         assert len(receiver.requests) == 1
 
 
-@pytest.mark.parametrize("url", ["ftp://example.test/x", "hooks.example.test/x", "http://"])
-def test_a_url_that_is_not_http_is_refused(url: str) -> None:
-    with pytest.raises(UserError, match="not an http:// or https:// URL"):
+@pytest.mark.parametrize(
+    ("url", "problem"),
+    [
+        ("ftp://example.test/x", "not an http:// or https:// URL"),
+        ("hooks.example.test/x", "not an http:// or https:// URL"),
+        ("http://", "not an http:// or https:// URL"),
+        ("https://example.test:443x/secret", "the port is not a number"),
+    ],
+)
+def test_a_url_that_cannot_be_posted_to_is_refused(url: str, problem: str) -> None:
+    with pytest.raises(UserError, match=problem) as refused:
         Notifier([url])
+    assert "secret" not in str(refused.value)
