@@ -1,24 +1,56 @@
 """The status page: HTML rendered from the same JSON dicts the API serves, so what a
 person sees and what a script reads never disagree, and tests need no controller.
 
-Every value is escaped: subjects, authors and messages come from commits and machines.
-No scripts, no external assets (the HTTP side forbids both with a Content-Security-Policy);
-the page reloads itself every few seconds. Missing keys render as "–", so a deployment
-the controller knows little about yet still shows.
+Jinja2 templates (`templates/`) with autoescape: subjects, authors, messages and names
+come from commits and machines. Each deployment is drawn as a picture (inline SVG laid
+out by `picture.py`: machines as boxes, instances inside by dependency depth, coloured
+by state and health), then its tables. No scripts, no external assets (the HTTP side
+forbids both with a Content-Security-Policy); the page reloads itself every few seconds.
+Missing keys render as "–", so a deployment the controller knows little about yet still
+shows.
+
+What the page reads of a deployment document (`status --format json` plus the
+controller's object); the fields marked *optional* are drawn when present:
+
+- `deployment`, `recorded`, `conditions[]` (`type`, `status`, `reason`, `message`,
+  `lastTransitionTime`), `lastAppliedRevision`, `lastAttemptedRevision`;
+  `generation` (`number`, `subject`, `author`, `appliedAt`);
+  `lastAttempt` (`id`, `status`, `reason`, `commit`, `subject`, `finishedAt`, `changes`).
+- `machines[]`: `name`, `targetEnv`, `address`, `reachable`, `error`, `generation`,
+  `commit`; *optional* `failed` (bool) and `failedSince` (ISO time) of SPEC §10.
+- `instances[]`: `key`, `service`, `machine`, `type`, `port`, `state`, `healthy`,
+  `pid`; *optional* `dependsOn` (the service names it depends on: the picture's
+  columns and arrows; without them the instances stand in a grid) and `rollout`
+  (`{"batch": i, "batches": n, "phase": "waiting" | "replacing" | "ready"}`, SPEC §9).
+- `controller`: `autoApply`, `selfHeal`, `paused`, `nextPollIn`, `backoffUntil`,
+  `lastError`, `trackedBranch`, `head`; *optional* `lastPlan`: the plan text
+  (`reconciler plan`) of the commit that last failed or was refused. Without it a
+  failed commit shows its reason and its attempt's summary (the history row's
+  `summary`), and says that the plan was not recorded.
+
+A history row (`history --format json`) gives `generation`, `time`, `commit`,
+`author`, `subject`, `result`, `changes`, `reason`, `attempt` and `summary`.
 """
 
 from __future__ import annotations
 
-import html
 import re
 from collections.abc import Mapping
+from dataclasses import dataclass
 from datetime import UTC, datetime
+from functools import cache
 from typing import Any
 from urllib.parse import quote
+
+from jinja2 import Environment, PackageLoader
+
+from reconciler.controller.picture import NODE_H, NODE_W, Node, Picture, draw, log_url
 
 REFRESH_SECONDS = 5
 RECENT_ATTEMPTS = 5  # history rows per deployment on the overview; the detail page shows all
 CLIP = 120  # characters of a message shown in a table cell (all of it in the tooltip)
+# Of a failure's reason on the overview (the detail page shows all of it):
+CLIP_LINES, CLIP_CHARS = 4, 360
 SHORT_SHA = 12
 _SHA = re.compile(r"[0-9a-f]{7,64}")  # only such values become links
 
@@ -29,37 +61,98 @@ _RESULT_CLASS = {
     "applied": "good",
     "running": "busy",
     "not_applied": "muted",
-}  # else bad
+}  # else bad: a last attempt with such a result is a commit that failed
+_REFUSALS = {"UntrustedCommit": "refused", "NotADescendant": "refused", "InvalidModels": "invalid"}
+_VERBS = {
+    "rolled_back": "was rolled back",
+    "refused": "was refused",
+    "invalid": "has invalid models",
+    "stalled": "stalled: its rollback failed",
+}
+# A plan summary's counts in words, in the order a person reads them.
+_SUMMARY = (
+    ("machinesToCreate", "create {} machine(s)"),
+    ("machinesToReplace", "replace {} machine(s)"),
+    ("machinesToDestroy", "destroy {} machine(s)"),
+    ("toActivate", "start {} instance(s)"),
+    ("toReplace", "replace {} instance(s)"),
+    ("toDeactivate", "stop {} instance(s)"),
+    ("stateMoves", "move the state of {}"),
+    ("pathsToTransfer", "transfer {} store path(s)"),
+    ("unchanged", "leave {} unchanged"),
+)
+# What each tone of the picture means, for the legend (only tones drawn are listed).
+_LEGEND = (
+    ("good", "healthy / active"),
+    ("busy", "being replaced"),
+    ("wait", "waiting for its batch"),
+    ("warn", "drifted"),
+    ("bad", "dead or failing"),
+    ("muted", "unknown"),
+)
 
-_CSS = """
-body{font:13px/1.45 system-ui,-apple-system,"Segoe UI",Roboto,sans-serif;color:#1f2328;
- background:#fff;margin:0 auto;padding:10px 20px 24px;max-width:1500px}
-header{display:flex;align-items:baseline;gap:14px;border-bottom:2px solid #d0d7de;
- padding-bottom:6px}
-h1{font-size:19px;margin:0}
-h2{font-size:16px;margin:0 0 4px;display:flex;align-items:center;gap:8px}
-h3{font-size:12px;text-transform:uppercase;letter-spacing:.04em;color:#57606a;margin:10px 0 2px}
-a{color:#0550ae;text-decoration:none}a:hover{text-decoration:underline}
-table{border-collapse:collapse;width:100%;margin:2px 0 4px}
-th,td{text-align:left;padding:2px 8px;border-bottom:1px solid #e1e4e8;vertical-align:top}
-th{font-weight:600;color:#57606a;background:#f6f8fa;white-space:nowrap}
-td.n,th.n{text-align:right}
-code,.mono{font-family:ui-monospace,SFMono-Regular,Menlo,Consolas,monospace;font-size:12px}
-section{border:1px solid #d0d7de;border-radius:6px;padding:8px 14px 6px;margin:14px 0}
-p{margin:3px 0}
-pre{white-space:pre-wrap;word-break:break-word;margin:4px 0;padding:6px 8px;
- background:#fff5f5;border:1px solid #ffcecb;border-radius:4px;font-size:12px}
-.pill{display:inline-block;padding:0 7px;border-radius:9px;font-size:12px;font-weight:600;
- border:1px solid;white-space:nowrap}
-.good{color:#116329}.pill.good{background:#dafbe1;border-color:#4ac26b}
-.bad{color:#a40e26}.pill.bad{background:#ffebe9;border-color:#ff8182}
-.warn{color:#7d4e00}.pill.warn{background:#fff8c5;border-color:#d4a72c}
-.busy{color:#0550ae}.pill.busy{background:#ddf4ff;border-color:#54aeff}
-.muted{color:#6e7781}.pill.muted{background:#f6f8fa;border-color:#d0d7de}
-.facts{color:#424a53}time{white-space:nowrap}.msg{overflow-wrap:anywhere}
-.whole{white-space:pre-wrap}.subject{min-width:18em}
-footer{margin-top:16px;color:#6e7781;font-size:12px}
-"""
+
+@dataclass(frozen=True)
+class Pill:
+    tone: str
+    text: str
+    reason: str | None = None
+
+
+@dataclass(frozen=True)
+class Problem:
+    """The commit that failed or was refused, and what it would have done."""
+
+    commit: str | None
+    subject: str | None
+    result: str  # rolled_back, failed, refused, invalid, …
+    cause: str | None  # the Stalled reason: ApplyFailed, UntrustedCommit, …
+    when: str | None
+    message: str | None
+    plan: str | None
+    summary: str | None  # the plan's counts in words, when the plan itself is missing
+    changes: str | None
+
+    @property
+    def verb(self) -> str:
+        return _VERBS.get(self.result, self.result.replace("_", " "))
+
+
+@dataclass(frozen=True)
+class Alert:
+    """One line of what needs a look, beside the picture."""
+
+    tone: str
+    text: str
+    since: str | None = None  # a time the page shows absolute and relative
+
+
+@dataclass(frozen=True)
+class Card:
+    """One deployment as the templates show it."""
+
+    doc: dict[str, Any]
+    name: str
+    index: int  # keeps the SVG ids of several pictures on one page apart
+    headline: Pill
+    picture: Picture | None
+    problem: Problem | None
+    alerts: list[Alert]
+    legend: list[tuple[str, str]]
+    history: list[dict[str, Any]]
+    full: bool
+
+    @property
+    def anchor(self) -> str:
+        return f"d-{self.name}"
+
+    @property
+    def href(self) -> str:
+        return f"/deployments/{quote(self.name, safe='')}"
+
+    @property
+    def api(self) -> str:
+        return f"/api/deployments/{quote(self.name, safe='')}"
 
 
 def overview(
@@ -70,24 +163,21 @@ def overview(
     commit_url: str | None,
     now: datetime,
 ) -> str:
-    """Every deployment: a summary table, then a section each with its recent attempts."""
+    """Every deployment: a summary table, then a section each with its picture and its
+    recent attempts."""
     is_ready, why = ready
-    banner = "" if is_ready else f'<p class="warn">Not ready yet: {_e(why)}</p>'
-    if not deployments:
-        body = '<p class="muted">No deployments yet.</p>'
-    else:
-        body = _summary(deployments, commit_url, now) + "".join(
-            _section(
-                d,
-                histories.get(_name(d), [])[:RECENT_ATTEMPTS],
-                commit_url,
-                now,
-                full=False,
-            )
-            for d in deployments
-        )
+    cards = [
+        _card(d, histories.get(_name(d), []), n, full=False) for n, d in enumerate(deployments)
+    ]
     ready_count = sum(1 for d in deployments if _is_ready(d))
-    return _document(f"{ready_count}/{len(deployments)} ready", banner + body, now)
+    return _render(
+        "overview.html",
+        now,
+        commit_url,
+        heading=f"{ready_count}/{len(deployments)} ready",
+        not_ready=None if is_ready else why,
+        cards=cards,
+    )
 
 
 def detail(
@@ -98,275 +188,160 @@ def detail(
     now: datetime,
 ) -> str:
     """One deployment with whole messages and its whole history."""
-    name = _name(deployment)
-    api = f"/api/deployments/{quote(name, safe='')}"
-    links = (
-        f'<p><a href="/">← all deployments</a> · JSON: <a href="{_e(api)}">status</a>,'
-        f' <a href="{_e(api)}/history">history</a></p>'
-    )
-    section = _section(deployment, history, commit_url, now, full=True)
-    return _document(name, links + section, now)
+    card = _card(deployment, history, 0, full=True)
+    return _render("detail.html", now, commit_url, heading=card.name, card=card)
 
 
 def not_found(what: str, now: datetime) -> str:
-    return _document("not found", f'<p>{_e(what)} · <a href="/">back</a></p>', now)
+    return _render("not_found.html", now, None, heading="not found", what=what)
 
 
-# --- page parts -----------------------------------------------------------------------
+# --- rendering ------------------------------------------------------------------------
 
 
-def _document(heading: str, body: str, now: datetime) -> str:
-    return (
-        "<!DOCTYPE html>\n"
-        '<html lang="en"><head><meta charset="utf-8">'
-        f'<meta http-equiv="refresh" content="{REFRESH_SECONDS}">'
-        '<meta name="viewport" content="width=device-width, initial-scale=1">'
-        f"<title>Reconciler: {_e(heading)}</title><style>{_CSS}</style></head><body>"
-        f'<header><h1><a href="/">Reconciler</a></h1><span class="muted">{_e(heading)}</span>'
-        "</header>"
-        f"{body}"
-        f"<footer>Rendered {now.astimezone(UTC):%Y-%m-%d %H:%M:%S} UTC; reloads every"
-        f' {REFRESH_SECONDS} s · <a href="/api/deployments">/api/deployments</a>'
-        ' · <a href="/metrics">/metrics</a></footer>'
-        "</body></html>\n"
+@cache
+def _templates() -> Environment:
+    env = Environment(
+        loader=PackageLoader("reconciler.controller", "templates"),
+        autoescape=True,
+        trim_blocks=True,
+        lstrip_blocks=True,
+        keep_trailing_newline=True,
+    )
+    env.globals.update(
+        moment=_moment,
+        span=_span,
+        clip=_clip,
+        head_lines=_head_lines,
+        commit_href=_commit_href,
+        headline=_headline,
+        condition_class=_condition_class,
+        state_class=lambda state: _STATE_CLASS.get(str(state), "bad"),
+        result_class=lambda result: _RESULT_CLASS.get(str(result), "bad"),
+        as_dict=_dict,
+        as_dicts=_dicts,
+        is_number=lambda v: isinstance(v, int | float) and not isinstance(v, bool),
+        dash=lambda v: "–" if v is None else v,
+        log_url=log_url,
+        utc_text=lambda now: f"{now.astimezone(UTC):%Y-%m-%d %H:%M:%S}",
+        REFRESH_SECONDS=REFRESH_SECONDS,
+        SHORT_SHA=SHORT_SHA,
+        NODE_W=NODE_W,
+        NODE_H=NODE_H,
+    )
+    return env
+
+
+def _render(template: str, now: datetime, commit_url: str | None, **values: Any) -> str:
+    return _templates().get_template(template).render(now=now, commit_url=commit_url, **values)
+
+
+def _card(d: dict[str, Any], history: list[dict[str, Any]], index: int, full: bool) -> Card:
+    picture = draw(d)
+    tones = {n.tone for n in picture.nodes} if picture else set()
+    return Card(
+        doc=d,
+        name=_name(d),
+        index=index,
+        headline=_headline(d),
+        picture=picture,
+        problem=_problem(d, history),
+        alerts=_alerts(d, picture),
+        legend=[(tone, words) for tone, words in _LEGEND if tone in tones],
+        history=history if full else history[:RECENT_ATTEMPTS],
+        full=full,
     )
 
 
-def _summary(deployments: list[dict[str, Any]], commit_url: str | None, now: datetime) -> str:
-    rows = []
-    for d in deployments:
-        name = _name(d)
-        instances = _dicts(d.get("instances"))
-        machines = _dicts(d.get("machines"))
-        active = sum(1 for i in instances if i.get("state") == "active")
-        reachable = sum(1 for m in machines if m.get("reachable"))
-        generation = _dict(d.get("generation"))
-        attempt = _dict(d.get("lastAttempt"))
-        rows.append(
-            "<tr>"
-            f'<td><a href="#{_e(_anchor(name))}"><b>{_e(name)}</b></a></td>'
-            f"<td>{_headline(d)}</td>"
-            f'<td class="n">{_e(generation.get("number"), "–")}</td>'
-            f"<td>{_rev(d.get('lastAppliedRevision'), commit_url)}"
-            f" {_when(generation.get('appliedAt'), now)}</td>"
-            f"<td>{_result(attempt.get('status'))} {_when(attempt.get('finishedAt'), now)}</td>"
-            f'<td class="n {_ratio_class(active, len(instances))}">{active}/{len(instances)}</td>'
-            f'<td class="n {_ratio_class(reachable, len(machines))}">'
-            f"{reachable}/{len(machines)}</td>"
-            "</tr>"
+def _problem(d: dict[str, Any], history: list[dict[str, Any]]) -> Problem | None:
+    """The last attempt when it failed, or the head the controller refused (a refusal or
+    bad models never reach an attempt); None when nothing failed."""
+    controller, attempt = _dict(d.get("controller")), _dict(d.get("lastAttempt"))
+    error, head = controller.get("lastError"), controller.get("head")
+    failed = bool(attempt) and _RESULT_CLASS.get(str(attempt.get("status"))) is None
+    if not error and not failed:
+        return None
+    stalled = _condition(d, "Stalled")
+    cause = stalled.get("reason") if stalled.get("status") == "True" else None
+    plan = controller.get("lastPlan")
+    if failed and (not error or not head or attempt.get("commit") == head):
+        row = next((r for r in history if r.get("attempt") == attempt.get("id")), {})
+        return Problem(
+            commit=_str(attempt.get("commit")),
+            subject=_str(attempt.get("subject")),
+            result=str(attempt.get("status")),
+            cause=_str(cause),
+            when=_str(attempt.get("finishedAt")),
+            message=_str(attempt.get("reason") or error),
+            plan=_str(plan),
+            summary=_summary_words(_dict(row.get("summary"))),
+            changes=_str(attempt.get("changes")),
         )
-    return _table(
-        [
-            "deployment",
-            "status",
-            "gen",
-            "applied",
-            "last attempt",
-            ("instances active", "n"),
-            ("machines reachable", "n"),
-        ],
-        rows,
+    return Problem(
+        commit=_str(head),
+        subject=None,
+        result=_REFUSALS.get(str(cause), "failed"),
+        cause=_str(cause),
+        when=_str(stalled.get("lastTransitionTime")),
+        message=_str(error),
+        plan=_str(plan),
+        summary=None,
+        changes=None,
     )
 
 
-def _section(
-    d: dict[str, Any],
-    history: list[dict[str, Any]],
-    commit_url: str | None,
-    now: datetime,
-    full: bool,
-) -> str:
-    name = _name(d)
-    link = f'<a href="/deployments/{_e(quote(name, safe=""))}">{_e(name)}</a>'
-    generation = _dict(d.get("generation"))
-    number = generation.get("number")
-    gen = f'<span class="muted">generation {_e(number)}</span>' if number is not None else ""
-    parts = [
-        f'<section id="{_e(_anchor(name))}"><h2>{link} {_headline(d)} {gen}</h2>',
-        _facts(d, commit_url, now),
-        _controller(_dict(d.get("controller")), commit_url, now, full),
-        "<h3>Conditions</h3>",
-        _conditions(_dicts(d.get("conditions")), now, full),
+def _alerts(d: dict[str, Any], picture: Picture | None) -> list[Alert]:
+    """What needs a look, in one line each: failed machines, instances in trouble, and
+    rollouts under way."""
+    alerts = [
+        Alert("bad", f"Machine {m.get('name')} failed", _str(m.get("failedSince")))
+        for m in _dicts(d.get("machines"))
+        if m.get("failed") or m.get("failedSince")
     ]
-    machines = _dicts(d.get("machines"))
-    if machines:
-        parts += ["<h3>Machines</h3>", _machines(machines, commit_url, full)]
-    instances = _dicts(d.get("instances"))
-    if instances:
-        parts += ["<h3>Instances</h3>", _instances(instances)]
-    if history:
-        title = "History" if full else "Recent attempts"
-        parts += [f"<h3>{title}</h3>", _history(history, commit_url, now, full)]
-    parts.append("</section>")
-    return "".join(parts)
-
-
-def _facts(d: dict[str, Any], commit_url: str | None, now: datetime) -> str:
-    if d.get("recorded") is False:
-        return '<p class="muted">Nothing applied yet.</p>'
-    generation = _dict(d.get("generation"))
-    attempt = _dict(d.get("lastAttempt"))
-    lines = []
-    if generation:
-        lines.append(
-            f'<p class="facts">Applied {_rev(d.get("lastAppliedRevision"), commit_url)}'
-            f" <b>{_e(generation.get('subject'))}</b>"
-            f" by {_e(generation.get('author'), '–')}, {_when(generation.get('appliedAt'), now)}"
-            "</p>"
+    nodes: list[Node] = picture.nodes if picture else []
+    alerts += [Alert("bad", f"{n.key} is {n.word}") for n in nodes if n.trouble]
+    rolling: dict[str, list[Node]] = {}
+    for n in nodes:
+        if n.badge:
+            rolling.setdefault(n.service, []).append(n)
+    for service, mine in sorted(rolling.items()):
+        now = [n.key for n in mine if n.tone == "busy"]
+        done = sum(1 for n in mine if n.word == "ready")
+        replacing = f", replacing {', '.join(now)}" if now else ""
+        alerts.append(
+            Alert("busy", f"Rolling out {service}: {done} of {len(mine)} ready{replacing}")
         )
-    if attempt and attempt.get("commit") != d.get("lastAppliedRevision"):
-        lines.append(
-            f'<p class="facts">Last attempt {_result(attempt.get("status"))}'
-            f" {_rev(d.get('lastAttemptedRevision'), commit_url)}"
-            f" <b>{_e(attempt.get('subject'))}</b>, {_when(attempt.get('finishedAt'), now)}</p>"
-        )
-    return "".join(lines)
+    return alerts
 
 
-def _controller(c: dict[str, Any], commit_url: str | None, now: datetime, full: bool) -> str:
-    if not c:
-        return ""
-    bits = [
-        f"branch <code>{_e(c.get('trackedBranch') or 'remote HEAD')}</code>",
-        f"head {_rev(c.get('head'), commit_url)}",
-        _switch("auto-apply", c.get("autoApply")),
-        _switch("self-heal", c.get("selfHeal")),
-    ]
-    if c.get("paused"):
-        bits.append(
-            '<span class="pill warn" title="after a rollback, until a new commit">'
-            "auto-apply paused</span>"
-        )
-    next_poll = c.get("nextPollIn")
-    if isinstance(next_poll, int | float):
-        bits.append(f"next poll in {_span(float(next_poll))}")
-    if c.get("backoffUntil"):
-        bits.append(f'<span class="warn">backing off until {_when(c["backoffUntil"], now)}</span>')
-    error = c.get("lastError")
-    shown = f"<pre>{_e(error if full else _clip(error))}</pre>" if error else ""
-    return f'<p class="facts">{" · ".join(b for b in bits if b)}</p>{shown}'
-
-
-def _conditions(conditions: list[dict[str, Any]], now: datetime, full: bool) -> str:
-    rows = [
-        "<tr>"
-        f"<td><b>{_e(c.get('type'))}</b></td>"
-        f'<td><span class="pill {_condition_class(c)}">{_e(c.get("status"))}</span></td>'
-        f"<td>{_e(c.get('reason'))}</td>"
-        f"<td>{_message(c.get('message'), full)}</td>"
-        f"<td>{_when(c.get('lastTransitionTime'), now)}</td>"
-        "</tr>"
-        for c in conditions
-    ]
-    return _table(["type", "status", "reason", "message", "since"], rows)
-
-
-def _machines(machines: list[dict[str, Any]], commit_url: str | None, full: bool) -> str:
-    rows = []
-    for m in machines:
-        reachable = m.get("reachable")
-        seen = (
-            '<span class="good">yes</span>'
-            if reachable
-            else f'<span class="bad">no</span> {_message(m.get("error"), full)}'
-        )
-        rows.append(
-            "<tr>"
-            f"<td><b>{_e(m.get('name'))}</b></td>"
-            f"<td>{_e(m.get('targetEnv'))}</td>"
-            f"<td><code>{_e(m.get('address'), '–')}</code></td>"
-            f"<td>{seen}</td>"
-            f'<td class="n">{_e(m.get("generation"), "–")}</td>'
-            f"<td>{_rev(m.get('commit'), commit_url)}</td>"
-            "</tr>"
-        )
-    return _table(["machine", "target", "address", "reachable", ("gen", "n"), "commit"], rows)
-
-
-def _instances(instances: list[dict[str, Any]]) -> str:
-    rows = []
-    for i in instances:
-        state = i.get("state")
-        healthy = i.get("healthy")
-        health = (
-            '<span class="muted">no check</span>'
-            if healthy is None
-            else (
-                '<span class="good">healthy</span>'
-                if healthy
-                else '<span class="bad">failing</span>'
-            )
-        )
-        rows.append(
-            "<tr>"
-            f"<td><code>{_e(i.get('key'))}</code></td>"
-            f"<td>{_e(i.get('machine'))}</td>"
-            f"<td>{_e(i.get('type'))}</td>"
-            f'<td class="n">{_e(i.get("port"), "–")}</td>'
-            f'<td><span class="pill {_STATE_CLASS.get(str(state), "bad")}">{_e(state)}</span></td>'
-            f"<td>{health}</td>"
-            f'<td class="n mono">{_e(i.get("pid"), "–")}</td>'
-            "</tr>"
-        )
-    return _table(
-        ["instance", "machine", "type", ("port", "n"), "state", "health", ("pid", "n")], rows
-    )
-
-
-def _history(rows: list[dict[str, Any]], commit_url: str | None, now: datetime, full: bool) -> str:
-    """On the detail page a failure's whole reason gets a full-width row of its own."""
-    headers: list[str | tuple[str, str]] = [("gen", "n"), "time", "commit", "author"]
-    headers += ["subject", "result", "changes"] + ([] if full else ["reason"])
-    cells = []
-    for r in rows:
-        reason = r.get("reason")
-        cells.append(
-            "<tr>"
-            f'<td class="n">{_e(r.get("generation"), "–")}</td>'
-            f"<td>{_when(r.get('time'), now)}</td>"
-            f"<td>{_rev(r.get('commit'), commit_url)}</td>"
-            f"<td>{_e(r.get('author'), '–')}</td>"
-            f'<td class="subject">{_e(r.get("subject"))}</td>'
-            f"<td>{_result(r.get('result'))}</td>"
-            f"<td><code>{_e(r.get('changes'), '–')}</code></td>"
-            + ("" if full else f"<td>{_message(reason, False)}</td>")
-            + "</tr>"
-        )
-        if full and reason:
-            cells.append(f'<tr><td></td><td colspan="6"><pre>{_e(reason)}</pre></td></tr>')
-    return _table(headers, cells)
+def _summary_words(summary: dict[str, Any]) -> str | None:
+    said = [words.format(summary[k]) for k, words in _SUMMARY if summary.get(k)]
+    return ", ".join(said) if said else None
 
 
 # --- values ---------------------------------------------------------------------------
 
 
-def _table(headers: list[str | tuple[str, str]], rows: list[str]) -> str:
-    head = "".join(
-        f"<th>{_e(h)}</th>" if isinstance(h, str) else f'<th class="{h[1]}">{_e(h[0])}</th>'
-        for h in headers
-    )
-    return f"<table><thead><tr>{head}</tr></thead><tbody>{''.join(rows)}</tbody></table>"
-
-
-def _headline(d: dict[str, Any]) -> str:
+def _headline(d: dict[str, Any]) -> Pill:
     """One pill for the deployment: Stalled, Reconciling, Ready or Not ready."""
-    status = {c.get("type"): c for c in _dicts(d.get("conditions"))}
-    ready, reconciling, stalled = (status.get(t, {}) for t in ("Ready", "Reconciling", "Stalled"))
+    ready, reconciling, stalled = (_condition(d, t) for t in ("Ready", "Reconciling", "Stalled"))
     if stalled.get("status") == "True":
-        return _pill("bad", "Stalled", stalled.get("reason"))
+        return Pill("bad", "Stalled", _str(stalled.get("reason")))
     if reconciling.get("status") == "True":
-        return _pill("busy", "Reconciling", reconciling.get("reason"))
+        return Pill("busy", "Reconciling", _str(reconciling.get("reason")))
     if ready.get("status") == "True":
-        return _pill("good", "Ready", ready.get("reason"))
+        return Pill("good", "Ready", _str(ready.get("reason")))
     if ready:
-        return _pill("bad", "Not ready", ready.get("reason"))
-    return _pill("muted", "Unknown", None)
+        return Pill("bad", "Not ready", _str(ready.get("reason")))
+    return Pill("muted", "Unknown")
+
+
+def _condition(d: dict[str, Any], kind: str) -> dict[str, Any]:
+    return next((c for c in _dicts(d.get("conditions")) if c.get("type") == kind), {})
 
 
 def _is_ready(d: dict[str, Any]) -> bool:
-    return any(
-        c.get("type") == "Ready" and c.get("status") == "True" for c in _dicts(d.get("conditions"))
-    )
+    return _condition(d, "Ready").get("status") == "True"
 
 
 def _condition_class(c: dict[str, Any]) -> str:
@@ -381,64 +356,29 @@ def _condition_class(c: dict[str, Any]) -> str:
     return "good" if true else "muted"
 
 
-def _pill(cls: str, text: str, reason: Any) -> str:
-    title = f' title="{_e(reason)}"' if reason else ""
-    return f'<span class="pill {cls}"{title}>{_e(text)}</span>'
+def _commit_href(sha: Any, commit_url: str | None) -> str | None:
+    if commit_url and isinstance(sha, str) and _SHA.fullmatch(sha):
+        return commit_url.replace("{sha}", sha)
+    return None
 
 
-def _result(result: Any) -> str:
-    if result is None:
-        return '<span class="muted">–</span>'
-    text = str(result).replace("_", " ")
-    return f'<span class="pill {_RESULT_CLASS.get(str(result), "bad")}">{_e(text)}</span>'
+@dataclass(frozen=True)
+class Moment:
+    absolute: str  # 2026-11-25 04:05:46Z
+    relative: str  # 3 min ago, in 2 min
 
 
-def _switch(label: str, on: Any) -> str:
-    if on is None:
-        return ""
-    return f'{_e(label)} <b class="{"good" if on else "muted"}">{"on" if on else "off"}</b>'
-
-
-def _rev(sha: Any, commit_url: str | None) -> str:
-    if not isinstance(sha, str) or not sha:
-        return '<span class="muted">–</span>'
-    text = f"<code>{_e(sha[:SHORT_SHA])}</code>"
-    if commit_url and _SHA.fullmatch(sha):
-        return f'<a href="{_e(commit_url.replace("{sha}", sha))}" title="{_e(sha)}">{text}</a>'
-    return f'<span title="{_e(sha)}">{text}</span>'
-
-
-def _message(text: Any, full: bool) -> str:
-    if not text:
-        return ""
-    if full:
-        return f'<span class="msg whole">{_e(text)}</span>'
-    return f'<span class="msg" title="{_e(text)}">{_e(_clip(text))}</span>'
-
-
-def _clip(text: Any) -> str:
-    """The first line, cut at CLIP characters."""
-    whole = str(text).strip()
-    first = whole.split("\n", 1)[0]
-    return whole if first == whole and len(first) <= CLIP else first[:CLIP] + " …"
-
-
-def _when(value: Any, now: datetime) -> str:
-    """`2026-11-25 04:05:46Z (3 min ago)`; the raw value when it is no ISO 8601 time."""
-    if not value:
-        return '<span class="muted">–</span>'
+def _moment(value: Any, now: datetime) -> Moment | None:
+    """None when value is no ISO 8601 time (the page shows it as it is)."""
     try:
         moment = datetime.fromisoformat(str(value))
     except ValueError:
-        return _e(value)
+        return None
     if moment.tzinfo is None:
         moment = moment.replace(tzinfo=UTC)
     seconds = (now - moment).total_seconds()
     relative = f"{_span(seconds)} ago" if seconds >= 0 else f"in {_span(-seconds)}"
-    return (
-        f'<time datetime="{_e(value)}">{moment.astimezone(UTC):%Y-%m-%d %H:%M:%S}Z'
-        f' <span class="muted">({relative})</span></time>'
-    )
+    return Moment(f"{moment.astimezone(UTC):%Y-%m-%d %H:%M:%S}Z", relative)
 
 
 def _span(seconds: float) -> str:
@@ -448,16 +388,26 @@ def _span(seconds: float) -> str:
     return f"{int(seconds)} s"
 
 
-def _ratio_class(good: int, total: int) -> str:
-    return "good" if good == total else "bad"
+def _clip(text: Any) -> str:
+    """The first line, cut at CLIP characters."""
+    whole = str(text).strip()
+    first = whole.split("\n", 1)[0]
+    return whole if first == whole and len(first) <= CLIP else first[:CLIP] + " …"
 
 
-def _anchor(name: str) -> str:
-    return f"d-{name}"
+def _head_lines(text: Any) -> str:
+    """The first CLIP_LINES lines, at most CLIP_CHARS characters."""
+    whole = str(text).strip()
+    head = "\n".join(whole.splitlines()[:CLIP_LINES])[:CLIP_CHARS]
+    return head if head == whole else head + " …"
 
 
 def _name(d: dict[str, Any]) -> str:
     return str(d.get("deployment") or "?")
+
+
+def _str(value: Any) -> str | None:
+    return None if value is None else str(value)
 
 
 def _dict(value: Any) -> dict[str, Any]:
@@ -466,7 +416,3 @@ def _dict(value: Any) -> dict[str, Any]:
 
 def _dicts(value: Any) -> list[dict[str, Any]]:
     return [v for v in value if isinstance(v, dict)] if isinstance(value, list) else []
-
-
-def _e(value: Any, empty: str = "") -> str:
-    return empty if value is None else html.escape(str(value), quote=True)
