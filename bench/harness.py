@@ -31,7 +31,7 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 BENCH_DIR = Path(__file__).resolve().parent
 ROOT = BENCH_DIR.parent
@@ -45,9 +45,8 @@ TICK = os.sysconf("SC_CLK_TCK")
 if str(ROOT) not in sys.path:  # tests.testhosts, and reconciler/ when not installed
     sys.path.append(str(ROOT))
 
-from tests.testhosts import TestHost, TestHostNetwork  # noqa: E402
-
-__all__ = ["TestHost", "TestHostNetwork"]
+if TYPE_CHECKING:  # imported when used: tests.testhosts imports reconciler (the snapshot's)
+    from tests.testhosts import TestHost, TestHostNetwork
 
 
 # --- the reconciler under test -------------------------------------------------------------
@@ -312,6 +311,13 @@ def kill_leftovers(root: Path) -> list[int]:
 # --- Internals: the test hosts' private parts, the state DB, reconciler's modules ----------
 
 
+def host_network(count: int, workdir: Path) -> TestHostNetwork:
+    """`count` fresh OpenSSH test hosts (sshd in network namespaces; tests/testhosts.py)."""
+    from tests.testhosts import TestHostNetwork
+
+    return TestHostNetwork(count, workdir)
+
+
 def host_veth(net: TestHostNetwork, host: TestHost) -> str:
     """The host's veth in the root namespace (its byte counters are the wire)."""
     return net._state(host).veth
@@ -421,7 +427,7 @@ def container_provisioner(root: Path, subnet: str) -> Any:
 
 
 def provision_recorder(state: Path, deployment: str) -> Any:
-    from reconciler.provision.record import SqliteRecorder
+    from reconciler.state.provisioning import SqliteRecorder
 
     return SqliteRecorder.open(state, deployment)
 
