@@ -49,7 +49,10 @@ class Receiver:
                 with receiver.arrived:
                     receiver.requests.append((dict(self.headers.items()), body))
                     receiver.arrived.notify_all()
-                self.send_response(answers_left.pop(0) if answers_left else 200)
+                status = answers_left.pop(0) if answers_left else 200
+                self.send_response(status)
+                if 300 <= status < 400:
+                    self.send_header("Location", "/moved")
                 self.send_header("Content-Length", "0")
                 self.end_headers()
 
@@ -177,9 +180,10 @@ def test_a_receiver_that_stays_down_blocks_nothing_and_is_reported(
     assert "token-in-path" not in stderr and "pw" not in stderr and SECRET not in stderr
 
 
-def test_a_refused_event_is_reported_and_not_retried() -> None:
+@pytest.mark.parametrize(("status", "answer"), [(400, "400 Bad Request"), (302, "302 Found")])
+def test_a_refused_event_is_reported_and_not_retried(status: int, answer: str) -> None:
     lines: list[str] = []
-    with receiving(answers=[400]) as receiver:
+    with receiving(answers=[status]) as receiver:
         notifier = Notifier([receiver.url], SECRET, FAST, log=lines.append)
         notifier.send(STALLED)
         receiver.wait_for(1)
@@ -187,7 +191,7 @@ def test_a_refused_event_is_reported_and_not_retried() -> None:
         notifier.close()
         assert len(receiver.requests) == 1
     assert len(lines) == 1
-    assert f"gave up on {receiver.url.rsplit('/', 2)[0]}/… (answered 400 Bad Request)" in lines[0]
+    assert f"gave up on {receiver.url.rsplit('/', 2)[0]}/… (answered {answer})" in lines[0]
 
 
 def test_what_is_still_queued_at_shutdown_is_reported() -> None:
