@@ -1,14 +1,17 @@
-"""The activation agent: shipped to every machine as a store path of its own, and
-called over `Target.run` with one JSON request in, one JSON answer out."""
+"""The agent (`reconciler/agent/`): shipped to every machine as one deterministic zip
+archive, a store path of its own, run there with the machine's python3 and called over
+`Target.run` with one JSON request in, one JSON answer out."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
 import hashlib
+import io
 import json
 import shlex
 import tempfile
+import zipfile
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
@@ -20,22 +23,92 @@ from reconciler.store.local import LocalStore, PathInfo
 from reconciler.targets.base import Channel, Target, TargetError
 from reconciler.targets.store import present, receive
 
-SOURCE = Path(__file__).resolve().parent.parent / "activation" / "agent.py"
+SOURCE = Path(__file__).resolve().parent.parent / "agent"  # the package shipped
+ARCHIVE = "agent.pyz"
+# In the archive the package is `reconciler_agent` (its imports are relative), so that a
+# `reconciler` installed beside the target's python3 can never stand in for it.
+PACKAGE = "reconciler_agent"
+MAIN = f"import sys\nfrom {PACKAGE}.protocol import main\nsys.exit(main())\n"
+ZIP_TIME = (1980, 1, 1, 0, 0, 0)  # the earliest a zip can say: no build's clock in it
 
-# Runs the agent (sent first on stdin, `n` bytes) in this one process for each command
-# of the request list that follows it; prints {command: {"code", "answer"}}.
+# Loads the archive (sent first on stdin, `n` bytes) from memory, so that asking writes
+# nothing on the machine (not even a temporary file: a full or read-only disk still
+# answers, and nothing is left behind when the connection drops); then runs each
+# command of the request list that follows it; prints {command: {"code", "answer"}}.
 _STREAMED = r"""
-import json, sys
+import importlib.abc, importlib.util, io, json, sys, zipfile
 n = int(sys.argv[1])
 data = sys.stdin.buffer.read()
-agent = {"__name__": "reconciler_agent", "__file__": "agent.py"}
-exec(compile(data[:n], "agent.py", "exec"), agent)
+with zipfile.ZipFile(io.BytesIO(data[:n])) as archive:
+    files = {name: archive.read(name) for name in archive.namelist()}
+
+class Archive(importlib.abc.MetaPathFinder, importlib.abc.Loader):
+    def find_spec(self, name, path=None, target=None):
+        base = name.replace(".", "/")
+        for origin, package in ((base + "/__init__.py", True), (base + ".py", False)):
+            if origin in files:
+                return importlib.util.spec_from_loader(
+                    name, self, origin=origin, is_package=package
+                )
+        return None
+
+    def create_module(self, spec):
+        return None
+
+    def exec_module(self, module):
+        origin = module.__spec__.origin
+        exec(compile(files[origin], origin, "exec"), module.__dict__)
+
+sys.meta_path.insert(0, Archive())
+from AGENT_PACKAGE.protocol import run
 answers = {}
 for command, request in json.loads(data[n:].decode("utf-8")):
-    code, answer = agent["run"]([command], json.dumps(request).encode())
+    code, answer = run([command], json.dumps(request).encode())
     answers[command] = {"code": code, "answer": answer}
 sys.stdout.write(json.dumps(answers))
-"""
+""".replace("AGENT_PACKAGE", PACKAGE)
+
+
+def archive() -> bytes:
+    """The agent package as one zip archive whose bytes depend only on the sources:
+    entries sorted, fixed times and permissions, stored uncompressed (deflate's output
+    may differ between zlib versions, and with it the store hash)."""
+    entries = {"__main__.py": MAIN.encode()}
+    for path in SOURCE.glob("*.py"):
+        if path.name != "__main__.py":  # the archive's own `__main__.py` stands for it
+            entries[f"{PACKAGE}/{path.name}"] = path.read_bytes()
+    out = io.BytesIO()
+    with zipfile.ZipFile(out, "w", zipfile.ZIP_STORED) as zf:
+        for name in sorted(entries):
+            info = zipfile.ZipInfo(name, ZIP_TIME)
+            info.create_system = 3  # unix, whichever system built it
+            info.external_attr = 0o644 << 16
+            zf.writestr(info, entries[name])
+    return out.getvalue()
+
+
+def ensure_agent(store: LocalStore) -> PathInfo:
+    """The agent as a store path in the local store (made once per agent version)."""
+    data = archive()
+    name = f"{hashlib.sha256(data).hexdigest()[:32]}-reconciler-agent"
+    found = store.info(name)
+    if found:
+        return found
+    work = Path(tempfile.mkdtemp(prefix="agent-", dir=store.scratch()))
+    try:
+        out = work / "out"
+        out.mkdir()
+        (out / ARCHIVE).write_bytes(data)
+        content = hash_tree(out)
+        make_immutable(out)
+        return install(store, out, PathInfo(name, content.hash, content.size, content.files))
+    finally:
+        remove_tree(work)
+
+
+def agent_command(target: Target, agent: str, command: str) -> str:
+    script = shlex.quote(f"{target.store_dir}/{agent}/{ARCHIVE}")
+    return f"{target.python} {script} {command}"
 
 
 class AgentError(UserError):
@@ -44,29 +117,6 @@ class AgentError(UserError):
     def __init__(self, machine: str, message: str, log: str = "") -> None:
         super().__init__(f"{machine}: {message}")
         self.machine, self.message, self.log = machine, message, log
-
-
-def agent_path_name() -> str:
-    digest = hashlib.sha256(SOURCE.read_bytes()).hexdigest()[:32]
-    return f"{digest}-reconciler-agent"
-
-
-def ensure_agent(store: LocalStore) -> PathInfo:
-    """The agent as a store path in the local store (made once per agent version)."""
-    name = agent_path_name()
-    found = store.info(name)
-    if found:
-        return found
-    work = Path(tempfile.mkdtemp(prefix="agent-", dir=store.scratch()))
-    try:
-        out = work / "out"
-        out.mkdir()
-        (out / "agent.py").write_bytes(SOURCE.read_bytes())
-        content = hash_tree(out)
-        make_immutable(out)
-        return install(store, out, PathInfo(name, content.hash, content.size, content.files))
-    finally:
-        remove_tree(work)
 
 
 async def ship(targets: Iterable[Target], store: LocalStore, agent: PathInfo) -> None:
@@ -97,10 +147,10 @@ async def release(target: Target, agent: str, owner: str) -> str | None:
 async def ask(target: Target, requests: list[tuple[str, dict[str, Any]]]) -> dict[str, Any]:
     """Ask without writing anything on the machine: the agent is streamed over stdin and
     runs each (command, request) in one process; {command: {"code", "answer"}}."""
-    source = SOURCE.read_bytes()
+    data = archive()
     result = await target.run(
-        f"{target.python} -c {shlex.quote(_STREAMED)} {len(source)}",
-        source + json.dumps(requests).encode(),
+        f"{target.python} -c {shlex.quote(_STREAMED)} {len(data)}",
+        data + json.dumps(requests).encode(),
     )
     try:
         answers = json.loads(result.stdout) if result.exit_status == 0 else None
@@ -123,8 +173,7 @@ def answer_of(answers: dict[str, Any], command: str) -> Any:
 
 
 async def call(target: Target, agent: str, command: str, request: dict[str, Any]) -> dict[str, Any]:
-    script = shlex.quote(f"{target.store_dir}/{agent}/agent.py")
-    result = await target.run(f"{target.python} {script} {command}", json.dumps(request).encode())
+    result = await target.run(agent_command(target, agent, command), json.dumps(request).encode())
     try:
         answer: dict[str, Any] = json.loads(result.stdout or b"{}")
     except ValueError:
@@ -136,7 +185,7 @@ async def call(target: Target, agent: str, command: str, request: dict[str, Any]
 
 
 class AgentSession:
-    """One agent process on a machine for a whole transition (`agent.py serve`): requests
+    """One agent process on a machine for a whole transition (`agent.pyz serve`): requests
     go down one channel as lines and run concurrently there; each answer comes back
     with its id. Restarted on the next call if it ends."""
 
@@ -151,9 +200,8 @@ class AgentSession:
     async def open(self) -> Channel:
         async with self.starting:
             if self.channel is None:
-                script = shlex.quote(f"{self.target.store_dir}/{self.agent}/agent.py")
                 # exec: stopping the channel must reach the agent itself, not a shell
-                serve = f"exec {self.target.python} {script} serve"
+                serve = "exec " + agent_command(self.target, self.agent, "serve")
                 self.channel = await self.target.start(serve)
                 self.reader = asyncio.create_task(self._read(self.channel))
             return self.channel

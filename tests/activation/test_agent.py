@@ -1,4 +1,5 @@
-"""The activation agent, run as a real subprocess on temporary stateDirs (Linux: /proc)."""
+"""The agent, run as a real subprocess from the archive that is shipped to targets, on
+temporary stateDirs (Linux: /proc)."""
 
 from __future__ import annotations
 
@@ -11,7 +12,6 @@ import signal
 import socket
 import sqlite3
 import stat
-import subprocess
 import sys
 import tempfile
 import time
@@ -22,29 +22,11 @@ from typing import Any
 
 import pytest
 
-import reconciler.activation.agent as agent_module
+from tests.activation.agent import run_agent
 
-AGENT = agent_module.__file__
-# RECONCILER_AGENT_PYTHON=python3.9 runs the agent with the oldest python a target may have
-PYTHON = os.environ.get("RECONCILER_AGENT_PYTHON", sys.executable)
 IDENTITY = "a" * 64
 
 pytestmark = pytest.mark.skipif(not os.path.isdir("/proc/self"), reason="needs Linux /proc")
-
-
-def run_agent(command: str, request: Any = None, raw: bytes | None = None) -> tuple[int, Any, str]:
-    data = raw if raw is not None else json.dumps(request).encode()
-    proc = subprocess.run(
-        [PYTHON, AGENT, command], input=data, capture_output=True, timeout=60, check=False
-    )
-    stdout = proc.stdout.decode()
-    stderr = proc.stderr.decode()
-    assert "Traceback" not in stdout + stderr, stdout + stderr
-    lines = stdout.splitlines()
-    assert len(lines) == 1, stdout  # exactly one JSON object
-    out = json.loads(lines[0])
-    assert isinstance(out, dict)
-    return proc.returncode, out, stderr
 
 
 def ok(command: str, request: Any) -> dict[str, Any]:

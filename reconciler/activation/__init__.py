@@ -1,1 +1,0 @@
-"""Activation on target machines: the agent shipped to each target and run there."""
