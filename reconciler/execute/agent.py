@@ -69,12 +69,12 @@ sys.stdout.write(json.dumps(answers))
 """.replace("AGENT_PACKAGE", PACKAGE)
 
 
-def archive() -> bytes:
-    """The agent package as one zip archive whose bytes depend only on the sources:
-    entries sorted, fixed times and permissions, stored uncompressed (deflate's output
-    may differ between zlib versions, and with it the store hash)."""
+def archive(source: Path = SOURCE) -> bytes:
+    """The agent package as one zip archive whose bytes depend only on the sources'
+    names and contents: entries sorted, fixed times and permissions, stored uncompressed
+    (deflate's output may differ between zlib versions, and with it the store hash)."""
     entries = {"__main__.py": MAIN.encode()}
-    for path in SOURCE.glob("*.py"):
+    for path in source.glob("*.py"):
         if path.name != "__main__.py":  # the archive's own `__main__.py` stands for it
             entries[f"{PACKAGE}/{path.name}"] = path.read_bytes()
     out = io.BytesIO()
