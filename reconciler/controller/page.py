@@ -69,6 +69,7 @@ _VERBS = {
     "invalid": "has invalid models",
     "stalled": "stalled: its rollback failed",
 }
+_TROUBLE = {"failing": "fails its health check"}
 # A plan summary's counts in words, in the order a person reads them.
 _SUMMARY = (
     ("machinesToCreate", "create {} machine(s)"),
@@ -125,6 +126,7 @@ class Alert:
     tone: str
     text: str
     since: str | None = None  # a time the page shows absolute and relative
+    more: str | None = None  # a second, quieter line
 
 
 @dataclass(frozen=True)
@@ -141,6 +143,11 @@ class Card:
     legend: list[tuple[str, str]]
     history: list[dict[str, Any]]
     full: bool
+
+    @property
+    def all_well(self) -> bool:
+        nodes = self.picture.nodes if self.picture else []
+        return bool(nodes) and all(n.tone == "good" for n in nodes) and not self.problem
 
     @property
     def anchor(self) -> str:
@@ -294,12 +301,28 @@ def _alerts(d: dict[str, Any], picture: Picture | None) -> list[Alert]:
     """What needs a look, in one line each: failed machines, instances in trouble, and
     rollouts under way."""
     alerts = [
-        Alert("bad", f"Machine {m.get('name')} failed", _str(m.get("failedSince")))
+        Alert(
+            "warn",
+            f"Machine {m.get('name')} is unreachable",
+            more=_clip(m["error"]) if m.get("error") else None,
+        )
+        for m in _dicts(d.get("machines"))
+        if m.get("reachable") is False and not (m.get("failed") or m.get("failedSince"))
+    ]
+    alerts += [
+        Alert(
+            "bad",
+            f"Machine {m.get('name')} failed",
+            _str(m.get("failedSince")),
+            _clip(m["error"]) if m.get("error") else None,
+        )
         for m in _dicts(d.get("machines"))
         if m.get("failed") or m.get("failedSince")
     ]
     nodes: list[Node] = picture.nodes if picture else []
-    alerts += [Alert("bad", f"{n.key} is {n.word}") for n in nodes if n.trouble]
+    alerts += [
+        Alert("bad", f"{n.key} {_TROUBLE.get(n.word, f'is {n.word}')}") for n in nodes if n.trouble
+    ]
     rolling: dict[str, list[Node]] = {}
     for n in nodes:
         if n.badge:

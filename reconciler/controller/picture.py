@@ -1,7 +1,8 @@
 """The picture of one deployment (SPEC §12), laid out here and drawn by the page's
 template as inline SVG: machines are horizontal boxes, one above the other; inside them
-the instances stand in columns by their service's dependency depth, dependents on the
-left and what they depend on to the right, with an arrow per dependency. A deployment
+the instances stand in columns by their service's dependency depth — what nothing
+depends on at the left, each dependency one column right of the deepest service that
+depends on it — with an arrow per dependency. A deployment
 whose instances say nothing about dependencies gets a plain grid instead.
 
 Pure: a status document in, coordinates and tones out. No graphviz, no I/O; the page
@@ -10,17 +11,18 @@ decides how a tone looks (`templates/page.css`).
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import quote
 
 NODE_W, NODE_H = 188, 50
-COL_GAP, ROW_GAP = 60, 12
+COL_GAP, ROW_GAP = 80, 12
 PAD, HEAD = 14, 30  # inside a machine box: padding, and the header strip with its name
 BOX_GAP = 14  # between machine boxes
 MIN_WIDTH = 420  # room for a machine's header on one-column pictures
 GRID_COLUMNS = 3  # columns of the grid drawn when no dependencies are known
+SIDE_SHARE = 0.6  # of a node's side where arrows leave and arrive
 NAME_CHARS = 22  # of a service name on a node (the whole key is in its tooltip)
 
 BAD_STATES = frozenset({"dead", "missing", "failed"})
@@ -64,7 +66,7 @@ class Edge:
     source: str
     target: str
     path: str  # SVG path data
-    tone: str  # bad when it leads to an instance in trouble
+    tone: str  # bad: it leads to an instance in trouble; near: on one machine; else far
 
 
 @dataclass(frozen=True)
@@ -108,6 +110,17 @@ def draw(deployment: Mapping[str, Any]) -> Picture | None:
             nodes.append(_node(p, name, x, y + HEAD + row * (NODE_H + ROW_GAP)))
         y += height + BOX_GAP
     return Picture(width, y - BOX_GAP, boxes, nodes, _edges(instances, deps, nodes))
+
+
+def columns(deps: Mapping[str, Iterable[str]]) -> dict[str, int]:
+    """Each deployed service's column: its depth counted from the services nothing
+    depends on, so a dependency stands right next to what needs it."""
+    dependents: dict[str, list[str]] = {s: [] for s in deps}
+    for service, needs in deps.items():
+        for d in needs:
+            if d in dependents and d != service:
+                dependents[d].append(service)
+    return ranks(dependents)
 
 
 def ranks(deps: Mapping[str, Iterable[str]]) -> dict[str, int]:
@@ -160,12 +173,11 @@ def _slots(instances: list[_Placed], deps: Mapping[str, list[str]]) -> dict[str,
             for n, p in enumerate(mine):
                 slots[p.key] = (n % GRID_COLUMNS, n // GRID_COLUMNS)
         return slots
-    depth = ranks(deps)
-    deepest = max(depth.values(), default=0)
+    column_of = columns(deps)
     for mine in by_machine.values():
         taken: dict[int, int] = {}
-        for p in sorted(mine, key=lambda p: (-depth[p.service], p.key)):
-            column = deepest - depth[p.service]
+        for p in sorted(mine, key=lambda p: (column_of[p.service], p.key)):
+            column = column_of[p.service]
             slots[p.key] = (column, taken.get(column, 0))
             taken[column] = taken.get(column, 0) + 1
     return slots
@@ -175,25 +187,55 @@ def _edges(
     instances: list[_Placed], deps: Mapping[str, list[str]], nodes: list[Node]
 ) -> list[Edge]:
     """An arrow from each instance to the instance of each dependency it talks to: the
-    one on its own machine, else the first (as `reconciler graph` draws it)."""
+    one on its own machine, else the first (as `reconciler graph` draws it). Arrows
+    leave and arrive spread over a node's side, in the order of the other ends, so a
+    service with many dependencies does not draw a knot."""
     at = {n.key: n for n in nodes}
+    machine = {p.key: p.machine for p in instances}
     placed: dict[str, list[_Placed]] = {}
     for p in instances:
         placed.setdefault(p.service, []).append(p)
-    edges = []
+    pairs = []
     for p in instances:
         for dep in deps.get(p.service, []):
             candidates = placed.get(dep, [])
             same = [t for t in candidates if t.machine == p.machine]
-            for t in (same or candidates)[:1]:
-                source, target = at[p.key], at[t.key]
-                edges.append(Edge(source.key, target.key, _curve(source, target), target.tone))
-    return edges
+            pairs += [(at[p.key], at[t.key]) for t in (same or candidates)[:1]]
+    leave = _spread(pairs, lambda pair: pair[0], lambda pair: pair[1])
+    arrive = _spread(pairs, lambda pair: pair[1], lambda pair: pair[0])
+    return [
+        Edge(
+            source.key,
+            target.key,
+            _curve(source.x + NODE_W, leave[n], target.x - 3, arrive[n]),
+            "bad" if target.trouble else "near" if machine[source.key] == machine[target.key]
+            else "far",
+        )
+        for n, (source, target) in enumerate(pairs)
+    ]  # fmt: skip
 
 
-def _curve(source: Node, target: Node) -> str:
-    x1, y1 = source.x + NODE_W, source.y + NODE_H // 2
-    x2, y2 = target.x - 3, target.y + NODE_H // 2  # the arrowhead ends on the border
+def _spread(
+    pairs: list[tuple[Node, Node]],
+    end: Callable[[tuple[Node, Node]], Node],
+    other: Callable[[tuple[Node, Node]], Node],
+) -> list[int]:
+    """Per pair, the height at which it meets `end`'s side: the pairs meeting the same
+    node share the middle of its side, ordered by the other end's height."""
+    at: list[int] = [0] * len(pairs)
+    by_node: dict[str, list[int]] = {}
+    for n, pair in enumerate(pairs):
+        by_node.setdefault(end(pair).key, []).append(n)
+    for ns in by_node.values():
+        ns.sort(key=lambda n: (other(pairs[n]).y, other(pairs[n]).x))
+        node = end(pairs[ns[0]])
+        for k, n in enumerate(ns):
+            share = (k + 1) / (len(ns) + 1)  # within the middle SIDE_SHARE of the side
+            at[n] = round(node.y + NODE_H * ((1 - SIDE_SHARE) / 2 + SIDE_SHARE * share))
+    return at
+
+
+def _curve(x1: int, y1: int, x2: int, y2: int) -> str:
     bend = max(24, (x2 - x1) // 2)
     return f"M{x1},{y1} C{x1 + bend},{y1} {x2 - bend},{y2} {x2},{y2}"
 

@@ -2,7 +2,14 @@
 dumps the DOM it parsed and takes a screenshot. The DOM must show the deployment, every
 instance and the conditions (and the <script> of a commit subject as text, not as an
 element); the screenshot must be the requested size, not blank, light, and coloured
-where the page colours states. A copy is left at SCREENSHOT for people to look at."""
+where the page colours states. A copy is left at SCREENSHOT for people to look at.
+
+Then the picture (SPEC §12) of a healthy, a failing and a rolling deployment, from the
+crafted documents of `test_page_picture.py`: one linked node per instance in the SVG
+Chromium parsed, the instance in trouble and the failed machine marked and drawn in
+their colours, and no request refused by the page's Content-Security-Policy. Their
+screenshots are left as /tmp/reconciler-page-<case>.png; with RECONCILER_DOCS_SCREENSHOT=1
+the failing one also replaces `docs/status-page.png`, the README's picture."""
 
 from __future__ import annotations
 
@@ -12,17 +19,29 @@ import struct
 import subprocess
 import zlib
 from collections import Counter
+from collections.abc import Callable
+from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import pytest
 
-from tests.controller.test_http import COMMIT_URL, sample_view, serving
+from tests.controller.test_http import COMMIT_URL, FakeView, sample_view, serving
+from tests.controller.test_page_picture import Elements, failing, healthy, rolling
 
 pytestmark = pytest.mark.slow
 
 SCREENSHOT = Path("/tmp/reconciler-status-page.png")
 WIDTH, HEIGHT = 1280, 1024
 GOOD_PILL, BAD_PILL, WHITE = bytes.fromhex("dafbe1"), bytes.fromhex("ffebe9"), b"\xff\xff\xff"
+TROUBLE_RED, REPLACING_BLUE = bytes.fromhex("cf222e"), bytes.fromhex("218bff")  # page.css
+DOCS_SCREENSHOT = Path(__file__).parents[2] / "docs" / "status-page.png"
+Document = tuple[dict[str, Any], list[dict[str, Any]]]
+CASES: dict[str, Callable[[datetime], Document]] = {
+    "healthy": healthy,
+    "failing": failing,
+    "rolling": rolling,
+}
 
 
 def chromium() -> str:
@@ -35,8 +54,9 @@ def chromium() -> str:
     return found
 
 
-def browse(binary: str, url: str, home: Path, *args: str) -> str:
-    """Run headless Chromium on url with a profile of its own; its stdout."""
+def browse(binary: str, url: str, home: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    """Run headless Chromium on url with a profile of its own; its output (the console,
+    Content-Security-Policy violations included, on stderr)."""
     home.mkdir()
     command = [
         binary,
@@ -53,13 +73,15 @@ def browse(binary: str, url: str, home: Path, *args: str) -> str:
         "--disable-dev-shm-usage",
         "--hide-scrollbars",
         f"--window-size={WIDTH},{HEIGHT}",
+        "--enable-logging=stderr",
+        "--v=0",
         *args,
         url,
     ]
     env = {**os.environ, "HOME": str(home)}  # keep its caches out of the real home
     done = subprocess.run(command, capture_output=True, text=True, timeout=60, env=env)
     assert done.returncode == 0, done.stderr[-2000:]
-    return done.stdout
+    return done
 
 
 def png_pixels(data: bytes) -> tuple[int, int, Counter[bytes]]:
@@ -111,7 +133,7 @@ def test_the_status_page_in_chromium(tmp_path: Path) -> None:
     status = view.statuses["local"]
     shot = tmp_path / "page.png"
     with serving(view, commit_url=COMMIT_URL) as url:
-        dom = browse(binary, url + "/", tmp_path / "dom", "--dump-dom")
+        dom = browse(binary, url + "/", tmp_path / "dom", "--dump-dom").stdout
         browse(binary, url + "/", tmp_path / "shot", f"--screenshot={shot}")
 
     assert "<section" in dom and ">local</a>" in dom
@@ -128,3 +150,41 @@ def test_the_status_page_in_chromium(tmp_path: Path) -> None:
     assert len(colours) > 100, "the screenshot is (nearly) blank"
     assert colours.most_common(1)[0][0] == WHITE, "dark on light"
     assert colours[GOOD_PILL] > 0 and colours[BAD_PILL] > 0, "states are coloured"
+
+
+@pytest.mark.parametrize("case", CASES)
+def test_the_picture_in_chromium(case: str, tmp_path: Path) -> None:
+    binary = chromium()
+    status, history = CASES[case](datetime.now(UTC))
+    view = FakeView({"production": status}, {"production": history})
+    shot = tmp_path / "page.png"
+    with serving(view, commit_url=COMMIT_URL) as url:
+        done = browse(binary, url + "/", tmp_path / "dom", "--dump-dom")
+        browse(binary, url + "/", tmp_path / "shot", f"--screenshot={shot}")
+
+    found = Elements(done.stdout)
+    assert len(found.having("svg", "picture")) == 1
+    nodes = found.having("a", "node")
+    assert sorted(a["data-key"] for a in nodes) == sorted(i["key"] for i in status["instances"])
+    for a in nodes:
+        assert a["href"] == f"/api/deployments/production/instances/{a['data-key']}/log"
+    assert "Content Security Policy" not in done.stderr, done.stderr[-2000:]
+    trouble = [a["data-key"] for a in found.having("a", "trouble")]
+    failed = [g["data-machine"] for g in found.having("g", "m-failed")]
+    badges = found.having("g", "badge")
+
+    shutil.copyfile(shot, f"/tmp/reconciler-page-{case}.png")
+    width, height, colours = png_pixels(shot.read_bytes())
+    assert (width, height) == (WIDTH, HEIGHT)
+    assert colours.most_common(1)[0][0] == WHITE
+    if case == "healthy":
+        assert (trouble, failed, badges) == ([], [], [])
+        assert colours[GOOD_PILL] > 0 and colours[TROUBLE_RED] == 0
+    elif case == "failing":
+        assert (trouble, failed) == (["staff-service@eu-2"], ["eu-3"])
+        assert colours[TROUBLE_RED] > 0 and colours[BAD_PILL] > 0
+        if os.environ.get("RECONCILER_DOCS_SCREENSHOT") == "1":
+            shutil.copyfile(shot, DOCS_SCREENSHOT)
+    else:
+        assert (trouble, failed, len(badges)) == ([], [], 3)
+        assert colours[REPLACING_BLUE] > 0 and colours[TROUBLE_RED] == 0

@@ -15,7 +15,7 @@ from itertools import pairwise
 from typing import Any
 
 from reconciler.controller import page
-from reconciler.controller.picture import NODE_W, Picture, draw, ranks
+from reconciler.controller.picture import NODE_W, Picture, columns, draw, ranks
 
 NOW = datetime(2026, 11, 25, 9, 30, tzinfo=UTC)
 COMMIT_URL = "https://git.example.org/org/models/commit/{sha}"
@@ -44,8 +44,8 @@ PLACEMENT = {
 }
 
 
-def _iso(delta: timedelta) -> str:
-    return (NOW - delta).isoformat()
+def _ago(now: datetime, delta: timedelta) -> str:
+    return (now - delta).isoformat()
 
 
 def _instance(service: str, machine: str, pid: int) -> dict[str, Any]:
@@ -65,9 +65,9 @@ def _instance(service: str, machine: str, pid: int) -> dict[str, Any]:
     }
 
 
-def _conditions(*said: str) -> list[dict[str, Any]]:
+def _conditions(now: datetime, *said: str) -> list[dict[str, Any]]:
     """Ready, Reconciling and Stalled from "True AllActive", "False Idle", …"""
-    since = _iso(timedelta(minutes=3))
+    since = _ago(now, timedelta(minutes=3))
     return [
         {"type": kind, "status": status, "reason": reason, "message": "",
          "lastTransitionTime": since}
@@ -77,7 +77,7 @@ def _conditions(*said: str) -> list[dict[str, Any]]:
     ]  # fmt: skip
 
 
-def healthy() -> tuple[dict[str, Any], list[dict[str, Any]]]:
+def healthy(now: datetime = NOW) -> tuple[dict[str, Any], list[dict[str, Any]]]:
     """Generation 7 applied ten minutes ago; every instance up and healthy."""
     placed = [(s, m) for m, services in PLACEMENT.items() for s in services]
     instances = [_instance(s, m, 4100 + n) for n, (s, m) in enumerate(placed)]
@@ -90,8 +90,8 @@ def healthy() -> tuple[dict[str, Any], list[dict[str, Any]]]:
             "commit": APPLIED,
             "author": "Grace Hopper",
             "subject": "Three zones: move the zipcode service to eu-3",
-            "commitTime": _iso(timedelta(minutes=11)),
-            "appliedAt": _iso(timedelta(minutes=10)),
+            "commitTime": _ago(now, timedelta(minutes=11)),
+            "appliedAt": _ago(now, timedelta(minutes=10)),
         },
         "lastAttempt": {
             "id": "attempt-7",
@@ -100,13 +100,13 @@ def healthy() -> tuple[dict[str, Any], list[dict[str, Any]]]:
             "generation": 7,
             "commit": APPLIED,
             "subject": "Three zones: move the zipcode service to eu-3",
-            "startedAt": _iso(timedelta(minutes=11)),
-            "finishedAt": _iso(timedelta(minutes=10)),
+            "startedAt": _ago(now, timedelta(minutes=11)),
+            "finishedAt": _ago(now, timedelta(minutes=10)),
             "changes": "+3 ~2 -3",
         },
         "lastAppliedRevision": APPLIED,
         "lastAttemptedRevision": APPLIED,
-        "conditions": _conditions("True AllActive", "False Idle", "False NotStalled"),
+        "conditions": _conditions(now, "True AllActive", "False Idle", "False NotStalled"),
         "machines": [
             {
                 "name": name,
@@ -134,7 +134,7 @@ def healthy() -> tuple[dict[str, Any], list[dict[str, Any]]]:
     history = [
         {
             "generation": 7,
-            "time": _iso(timedelta(minutes=10)),
+            "time": _ago(now, timedelta(minutes=10)),
             "commit": APPLIED,
             "author": "Grace Hopper",
             "subject": "Three zones: move the zipcode service to eu-3",
@@ -147,16 +147,16 @@ def healthy() -> tuple[dict[str, Any], list[dict[str, Any]]]:
     return status, history
 
 
-def failing() -> tuple[dict[str, Any], list[dict[str, Any]]]:
+def failing(now: datetime = NOW) -> tuple[dict[str, Any], list[dict[str, Any]]]:
     """Machine eu-3 failed (unreachable for six minutes), staff-service@eu-2 fails its
     health check, and the next commit's apply failed and was rolled back."""
-    status, history = healthy()
+    status, history = healthy(now)
     eu3 = next(m for m in status["machines"] if m["name"] == "eu-3")
     eu3.update(
         reachable=False,
         error="ssh 10.0.3.10:22: connection timed out after 5 s",
         failed=True,
-        failedSince=_iso(timedelta(minutes=6)),
+        failedSince=_ago(now, timedelta(minutes=6)),
         generation=None,
         commit=None,
     )
@@ -177,17 +177,17 @@ def failing() -> tuple[dict[str, Any], list[dict[str, Any]]]:
         "generation": None,
         "commit": NEXT,
         "subject": "staff-service: read the new <badge> column",
-        "startedAt": _iso(timedelta(minutes=2)),
-        "finishedAt": _iso(timedelta(minutes=1)),
+        "startedAt": _ago(now, timedelta(minutes=2)),
+        "finishedAt": _ago(now, timedelta(minutes=1)),
         "changes": "+0 ~3 -0",
     }
     status["lastAttemptedRevision"] = NEXT
-    status["conditions"] = _conditions("False AttemptFailed", "False Idle", "True ApplyFailed")
+    status["conditions"] = _conditions(now, "False AttemptFailed", "False Idle", "True ApplyFailed")
     status["conditions"][2]["message"] = reason
     status["controller"].update(
         head=NEXT,
         lastError="apply failed: " + reason.splitlines()[0],
-        backoffUntil=(NOW + timedelta(seconds=40)).isoformat(),
+        backoffUntil=(now + timedelta(seconds=40)).isoformat(),
         lastPlan=(
             f"Deployment production at {NEXT[:12]}, against generation 7 ({APPLIED[:12]})\n\n"
             "eu-1:\n"
@@ -206,7 +206,7 @@ def failing() -> tuple[dict[str, Any], list[dict[str, Any]]]:
         0,
         {
             "generation": None,
-            "time": _iso(timedelta(minutes=1)),
+            "time": _ago(now, timedelta(minutes=1)),
             "commit": NEXT,
             "author": "Mallory Jones",
             "subject": status["lastAttempt"]["subject"],
@@ -220,10 +220,10 @@ def failing() -> tuple[dict[str, Any], list[dict[str, Any]]]:
     return status, history
 
 
-def rolling() -> tuple[dict[str, Any], list[dict[str, Any]]]:
+def rolling(now: datetime = NOW) -> tuple[dict[str, Any], list[dict[str, Any]]]:
     """The next commit is being applied: stafftracker rolls one instance at a time;
     eu-1's is done, eu-2's is being replaced, eu-3's waits for the last batch."""
-    status, history = healthy()
+    status, history = healthy(now)
     phases = {"eu-1": (1, "ready"), "eu-2": (2, "replacing"), "eu-3": (3, "waiting")}
     for i in status["instances"]:
         if i["service"] == "stafftracker":
@@ -238,12 +238,14 @@ def rolling() -> tuple[dict[str, Any], list[dict[str, Any]]]:
         "generation": None,
         "commit": NEXT,
         "subject": "stafftracker: show rooms on a map",
-        "startedAt": _iso(timedelta(seconds=40)),
+        "startedAt": _ago(now, timedelta(seconds=40)),
         "finishedAt": None,
         "changes": "+0 ~3 -0",
     }
     status["lastAttemptedRevision"] = NEXT
-    status["conditions"] = _conditions("False AttemptInFlight", "True Applying", "False NotStalled")
+    status["conditions"] = _conditions(
+        now, "False AttemptInFlight", "True Applying", "False NotStalled"
+    )
     status["controller"]["head"] = NEXT
     return status, history
 
@@ -279,19 +281,19 @@ def _picture(status: dict[str, Any]) -> Picture:
 
 
 def test_services_stand_in_columns_by_dependency_depth() -> None:
-    depth = ranks({s: deps for s, (deps, _, _) in SERVICES.items()})
-    assert depth == {
-        "room-db": 0,
-        "staff-db": 0,
-        "zipcode-db": 0,
-        "geolocation-service": 0,
+    deps = {s: needs for s, (needs, _, _) in SERVICES.items()}
+    assert ranks(deps)["stafftracker"] == 2 and ranks(deps)["room-db"] == 0
+    assert columns(deps) == {
+        "stafftracker": 0,
         "room-service": 1,
         "staff-service": 1,
         "zipcode-service": 1,
-        "stafftracker": 2,
+        "geolocation-service": 1,  # next to the one service that needs it
+        "room-db": 2,
+        "staff-db": 2,
+        "zipcode-db": 2,
     }
     nodes = {n.key: n for n in _picture(healthy()[0]).nodes}
-    # dependents on the left, what they depend on to the right
     assert nodes["stafftracker@eu-1"].x < nodes["room-service@eu-1"].x < nodes["room-db@eu-1"].x
     assert nodes["stafftracker@eu-1"].x == nodes["stafftracker@eu-2"].x
 
@@ -362,7 +364,7 @@ def test_one_linked_node_per_instance() -> None:
     for a in nodes:
         assert a["href"] == f"/api/deployments/production/instances/{a['data-key']}/log"
     assert len(found.having("g", "machine")) == 3
-    assert "All 10 instances on 3 machine(s) look fine." in html
+    assert "All 10 instances on 3 machines are up." in html
 
 
 def test_the_failing_deployment_marks_its_trouble_and_shows_the_refused_plan() -> None:
@@ -372,7 +374,7 @@ def test_the_failing_deployment_marks_its_trouble_and_shows_the_refused_plan() -
     assert [a["data-key"] for a in found.having("a", "trouble")] == ["staff-service@eu-2"]
     assert [g["data-machine"] for g in found.having("g", "m-failed")] == ["eu-3"]
     assert "Machine eu-3 failed" in html and "(6 min ago)" in html
-    assert "staff-service@eu-2 is failing" in html
+    assert "staff-service@eu-2 fails its health check" in html
     assert f'<a href="{COMMIT_URL.format(sha=NEXT)}"' in html
     assert "was rolled back" in html and "ApplyFailed" in html
     assert "answered 500 after 30 s" in html
@@ -387,9 +389,21 @@ def test_without_its_plan_a_failed_commit_says_what_it_would_have_done() -> None
     assert "Its plan was not recorded; it would have: replace 3 instance(s)" in html
 
 
+def test_an_unreachable_machine_that_has_not_failed_is_a_warning() -> None:
+    status, history = healthy()
+    status["machines"][0].update(reachable=False, error="ssh: host key changed")
+    for i in status["instances"]:
+        if i["machine"] == "eu-1":
+            i.update(state="unknown", healthy=None)
+    html = render(status, history)
+    assert [g["data-machine"] for g in Elements(html).having("g", "m-unreachable")] == ["eu-1"]
+    assert "Machine eu-1 is unreachable" in html and "ssh: host key changed" in html
+    assert "are up" not in html
+
+
 def test_a_refused_commit_names_the_head_and_the_cause() -> None:
     status, history = healthy()
-    status["conditions"] = _conditions("True AllActive", "False Idle", "True UntrustedCommit")
+    status["conditions"] = _conditions(NOW, "True AllActive", "False Idle", "True UntrustedCommit")
     status["controller"].update(head=NEXT, lastError=f"commit {NEXT[:12]} is not signed")
     html = render(status, history)
     assert re.search(rf"Commit <a [^>]+><code>{NEXT[:12]}</code></a> was refused", html)
