@@ -399,7 +399,15 @@ def last_attempt(state: Path, deployment: str, sha: str | None = None) -> Attemp
 
 
 def agent_script() -> Path | None:
-    """The agent's script in the measured reconciler/, which a machine runs with python3."""
+    """The agent the measured reconciler/ ships (its archive, or before it the one script),
+    which a machine runs with python3."""
+    package = measured_package() / "agent"
+    if package.is_dir():
+        from reconciler.execute.agent import archive
+
+        OUT_DIR.mkdir(exist_ok=True)
+        (OUT_DIR / "agent.pyz").write_bytes(archive(package))
+        return OUT_DIR / "agent.pyz"
     path = measured_package() / "activation" / "agent.py"
     return path if path.is_file() else None
 
