@@ -20,6 +20,7 @@ import subprocess
 import zlib
 from collections import Counter
 from collections.abc import Callable
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -36,12 +37,22 @@ WIDTH, HEIGHT = 1280, 1024
 GOOD_PILL, BAD_PILL, WHITE = bytes.fromhex("dafbe1"), bytes.fromhex("ffebe9"), b"\xff\xff\xff"
 TROUBLE_RED, REPLACING_BLUE = bytes.fromhex("cf222e"), bytes.fromhex("218bff")  # page.css
 DOCS_SCREENSHOT = Path(__file__).parents[2] / "docs" / "status-page.png"
+DOCS_WIDTH, DOCS_HEIGHT = 1280, 700
 Document = tuple[dict[str, Any], list[dict[str, Any]]]
 CASES: dict[str, Callable[[datetime], Document]] = {
     "healthy": healthy,
     "failing": failing,
     "rolling": rolling,
 }
+
+
+@dataclass
+class LoggingView(FakeView):
+    """FakeView with a log tail per instance it lists."""
+
+    def instance_log(self, deployment: str, key: str) -> str | None:
+        listed = {i["key"] for i in self.statuses.get(deployment, {}).get("instances", [])}
+        return f"--- the tail of {key}'s log\nGET /health answered 500\n" if key in listed else None
 
 
 def chromium() -> str:
@@ -184,7 +195,39 @@ def test_the_picture_in_chromium(case: str, tmp_path: Path) -> None:
         assert (trouble, failed) == (["staff-service@eu-2"], ["eu-3"])
         assert colours[TROUBLE_RED] > 0 and colours[BAD_PILL] > 0
         if os.environ.get("RECONCILER_DOCS_SCREENSHOT") == "1":
-            shutil.copyfile(shot, DOCS_SCREENSHOT)
+            docs_screenshot(binary, status, history, tmp_path / "docs")
     else:
         assert (trouble, failed, len(badges)) == ([], [], 3)
         assert colours[REPLACING_BLUE] > 0 and colours[TROUBLE_RED] == 0
+
+
+def docs_screenshot(
+    binary: str, status: dict[str, Any], history: list[dict[str, Any]], home: Path
+) -> None:
+    """The README's picture: the top of the page (the picture and what is wrong), small
+    enough to keep in the repository."""
+    view = FakeView({status["deployment"]: status}, {status["deployment"]: history})
+    shot = home.with_suffix(".png")
+    with serving(view, commit_url=COMMIT_URL) as url:
+        size = f"--window-size={DOCS_WIDTH},{DOCS_HEIGHT}"
+        browse(binary, url + "/", home, f"--screenshot={shot}", size)
+    data = shot.read_bytes()
+    assert len(data) < 200_000, f"{len(data)} bytes is too large for the repository"
+    DOCS_SCREENSHOT.write_bytes(data)
+
+
+def test_a_node_links_to_its_log_behind_the_same_token(tmp_path: Path) -> None:
+    """The page and the log are behind the API token; a browser that sent it (Basic
+    auth, the token as the password) for the page gets the log at the node's link."""
+    binary = chromium()
+    status, history = failing(datetime.now(UTC))
+    view = LoggingView({"production": status}, {"production": history})
+    with serving(view, api_token="s3cret-token") as url:
+        authed = url.replace("http://", "http://person:s3cret-token@")
+        page = browse(binary, authed + "/", tmp_path / "page", "--dump-dom").stdout
+        (href,) = [a["href"] for a in Elements(page).having("a", "trouble")]
+        log = browse(binary, authed + href, tmp_path / "log", "--dump-dom").stdout
+        refused = browse(binary, url + href, tmp_path / "refused", "--dump-dom").stdout
+    assert "--- the tail of staff-service@eu-2's log" in log
+    assert "GET /health answered 500" in log
+    assert "tail of" not in refused
