@@ -15,41 +15,40 @@ soon as it is done. Starting python3 for every operation cost more than most ope
 
 from __future__ import annotations
 
+import importlib
 import json
 import sys
 from typing import TYPE_CHECKING, Any
 
-from .commands import (
-    cmd_activate,
-    cmd_deactivate,
-    cmd_restore,
-    cmd_snapshot,
-    cmd_status,
-    cmd_wrapper,
-)
-from .gc import cmd_gc
-from .leases import cmd_lock, cmd_unlock
-from .profiles import cmd_read_manifest, cmd_switch_profile
 from .request import BadRequest, Failure
-from .store import cmd_list_store
 
 if TYPE_CHECKING:
     from collections.abc import Callable
 
-COMMANDS: dict[str, Callable[[dict[str, Any]], dict[str, Any]]] = {
-    "activate": cmd_activate,
-    "deactivate": cmd_deactivate,
-    "status": cmd_status,
-    "lock": cmd_lock,
-    "unlock": cmd_unlock,
-    "snapshot": cmd_snapshot,
-    "restore": cmd_restore,
-    "switch-profile": cmd_switch_profile,
-    "read-manifest": cmd_read_manifest,
-    "gc": cmd_gc,
-    "list-store": cmd_list_store,
-    "wrapper": cmd_wrapper,
+# command → (module, function): a command imports only what it needs (the archive's
+# modules are compiled at every start: zipimport keeps no bytecode)
+COMMANDS = {
+    "activate": ("commands", "cmd_activate"),
+    "deactivate": ("commands", "cmd_deactivate"),
+    "status": ("commands", "cmd_status"),
+    "lock": ("leases", "cmd_lock"),
+    "unlock": ("leases", "cmd_unlock"),
+    "snapshot": ("commands", "cmd_snapshot"),
+    "restore": ("commands", "cmd_restore"),
+    "switch-profile": ("profiles", "cmd_switch_profile"),
+    "read-manifest": ("profiles", "cmd_read_manifest"),
+    "gc": ("gc", "cmd_gc"),
+    "list-store": ("store", "cmd_list_store"),
+    "wrapper": ("commands", "cmd_wrapper"),
 }
+
+
+def command(name: str) -> Callable[[dict[str, Any]], dict[str, Any]]:
+    module, function = COMMANDS[name]
+    found: Callable[[dict[str, Any]], dict[str, Any]] = getattr(
+        importlib.import_module(f".{module}", __package__), function
+    )
+    return found
 
 
 def where(exc: BaseException) -> str:
@@ -73,7 +72,7 @@ def run(args: list[str], stdin: bytes) -> tuple[int, dict[str, Any]]:
     if not isinstance(request, dict):
         return 2, {"error": "bad request: the request must be a JSON object"}
     try:
-        return 0, COMMANDS[args[0]](request)
+        return 0, command(args[0])(request)
     except BadRequest as e:
         return 2, {"error": f"bad request: {e}"}
     except Failure as e:
@@ -99,6 +98,8 @@ def write_line(value: dict[str, Any]) -> None:
 def serve() -> int:
     import threading  # here: a single command does without it
 
+    for name in COMMANDS:  # all now: the archive may be gone by the time one is asked
+        command(name)
     out = threading.Lock()
     workers = []
 
