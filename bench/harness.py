@@ -156,7 +156,7 @@ def git(repo: Path, *args: str, env: dict[str, str] | None = None) -> str:
 
 def new_repo(path: Path) -> Path:
     """An empty work tree on branch main; objects stored uncompressed (set-up, not measured)."""
-    path.mkdir(parents=True)
+    path.mkdir(parents=True, exist_ok=True)
     git(path, "init", "-q", "-b", "main")
     git(path, "config", "core.compression", "0")
     git(path, "config", "gc.auto", "0")
