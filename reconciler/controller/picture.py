@@ -21,7 +21,7 @@ COL_GAP, ROW_GAP = 80, 12
 PAD, HEAD = 14, 30  # inside a machine box: padding, and the header strip with its name
 BOX_GAP = 14  # between machine boxes
 MIN_WIDTH = 420  # room for a machine's header on one-column pictures
-GRID_COLUMNS = 3  # columns of the grid drawn when no dependencies are known
+GRID_COLUMNS, GRID_GAP = 3, 20  # the grid drawn when no dependencies are known
 SIDE_SHARE = 0.6  # of a node's side where arrows leave and arrive
 NAME_CHARS = 22  # of a service name on a node (the whole key is in its tooltip)
 
@@ -94,8 +94,9 @@ def draw(deployment: Mapping[str, Any]) -> Picture | None:
         return None
     deps = {p.service: _strings(p.doc.get("dependsOn")) for p in instances}
     slots = _slots(instances, deps)
-    columns = max((c for c, _ in slots.values()), default=0) + 1
-    width = max(MIN_WIDTH, 2 * PAD + columns * NODE_W + (columns - 1) * COL_GAP)
+    gap = COL_GAP if any(deps.values()) else GRID_GAP  # room for arrows only when drawn
+    count = max((c for c, _ in slots.values()), default=0) + 1
+    width = max(MIN_WIDTH, 2 * PAD + count * NODE_W + (count - 1) * gap)
     name = str(deployment.get("deployment") or "?")
 
     boxes, nodes, y = [], [], 0
@@ -106,7 +107,7 @@ def draw(deployment: Mapping[str, Any]) -> Picture | None:
         boxes.append(_box(machines[machine], y, width, height, empty=not mine))
         for p in mine:
             column, row = slots[p.key]
-            x = PAD + column * (NODE_W + COL_GAP)
+            x = PAD + column * (NODE_W + gap)
             nodes.append(_node(p, name, x, y + HEAD + row * (NODE_H + ROW_GAP)))
         y += height + BOX_GAP
     return Picture(width, y - BOX_GAP, boxes, nodes, _edges(instances, deps, nodes))
