@@ -14,8 +14,8 @@ from typing import Annotated
 import typer
 
 from reconciler import __version__
-from reconciler.commands.options import Options
 from reconciler.errors import InvalidModels, UserError
+from reconciler.options import Options
 
 app = typer.Typer(
     name="reconciler",
@@ -184,18 +184,17 @@ def apply(
 ) -> int:
     """Run the plan: provision, build, transfer only what machines lack, then activate."""
     from reconciler.commands import apply as cmd
+    from reconciler.execute.attempt import AttemptOptions
 
-    return cmd.run(
-        ctx.obj,
-        dry_run=dry_run,
-        only=only,
+    options = AttemptOptions(
+        scope=cmd.parse_only(only),
         max_concurrent=max_concurrent,
-        yes=yes,
         copy_only=copy_only,
+        provision_only=provision_only,
         kill_obsolete=kill_obsolete,
         allow_recreate=allow_recreate,
-        provision_only=provision_only,
     )
+    return cmd.run(ctx.obj, options, dry_run=dry_run, yes=yes)
 
 
 @app.command()

@@ -7,14 +7,9 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from reconciler.commands.options import Options
-from reconciler.commands.status import (
-    InstanceSeen,
-    Observation,
-    load_record,
-    nothing_recorded,
-    observe,
-)
+from reconciler.commands.status import load_record, nothing_recorded
+from reconciler.execute.observe import InstanceSeen, Observation, observe
+from reconciler.options import Options
 
 EXIT_DRIFT = 2
 

@@ -13,22 +13,27 @@ import uuid
 from dataclasses import dataclass
 from typing import Any
 
-import sqlite_utils
-
-from reconciler.commands.options import Options
 from reconciler.errors import UserError
-from reconciler.execute.agent import AgentError, call, ensure_agent, lease, release
-from reconciler.execute.recover import unsettled
+from reconciler.execute.agent import AgentError, call, ensure_agent, ship
+from reconciler.execute.leases import Leases
 from reconciler.models.schema import parse_duration
-from reconciler.state.db import exclusive, open_db, transaction
-from reconciler.state.history import pick_recorded, recorded_deployments
+from reconciler.options import Options
+from reconciler.state.db import StateDB, exclusive, open_db
 from reconciler.state.hostkeys import RecordedHostKeys
-from reconciler.state.record import read_recorded
+from reconciler.state.machines import forget_removed_paths, forget_store_paths
 from reconciler.state.recorded import RecordedState
+from reconciler.state.rows import (
+    generation_paths,
+    newest_generations,
+    pick_recorded,
+    read_recorded,
+    recorded_deployments,
+    unsettled,
+)
 from reconciler.store.content import remove_tree
 from reconciler.store.local import LocalStore
 from reconciler.targets.base import Target, TargetError
-from reconciler.targets.open import open_target
+from reconciler.targets.open import opened
 from reconciler.text import human_bytes, plural
 
 
@@ -56,18 +61,15 @@ def run(opts: Options, keep: int, delete_state: bool, min_age: str) -> int:
                 f"an interrupted attempt of {name} is not settled yet: "
                 "run `reconciler apply` first, then gc"
             )
-        kept = [
-            r["generation"]
-            for r in db.query(
-                "SELECT generation FROM attempts WHERE deployment = ? AND generation IS NOT NULL "
-                "ORDER BY generation DESC LIMIT ?",
-                [name, keep],
-            )
-        ]
+        kept = newest_generations(db, name, keep)
         recorded = read_recorded(db, name)
         store = LocalStore(opts.state_path.parent / "store")
         results = asyncio.run(_on_machines(opts, db, recorded, kept, delete_state, grace, store))
-        _forget_removed(db, recorded, results)
+        removed: dict[str | None, list[str]] = {}
+        for r in results:
+            location = recorded.machines[r.machine].location
+            removed.setdefault(location, []).extend(r.answer.get("removedPaths") or [])
+        forget_removed_paths(db, removed)
         local_removed, local_freed, local_note = _local_store(db, name, kept, store)
     failed = [r for r in results if r.error]
     if opts.format == "json":
@@ -117,7 +119,7 @@ def run(opts: Options, keep: int, delete_state: bool, min_age: str) -> int:
     return 1 if failed else 0
 
 
-def recorded_deployment(opts: Options, db: sqlite_utils.Database) -> str:
+def recorded_deployment(opts: Options, db: StateDB) -> str:
     """The deployment named by -d, or the only one the state DB knows; it must be recorded."""
     name = pick_recorded(db, opts.deployment)
     names = recorded_deployments(db)
@@ -133,7 +135,7 @@ def recorded_deployment(opts: Options, db: sqlite_utils.Database) -> str:
 
 async def _on_machines(
     opts: Options,
-    db: sqlite_utils.Database,
+    db: StateDB,
     recorded: RecordedState,
     kept: list[int],
     delete_state: bool,
@@ -141,81 +143,56 @@ async def _on_machines(
     store: LocalStore,
 ) -> list[MachineGc]:
     agent = ensure_agent(store)
-    owner = f"gc-{uuid.uuid4()}"
-    host_keys = RecordedHostKeys(db)
-    targets = {
-        m: open_target(m, have.connection, opts.state_path.parent, host_keys)
-        for m, have in sorted(recorded.machines.items())
-        if have.connection
-    }
+    connections = {m: have.connection for m, have in recorded.machines.items() if have.connection}
+    async with opened(connections, opts.state_path.parent, RecordedHostKeys(db)) as targets:
 
-    async def one(machine: str, target: Target) -> MachineGc:
-        base = {"stateDir": target.state_dir, "owner": owner}
-        try:
-            await lease(target, store, agent, owner, 600)
-        except (AgentError, TargetError) as e:
-            return MachineGc(machine, {}, f"skipped: {e}")
-        try:
-            answer = await call(
-                target,
-                agent.path,
-                "gc",
-                {
-                    **base,
-                    "deployment": recorded.deployment,
-                    "keep": kept,
-                    "keepPaths": [agent.path],
-                    "deleteState": delete_state,
-                    "graceSeconds": grace,
-                },
-            )
-            return MachineGc(machine, answer)
-        except (AgentError, TargetError) as e:
-            return MachineGc(machine, {}, f"gc failed: {e}")
-        finally:
-            problem = await release(target, agent.path, owner)
-            if problem:
-                print(f"warning: {problem}", file=sys.stderr)
+        async def on(machine: str, command: str, request: dict[str, Any]) -> dict[str, Any]:
+            return await call(targets[machine], agent.path, command, request)
 
-    try:
-        return await asyncio.gather(*(one(m, t) for m, t in targets.items()))
-    finally:
-        await asyncio.gather(*(t.close() for t in targets.values()), return_exceptions=True)
+        leases = Leases(on, {m: t.state_dir for m, t in targets.items()}, f"gc-{uuid.uuid4()}")
 
-
-def _forget_removed(
-    db: sqlite_utils.Database, recorded: RecordedState, results: list[MachineGc]
-) -> None:
-    """Paths gone from a machine are gone for every deployment recorded at its location."""
-    with transaction(db):
-        for r in results:
-            removed = r.answer.get("removedPaths") or []
-            location = recorded.machines[r.machine].location
-            for row in db.query(
-                "SELECT deployment, name FROM machines WHERE location = ?", [location]
-            ):
-                db.conn.executemany(
-                    "DELETE FROM machine_paths WHERE deployment = ? AND machine = ? AND path = ?",
-                    [(row["deployment"], row["name"], p) for p in removed],
+        async def one(machine: str, target: Target) -> MachineGc:
+            try:
+                await ship([target], store, agent)
+                await leases.take(machine)
+            except (AgentError, TargetError) as e:
+                return MachineGc(machine, {}, f"skipped: {e}")
+            try:
+                answer = await on(
+                    machine,
+                    "gc",
+                    {
+                        "stateDir": target.state_dir,
+                        "owner": leases.owner,
+                        "deployment": recorded.deployment,
+                        "keep": kept,
+                        "keepPaths": [agent.path],
+                        "deleteState": delete_state,
+                        "graceSeconds": grace,
+                    },
                 )
+                return MachineGc(machine, answer)
+            except (AgentError, TargetError) as e:
+                return MachineGc(machine, {}, f"gc failed: {e}")
+
+        try:
+            async with leases.renewing():
+                return await asyncio.gather(*(one(m, t) for m, t in targets.items()))
+        finally:
+            for problem in await leases.release_all():
+                print(f"warning: {problem}", file=sys.stderr)
 
 
 def _local_store(
-    db: sqlite_utils.Database, name: str, kept: list[int], store: LocalStore
+    db: StateDB, name: str, kept: list[int], store: LocalStore
 ) -> tuple[list[str], int, str]:
     """Remove from the local cache what no kept generation of this deployment and no
     generation of another one needs; the agent is rebuilt on demand."""
-    rows = list(
-        db.query(
-            "SELECT deployment, generation, machine_paths FROM attempts "
-            "WHERE generation IS NOT NULL"
-        )
-    )
-    considered = [r for r in rows if r["deployment"] != name or r["generation"] in kept]
-    if any(r["machine_paths"] is None for r in considered):
+    considered = [p for d, g, p in generation_paths(db) if d != name or g in kept]
+    if any(p is None for p in considered):
         return [], 0, "; kept all: some generations predate gc"
     needed = {
-        p for r in considered for paths in json.loads(r["machine_paths"]).values() for p in paths
+        p for by_machine in considered for paths in (by_machine or {}).values() for p in paths
     }
     removed, freed = [], 0
     for meta in sorted((store.root / ".meta").glob("*.json")) if store.root.exists() else []:
@@ -228,6 +205,5 @@ def _local_store(
         if store.dir(path).exists():
             remove_tree(store.dir(path))
         removed.append(path)
-    with transaction(db):
-        db.conn.executemany("DELETE FROM store_paths WHERE path = ?", [(p,) for p in removed])
+    forget_store_paths(db, removed)
     return removed, freed, ""

@@ -6,15 +6,11 @@ import shutil
 import subprocess
 import sys
 
-from reconciler.commands.context import (
-    check_format,
-    compile_with_record,
-    load_one,
-    paused_gc,
-)
-from reconciler.commands.options import Options
+from reconciler.commands.context import check_format
 from reconciler.desired.dot import to_dot
 from reconciler.errors import UserError
+from reconciler.execute.inputs import compile_with_record, load_one, paused_gc
+from reconciler.options import Options
 
 
 def run(opts: Options, worktree: bool) -> int:

@@ -8,20 +8,15 @@ import json
 import subprocess
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from pathlib import Path
 from typing import Any
 
 from reconciler.commands.context import check_format
-from reconciler.commands.options import Options
-from reconciler.commands.status import nothing_recorded, print_table, short_sha, when
+from reconciler.commands.status import nothing_recorded
+from reconciler.commands.tables import print_table, short_sha, when
 from reconciler.errors import UserError
-from reconciler.state.history import (
-    AttemptRow,
-    change_summary,
-    pick_recorded,
-    read_deployment,
-    reading,
-)
+from reconciler.execute.history import attempt_json
+from reconciler.options import Options
+from reconciler.state.rows import AttemptRow, pick_recorded, read_deployment, reading
 
 NOT_APPLIED = "not_applied"
 
@@ -43,7 +38,7 @@ def run(opts: Options, with_git: bool) -> int:
         name = pick_recorded(db, opts.deployment)
         record = read_deployment(db, name) if db is not None and name else None
     attempts = record.attempts if record else []
-    rows = [_attempt_json(a) for a in attempts]
+    rows = [attempt_json(a) for a in attempts]
     if with_git:
         rows = _interleave(rows, git_commits(opts, name, attempts))
     if opts.format == "json":
@@ -71,35 +66,6 @@ def run(opts: Options, with_git: bool) -> int:
         ],
     )
     return 0
-
-
-def history_rows(state: Path, name: str) -> list[dict[str, Any]]:
-    """What `history --format json` prints for one deployment (the controller's API)."""
-    from reconciler.state.db import open_db
-
-    db = open_db(state, write=False) if state.exists() else None
-    with reading(state):
-        record = read_deployment(db, name) if db is not None else None
-    return [_attempt_json(a) for a in record.attempts] if record else []
-
-
-def _attempt_json(a: AttemptRow) -> dict[str, Any]:
-    return {
-        "generation": a.generation,
-        "time": a.time,
-        "commit": a.commit,
-        "author": a.author,
-        "email": a.email,
-        "subject": a.subject,
-        "commitTime": a.commit_time,
-        "result": a.status,
-        "reason": a.reason,
-        "changes": change_summary(a.summary),
-        "summary": a.summary,
-        "attempt": a.id,
-        "startedAt": a.started_at,
-        "finishedAt": a.finished_at,
-    }
 
 
 def _commit_json(c: Commit) -> dict[str, Any]:

@@ -4,19 +4,19 @@ from __future__ import annotations
 
 import sys
 
-from reconciler.commands.context import (
-    check_format,
+from reconciler.commands.context import check_format
+from reconciler.desired.compile import compile_deployment
+from reconciler.errors import InvalidModels, UserError
+from reconciler.execute.inputs import (
     compile_with_record,
     deployment_source,
     load_one,
     open_models,
     paused_gc,
 )
-from reconciler.commands.options import Options
-from reconciler.desired.compile import compile_deployment
-from reconciler.errors import InvalidModels, UserError
 from reconciler.models.load import load_config, load_deployment, pick_deployment
 from reconciler.models.source import at_ref
+from reconciler.options import Options
 from reconciler.plan.against import as_recorded
 from reconciler.plan.diff import make_plan
 from reconciler.plan.render import render_json, render_markdown, render_text, summary_line

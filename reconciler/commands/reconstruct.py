@@ -12,16 +12,17 @@ import json
 import sys
 from typing import Any
 
-from reconciler.commands.context import load_one
-from reconciler.commands.options import Options
 from reconciler.desired.compile import compile_deployment
 from reconciler.desired.state import DesiredState
 from reconciler.errors import UserError
 from reconciler.execute.agent import answer_of, ask
+from reconciler.execute.inputs import load_one
 from reconciler.execute.requests import activation_request
-from reconciler.state.db import exclusive, open_db, transaction
+from reconciler.options import Options
+from reconciler.state.attempts import record_generation, set_reason, start_attempt
+from reconciler.state.db import exclusive, open_db
 from reconciler.state.hostkeys import RecordedHostKeys
-from reconciler.state.record import read_recorded, record_generation, start_attempt
+from reconciler.state.rows import read_recorded
 from reconciler.targets.base import Target, TargetError
 from reconciler.targets.open import open_target
 from reconciler.text import plural
@@ -88,11 +89,7 @@ def run(opts: Options) -> int:
             if i.machine in targets
         }
         record_generation(db, attempt, recorded, present, requests, number=number)
-        with transaction(db):
-            db.execute(
-                "UPDATE attempts SET reason = ? WHERE id = ?",
-                [f"reconstructed from the manifests of {len(usable)} machines", attempt],
-            )
+        set_reason(db, attempt, f"reconstructed from the manifests of {len(usable)} machines")
     if opts.format == "json":
         print(
             json.dumps(

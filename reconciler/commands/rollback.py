@@ -8,30 +8,24 @@ import dataclasses
 import sys
 
 from reconciler.commands import apply
-from reconciler.commands.context import load_one
-from reconciler.commands.options import Options
 from reconciler.errors import UserError
-from reconciler.state.db import open_db, transaction
+from reconciler.execute.attempt import AttemptOptions
+from reconciler.execute.inputs import load_one
+from reconciler.options import Options
+from reconciler.state.db import open_db
+from reconciler.state.deployments import pause
+from reconciler.state.rows import generations
 
 
 def run(opts: Options, to: int | None, yes: bool) -> int:
     head, _ = load_one(opts)
     db = open_db(opts.state_path, write=False) if opts.state_path.exists() else None
-    rows = (
-        []
-        if db is None
-        else list(
-            db.query(
-                "SELECT generation, commit_sha FROM attempts WHERE deployment = ? "
-                "AND generation IS NOT NULL ORDER BY generation",
-                [head.name],
-            )
-        )
-    )
-    if not rows:
+    by_number = {} if db is None else generations(db, head.name)
+    if db is not None:
+        db.close()
+    if not by_number:
         raise UserError(f"deployment {head.name} has no generation to roll back to")
-    by_number = {r["generation"]: r["commit_sha"] for r in rows}
-    current = rows[-1]["generation"]
+    current = max(by_number)
     target = current - 1 if to is None else to
     if target not in by_number or target == current:
         choices = ", ".join(str(n) for n in sorted(by_number) if n != current) or "none"
@@ -47,24 +41,14 @@ def run(opts: Options, to: int | None, yes: bool) -> int:
             f"Rolling {head.name} back to generation {target} (commit {sha[:12]}).",
             file=sys.stderr,
         )
-    code = apply.run(
-        dataclasses.replace(opts, ref=sha, deployment=head.name),
-        dry_run=False,
-        only=None,
-        max_concurrent=10,
-        yes=yes,
-        copy_only=False,
-        kill_obsolete=False,
-        allow_recreate=False,
-    )
+    at = dataclasses.replace(opts, ref=sha, deployment=head.name)
+    code = apply.run(at, AttemptOptions(), yes=yes)
     if code == 0:
         db = open_db(opts.state_path, write=True)
         assert db is not None
         paused = head.revision.sha if head.revision else None
-        with transaction(db):
-            db.execute(
-                "UPDATE deployments SET paused_at_sha = ? WHERE name = ?", [paused, head.name]
-            )
+        pause(db, head.name, paused)
+        db.close()
         if paused and not opts.quiet:
             print(
                 f"Auto-apply of {head.name} is paused until a commit newer than "

@@ -13,9 +13,9 @@ import shutil
 import sys
 from pathlib import Path
 
-from reconciler.commands.context import compile_with_record, load_one
-from reconciler.commands.options import Options
 from reconciler.errors import UserError
+from reconciler.execute.inputs import compile_with_record, load_one
+from reconciler.options import Options
 from reconciler.state.db import open_db
 from reconciler.state.hostkeys import RecordedHostKeys
 from reconciler.targets.local import LocalTarget

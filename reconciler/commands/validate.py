@@ -6,16 +6,12 @@ import json
 import sys
 from typing import Any
 
-from reconciler.commands.context import (
-    check_format,
-    deployment_source,
-    open_models,
-    paused_gc,
-)
-from reconciler.commands.options import Options
+from reconciler.commands.context import check_format
 from reconciler.desired.compile import compile_deployment
 from reconciler.errors import InvalidModels, Problem, UserError
+from reconciler.execute.inputs import deployment_source, open_models, paused_gc
 from reconciler.models.load import load_deployment, pick_deployment
+from reconciler.options import Options
 from reconciler.text import plural
 
 

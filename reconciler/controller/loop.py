@@ -19,11 +19,16 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from reconciler.commands.options import Options
 from reconciler.controller.git import GitError, Signers, branch_head, check_signature, is_ancestor
 from reconciler.errors import InvalidModels, UserError
+from reconciler.execute.outcome import Outcome, Reason, Result
+from reconciler.options import Options
+
+if TYPE_CHECKING:
+    from reconciler.execute.observe import Observation
+    from reconciler.state.rows import DeploymentRow
 
 BACKOFF_FIRST = 5.0  # seconds after the first failure of a commit
 BACKOFF_CAP = 600.0  # SPEC §5: capped at 10 minutes
@@ -41,7 +46,7 @@ def now_iso() -> str:
 
 
 @dataclass
-class Outcome:
+class PassResult:
     """What one pass did, for metrics and the view."""
 
     result: str  # applied | unchanged | failed | invalid | refused | paused | planned | idle
@@ -68,19 +73,20 @@ class DeploymentLoop:
     failures: int = 0
     backoff_until: float = 0.0
     last_error: str | None = None
-    stalled: dict[str, str] | None = None  # the controller's own Stalled (reason, message)
+    stalled: tuple[Reason, str] | None = None  # the controller's own Stalled (reason, message)
     next_poll: float = 0.0
     child: asyncio.subprocess.Process | None = None
     applying: str | None = None  # the commit being applied now
     on_apply: Callable[[DeploymentLoop], None] | None = None  # says Reconciling at once
     passes: int = 0
+    observed: Observation | None = None  # the machines as last seen
 
     def poke(self) -> None:
         self.wake.set()
 
     # --- one pass ---------------------------------------------------------------------
 
-    async def reconcile(self) -> Outcome:
+    async def reconcile(self) -> PassResult:
         """Look at the branch head and act on it; never raises for the deployment's own
         problems (they become the outcome and a Stalled condition)."""
         started = time.monotonic()
@@ -88,32 +94,32 @@ class DeploymentLoop:
         try:
             head = await branch_head(self.remote, self.branch)
         except GitError as e:
-            return self._fail("failed", "HeadUnavailable", str(e), started, retry=False)
+            return self._fail("failed", Reason.HEAD_UNAVAILABLE, str(e), started, retry=False)
         if head != self.head:  # a new commit cancels waiting on a stuck one
             self.head, self.failures, self.backoff_until = head, 0, 0.0
         if head == self.handled:
-            return Outcome("idle", time.monotonic() - started)
+            return PassResult("idle", time.monotonic() - started)
         if self.failures and time.monotonic() < self.backoff_until:
-            return Outcome("idle", time.monotonic() - started)
+            return PassResult("idle", time.monotonic() - started)
         return await self._act(head, started)
 
-    async def _act(self, head: str, started: float) -> Outcome:
+    async def _act(self, head: str, started: float) -> PassResult:
         opts = dataclasses.replace(self.opts, ref=head, deployment=self.name, format="json")
         try:
             loaded, changes = await asyncio.to_thread(_evaluate, opts)
         except InvalidModels as e:
             lines = [str(p) for p in e.problems]
-            return self._fail("invalid", "InvalidModels", "\n".join(lines), started)
+            return self._fail("invalid", Reason.INVALID_MODELS, "\n".join(lines), started)
         except UserError as e:
-            return self._fail("invalid", "InvalidModels", str(e), started)
+            return self._fail("invalid", Reason.INVALID_MODELS, str(e), started)
         git_dir = loaded.git_dir
         record = _deployment_row(self.opts, self.name)
-        last = record.get("last_applied_sha")
+        last = record.last_applied_sha if record else None
         rewound = last and last != head and not await is_ancestor(git_dir, last, head)
         if rewound and not self.allow_rewind:
             return self._fail(
                 "refused",
-                "NotADescendant",
+                Reason.NOT_A_DESCENDANT,
                 f"head {head[:12]} does not descend from the last applied commit "
                 f"{str(last)[:12]}; set allowRewind: true to accept it",
                 started,
@@ -122,36 +128,33 @@ class DeploymentLoop:
         if self.signers.required:
             why = await check_signature(git_dir, head, self.signers)
             if why:
-                return self._fail("refused", "UntrustedCommit", why, started, retry=False)
-        if record.get("paused_at_sha") == head:
+                return self._fail("refused", Reason.UNTRUSTED_COMMIT, why, started, retry=False)
+        if record and record.paused_at_sha == head:
             self._ok(head)
-            return Outcome("paused", time.monotonic() - started, message="paused by rollback")
+            return PassResult("paused", time.monotonic() - started, message="paused by rollback")
         if not changes:
             self._ok(head)
-            return Outcome("unchanged", time.monotonic() - started)
+            return PassResult("unchanged", time.monotonic() - started)
         if not self.auto_apply:
             self._ok(head)
-            return Outcome("planned", time.monotonic() - started, message="autoApply is off")
+            return PassResult("planned", time.monotonic() - started, message="autoApply is off")
         async with self.apply_lock:
             self.applying = head
             if self.on_apply is not None:
                 self.on_apply(self)
             try:
-                code, out, err = await self._apply(head)
+                outcome = await self._apply(head)
             finally:
                 self.applying = None
-        if code == 0:
+        if outcome.ok:
             self._ok(head)
-            try:
-                transferred = int(json.loads(out).get("transferredBytes", 0))
-            except (ValueError, AttributeError):
-                transferred = 0
-            return Outcome("applied", time.monotonic() - started, transferred)
-        tail = "\n".join(err.strip().splitlines()[-STDERR_TAIL:])
-        reason = "RollbackFailed" if code == 3 else "ApplyFailed"
-        return self._fail("failed", reason, tail or f"apply exited with {code}", started)
+            return PassResult("applied", time.monotonic() - started, outcome.transferred_bytes)
+        reason = Reason.ROLLBACK_FAILED if outcome.result == Result.STALLED else Reason.APPLY_FAILED
+        return self._fail("failed", reason, outcome.message, started)
 
-    async def _apply(self, head: str) -> tuple[int, str, str]:
+    async def _apply(self, head: str) -> Outcome:
+        """The apply runs as a child process (a crash in it never takes the controller
+        down); it prints its outcome as JSON, and that is what is read back."""
         o = self.opts
         argv = [sys.executable, "-m", "reconciler", "--repo", o.repo, "--ref", head]
         argv += ["--path", o.path] if o.path else []
@@ -169,7 +172,14 @@ class DeploymentLoop:
         finally:
             code = self.child.returncode
             self.child = None
-        return code if code is not None else 1, out.decode(), err.decode(errors="replace")
+        try:
+            outcome = Outcome.from_json(json.loads(out))
+        except (ValueError, KeyError, TypeError):  # it died before it could say
+            outcome = Outcome(Result.FAILED, Reason.APPLY_FAILED, f"apply exited with {code}")
+        tail = "\n".join(err.decode(errors="replace").strip().splitlines()[-STDERR_TAIL:])
+        if not outcome.ok and tail:  # what it said on the way is the message people need
+            outcome = dataclasses.replace(outcome, message=tail)
+        return outcome
 
     def terminate_child(self) -> None:
         """SIGTERM: the apply in flight settles (rolls back or finishes) and exits."""
@@ -181,18 +191,18 @@ class DeploymentLoop:
         self.last_error, self.stalled = None, None
 
     def _fail(
-        self, result: str, reason: str, message: str, started: float, retry: bool = True
-    ) -> Outcome:
+        self, result: str, reason: Reason, message: str, started: float, retry: bool = True
+    ) -> PassResult:
         """Stalled until a new commit; `retry`: also after the backoff (a transient
         cause may pass; a refusal or bad models will not)."""
         self.failures += 1
         self.last_error = message
-        self.stalled = {"reason": reason, "message": message}
+        self.stalled = (reason, message)
         if retry:
             self.backoff_until = time.monotonic() + backoff(self.failures)
         else:
             self.handled = self.head
-        return Outcome(result, time.monotonic() - started, message=message)
+        return PassResult(result, time.monotonic() - started, message=message)
 
     # --- what the view shows ----------------------------------------------------------
 
@@ -201,7 +211,7 @@ class DeploymentLoop:
         return {
             "autoApply": self.auto_apply,
             "selfHeal": self.self_heal,
-            "paused": _deployment_row(self.opts, self.name).get("paused_at_sha") is not None,
+            "paused": bool((row := _deployment_row(self.opts, self.name)) and row.paused_at_sha),
             "nextPollIn": max(0.0, round(self.next_poll - time.monotonic(), 1)),
             "backoffUntil": (
                 datetime.fromtimestamp(time.time() + left, UTC).isoformat(timespec="seconds")
@@ -217,7 +227,7 @@ class DeploymentLoop:
 def _evaluate(opts: Options) -> tuple[Any, bool]:
     """Load, compile and plan the commit: (the loaded deployment, whether it changes
     anything). Compile problems count as invalid models, like load problems."""
-    from reconciler.commands.context import compile_with_record, load_one
+    from reconciler.execute.inputs import compile_with_record, load_one
     from reconciler.plan.diff import make_plan
 
     loaded, _ = load_one(opts)
@@ -226,14 +236,13 @@ def _evaluate(opts: Options) -> tuple[Any, bool]:
     return loaded, bool(plan.has_changes)
 
 
-def _deployment_row(opts: Options, name: str) -> dict[str, Any]:
+def _deployment_row(opts: Options, name: str) -> DeploymentRow | None:
     from reconciler.state.db import open_db
+    from reconciler.state.rows import deployment_row
 
-    if not opts.state_path.exists():
-        return {}
-    db = open_db(opts.state_path, write=False)
-    if db is None:
-        return {}
-    row = next(db.query("SELECT * FROM deployments WHERE name = ?", [name]), None)
-    db.conn.close()
-    return dict(row) if row else {}
+    db = open_db(opts.state_path, write=False) if opts.state_path.exists() else None
+    try:
+        return deployment_row(db, name)
+    finally:
+        if db is not None:
+            db.close()

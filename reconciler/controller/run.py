@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import os
 import random
 import signal
@@ -19,15 +18,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from reconciler.commands.options import Options
 from reconciler.controller.git import GitError, Signers, branch_head, default_branch
-from reconciler.controller.loop import DeploymentLoop, Outcome, now_iso
+from reconciler.controller.loop import DeploymentLoop, PassResult, now_iso
 from reconciler.errors import UserError
 from reconciler.models.source import is_remote, redact
+from reconciler.options import Options
 from reconciler.targets.ssh import KNOWN_HOSTS_ENV
 
 JITTER = 0.1  # ±10 % on every interval, so many controllers do not poll in step
-CONDITION_TYPES = ("Ready", "Reconciling", "Stalled")
 
 
 @dataclass(frozen=True)
@@ -92,7 +90,7 @@ class Controller:
                 ),
                 self.metrics,
             )
-            server.start()
+            await server.start()
             host, port = server.address
             self.say(f"listening on http://{host}:{port}/")
         for sig in (signal.SIGTERM, signal.SIGINT):
@@ -108,7 +106,7 @@ class Controller:
             if watcher is not None:
                 watcher.stop()
             if server is not None:
-                server.stop()
+                await server.stop()
 
     def shutdown(self) -> None:
         self.say("stopping: settling what is in flight")
@@ -125,7 +123,7 @@ class Controller:
 
     async def refresh_deployments(self) -> None:
         """Deployments as reconciler.yaml at the default branch's head names them."""
-        from reconciler.commands.context import open_models
+        from reconciler.execute.inputs import open_models
 
         head = await branch_head(self.remote, None)
         if head == self.config_head:
@@ -217,7 +215,7 @@ class Controller:
         if not self.stop.is_set():
             await self.observe(d)
 
-    def report(self, d: DeploymentLoop, outcome: Outcome) -> None:
+    def report(self, d: DeploymentLoop, outcome: PassResult) -> None:
         head = (d.head or "")[:12]
         self.metrics.reconciled(d.name, outcome.result, outcome.seconds)
         if outcome.transferred:
@@ -230,97 +228,74 @@ class Controller:
     async def observe(self, d: DeploymentLoop) -> None:
         """Observe the machines (the view's status, self-heal's check), heal, and store
         the conditions with their transition times."""
-        from reconciler.commands.status import (
-            conditions,
-            nothing_json,
-            observe_async,
-            status_json,
-        )
+        from reconciler.execute.observe import nothing_json, observe_async, status_json
         from reconciler.state.db import open_db
-        from reconciler.state.history import read_deployment
+        from reconciler.state.rows import read_deployment
 
         db = open_db(self.opts.state_path, write=False) if self.opts.state_path.exists() else None
-        record = read_deployment(db, d.name) if db is not None else None
-        if db is None or record is None:
-            doc = nothing_json(d.name)
-            computed = doc["conditions"]
-        else:
-            obs = await observe_async(db, record, self.opts.state_path.parent)
-            drifted = [i.row.key for i in obs.instances if i.state in ("dead", "missing")]
-            if d.self_heal and drifted and not d.child:
-                healed = await self.heal(d, drifted)
-                if healed:
+        try:
+            record = read_deployment(db, d.name) if db is not None else None
+            if db is None or record is None:
+                doc = nothing_json(d.name)
+            else:
+                obs = await observe_async(db, record, self.opts.state_path.parent)
+                drifted = [i.row.key for i in obs.instances if i.state in ("dead", "missing")]
+                if d.self_heal and drifted and not d.child and await self.heal(d, drifted):
                     record = read_deployment(db, d.name) or record
                     obs = await observe_async(db, record, self.opts.state_path.parent)
-            doc = status_json(obs)
-            computed = conditions(obs, record)  # without what this controller stored before
-            by_state: dict[str, int] = {}
-            for i in obs.instances:
-                by_state[i.state] = by_state.get(i.state, 0) + 1
-            self.metrics.instances(d.name, by_state)
-        doc["conditions"] = self.store_conditions(d, computed)
+                doc = status_json(obs)
+                by_state: dict[str, int] = {}
+                for i in obs.instances:
+                    by_state[i.state] = by_state.get(i.state, 0) + 1
+                self.metrics.instances(d.name, by_state)
+                d.observed = obs
+        finally:
+            if db is not None:
+                db.close()
+        doc["conditions"] = self.store_conditions(d)
         doc["controller"] = d.info()
         self.view.put(d.name, doc)
 
-    async def heal(self, d: DeploymentLoop, keys: list[str]) -> list[str]:
+    async def heal(self, d: DeploymentLoop, keys: list[str]) -> bool:
         from reconciler.execute.heal import heal
         from reconciler.state.db import open_db
 
         async with self.apply_lock:
             db = open_db(self.opts.state_path, write=True)
             assert db is not None
-            healed, problems = await heal(db, d.name, keys, self.opts.state_path.parent)
+            try:
+                outcome = await heal(db, d.name, keys, self.opts.state_path.parent)
+            finally:
+                db.close()
+        healed = outcome.report.get("healed", [])
         if healed:
             self.say(f"{d.name}: self-heal re-activated {', '.join(healed)}")
-        for p in problems:
+        for p in outcome.details:
             self.say(f"{d.name}: self-heal: {p}")
-        return healed
+        return bool(healed)
 
     def reconciling(self, d: DeploymentLoop) -> None:
         """An apply starts: say so now, not after it (the page and API show it)."""
         doc = self.view.deployment(d.name)
-        if doc is None:
-            return
-        before = [
-            {k: v for k, v in c.items() if k != "lastTransitionTime"} for c in doc["conditions"]
-        ]
-        self.view.put(d.name, {**doc, "conditions": self.store_conditions(d, before)})
+        if doc is not None:
+            self.view.put(d.name, {**doc, "conditions": self.store_conditions(d)})
 
-    def store_conditions(
-        self, d: DeploymentLoop, computed: list[dict[str, Any]]
-    ) -> list[dict[str, Any]]:
-        """Overlay the loop's own Stalled and Reconciling; keep transition times."""
-        from reconciler.state.db import open_db, transaction
+    def store_conditions(self, d: DeploymentLoop) -> list[dict[str, Any]]:
+        """The conditions as they follow from the record, what was observed last and the
+        loop's own Stalled and Reconciling; stored with their transition times."""
+        from reconciler.execute.conditions import conditions
+        from reconciler.state.db import open_db
+        from reconciler.state.deployments import store_conditions
+        from reconciler.state.rows import read_deployment
 
-        out = []
-        for c in computed:
-            c = dict(c)
-            if c["type"] == "Stalled" and d.stalled:
-                c.update(status="True", **d.stalled)
-            if c["type"] == "Reconciling" and d.applying is not None:
-                c.update(status="True", reason="Applying", message=f"applying {d.applying}")
-            out.append(c)
         db = open_db(self.opts.state_path, write=True)
         assert db is not None
-        with transaction(db):
-            row = next(
-                db.query("SELECT conditions FROM deployments WHERE name = ?", [d.name]), None
-            )
-            before: dict[str, dict[str, Any]] = {}
-            with contextlib.suppress(ValueError, TypeError, KeyError):
-                before = {c["type"]: c for c in json.loads(row["conditions"] if row else "[]")}
-            for c in out:
-                old = before.get(c["type"]) or {}
-                same = old.get("status") == c["status"]
-                c["lastTransitionTime"] = old.get("lastTransitionTime") if same else None
-                c["lastTransitionTime"] = c["lastTransitionTime"] or now_iso()
-            db.execute(
-                "INSERT INTO deployments (name, created_at, conditions) VALUES (?, ?, ?) "
-                "ON CONFLICT (name) DO UPDATE SET conditions = excluded.conditions",
-                [d.name, now_iso(), json.dumps(out)],
-            )
-        db.conn.close()
-        return out
+        try:
+            record = read_deployment(db, d.name)
+            computed = conditions(d.observed, record, d.stalled, d.applying)
+            return store_conditions(db, d.name, computed)
+        finally:
+            db.close()
 
     # --- triggers ---------------------------------------------------------------------
 
@@ -378,7 +353,7 @@ class ControllerView:
             return self.docs.get(name)
 
     def history(self, name: str) -> Any:
-        from reconciler.commands.history import history_rows
+        from reconciler.execute.history import history_rows
 
         if name not in self.controller.loops:
             return None
@@ -390,6 +365,9 @@ class ControllerView:
         if waiting:
             return False, f"first pass not done yet: {', '.join(sorted(waiting))}"
         return True, "ok"
+
+    def instance_log(self, deployment: str, key: str) -> str | None:
+        return None  # TODO(lead): the tail of the instance's log
 
     def poke(self, repo_urls: list[str]) -> int:
         ours = _repo_key(self.controller.opts.repo)

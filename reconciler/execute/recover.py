@@ -5,15 +5,16 @@ rollback resumed. Runs under the state DB's lock, before any other apply."""
 from __future__ import annotations
 
 import contextlib
-import json
 from dataclasses import dataclass
 from typing import Any
 
-import sqlite_utils
-
 from reconciler.execute.agent import AgentError, call
-from reconciler.state.journal import Journal
-from reconciler.state.record import finish_attempt, recorded_requests
+from reconciler.execute.leases import Leases
+from reconciler.execute.undo import undo
+from reconciler.state.attempts import finish_attempt
+from reconciler.state.db import StateDB
+from reconciler.state.journal import Journal, entries
+from reconciler.state.rows import recorded_requests, unsettled
 from reconciler.targets.base import Target, TargetError
 
 
@@ -24,34 +25,17 @@ class Settled:
     problems: list[str]
 
 
-def unsettled(db: sqlite_utils.Database, deployment: str) -> list[str]:
-    return [
-        r["id"]
-        for r in db.query(
-            "SELECT id FROM attempts WHERE deployment = ? AND status IN ('running', 'stalled') "
-            "ORDER BY started_at",
-            [deployment],
-        )
-    ]
-
-
 async def settle(
-    db: sqlite_utils.Database, deployment: str, targets: dict[str, Target], agent: str
+    db: StateDB, deployment: str, targets: dict[str, Target], agent: str
 ) -> list[Settled]:
     results = []
     for attempt in unsettled(db, deployment):
-        entries = list(
-            db.query(
-                "SELECT step, target, action, status, detail FROM journal "
-                "WHERE attempt_id = ? AND step = 'transition' ORDER BY id",
-                [attempt],
-            )
-        )
-        if not entries:
+        done = entries(db, attempt, "transition")
+        if not done:
             finish_attempt(db, attempt, "failed", "interrupted before any machine was changed")
             results.append(Settled(attempt, "failed", []))
             continue
-        problems = await _roll_back(db, deployment, attempt, entries, targets, agent)
+        problems = await _roll_back(db, deployment, attempt, done, targets, agent)
         status = "stalled" if problems else "rolled_back"
         finish_attempt(
             db,
@@ -64,60 +48,45 @@ async def settle(
 
 
 async def _roll_back(
-    db: sqlite_utils.Database,
+    db: StateDB,
     deployment: str,
     attempt: str,
-    entries: list[dict[str, Any]],
+    done: list[dict[str, Any]],
     targets: dict[str, Target],
     agent: str,
 ) -> list[str]:
     journal = Journal(db, attempt)
     old_requests = recorded_requests(db, deployment)
     problems: list[str] = []
-    locked = []
-    for machine in sorted(targets):  # the dead attempt's leases are ours to take
-        with contextlib.suppress(AgentError, TargetError):
-            await call(
-                targets[machine],
-                agent,
-                "lock",
-                {"stateDir": targets[machine].state_dir, "owner": attempt, "ttl": 60},
-            )
-            locked.append(machine)
 
-    async def undo(machine: str, command: str, request: dict[str, Any], what: str) -> None:
+    async def on(machine: str, command: str, request: dict[str, Any]) -> dict[str, Any]:
+        return await call(targets[machine], agent, command, request)
+
+    # the dead attempt's leases are ours to take
+    leases = Leases(on, {m: t.state_dir for m, t in targets.items()}, attempt)
+    for machine in sorted(targets):
+        with contextlib.suppress(AgentError, TargetError):
+            await leases.take(machine)
+
+    async def back(machine: str, command: str, request: dict[str, Any], what: str) -> None:
         if machine not in targets:
             problems.append(f"{what}: machine {machine} is no longer known")
             return
-        entry = journal.begin("rollback", machine, command, subject=what)
-        try:
-            await call(targets[machine], agent, command, request)
-        except (AgentError, TargetError) as e:
-            journal.end(entry, "failed", error=str(e))
-            problems.append(f"{what}: {command} failed: {e}")
-        else:
-            journal.end(entry)
+        await undo(on, journal, problems, machine, command, request, what)
 
     try:
-        for e in reversed(entries):  # newest first, as the attempt would have
-            detail = json.loads(e["detail"])
+        for e in reversed(done):  # newest first, as the attempt would have
+            detail = e["detail"]
             if e["action"] == "activate" and "request" in detail:
-                await undo(e["target"], "deactivate", detail["request"], detail["instance"])
+                await back(e["target"], "deactivate", detail["request"], detail["instance"])
             elif e["action"] == "deactivate":
                 request = old_requests.get(detail["instance"])
                 if request is None:
                     problems.append(f"{detail['instance']}: nothing recorded to restore it")
                 else:
-                    await undo(e["target"], "activate", request, detail["instance"])
+                    await back(e["target"], "activate", request, detail["instance"])
             elif e["action"] == "switch-profile" and detail.get("previous"):
-                await undo(e["target"], "switch-profile", detail["previous"], e["target"])
+                await back(e["target"], "switch-profile", detail["previous"], e["target"])
     finally:
-        for machine in locked:
-            with contextlib.suppress(AgentError, TargetError):
-                await call(
-                    targets[machine],
-                    agent,
-                    "unlock",
-                    {"stateDir": targets[machine].state_dir, "owner": attempt},
-                )
+        await leases.release_all()
     return problems

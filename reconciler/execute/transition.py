@@ -21,26 +21,14 @@ from typing import Any
 
 from reconciler.desired.state import DesiredInstance, DesiredState
 from reconciler.execute.agent import AgentError, AgentSession
+from reconciler.execute.leases import Leases
+from reconciler.execute.outcome import Failed, Reason, Stalled
 from reconciler.execute.requests import activation_request, deployment_dir
+from reconciler.execute.undo import message, undo
 from reconciler.plan.types import Plan
 from reconciler.state.journal import Journal
 from reconciler.state.recorded import RecordedInstance, RecordedState
 from reconciler.targets.base import Target, TargetError
-
-LEASE_SECONDS = 60
-RENEW_EVERY = 20.0
-
-
-class TransitionFailed(Exception):
-    """The attempt failed; `rolled_back` says whether the previous generation is intact."""
-
-    def __init__(self, reason: str, rolled_back: bool, details: list[str]) -> None:
-        super().__init__(reason)
-        self.reason, self.rolled_back, self.details = reason, rolled_back, details
-
-
-class LockRefused(TransitionFailed):
-    pass
 
 
 @dataclass
@@ -58,13 +46,20 @@ class Transition:
     activated: list[str] = field(default_factory=list)
     deactivated: list[str] = field(default_factory=list)
     switched: list[str] = field(default_factory=list)
-    locked: list[str] = field(default_factory=list)
     locked_wrappers: list[str] = field(default_factory=list)
     activating: set[str] = field(default_factory=set)  # started, not yet answered
     sessions: dict[str, AgentSession] = field(default_factory=dict)
+    _leases: Leases | None = None
 
     def state_dir(self, machine: str) -> str:
         return self.targets[machine].state_dir
+
+    @property
+    def leases(self) -> Leases:
+        if self._leases is None:
+            dirs = {m: t.state_dir for m, t in self.targets.items()}
+            self._leases = Leases(self.agent_call, dirs, self.attempt)
+        return self._leases
 
     def session(self, machine: str) -> AgentSession:
         if machine not in self.sessions:
@@ -93,21 +88,14 @@ class Transition:
         warnings = []
         for machine in sorted(self.targets):
             try:
-                got = await self.agent_call(
-                    machine,
-                    "lock",
-                    {
-                        "stateDir": self.state_dir(machine),
-                        "owner": self.attempt,
-                        "ttl": LEASE_SECONDS,
-                    },
-                )
+                took_over = await self.leases.take(machine)
             except (AgentError, TargetError) as e:
                 await self.unlock_all()
-                raise LockRefused(f"could not lock {machine}: {_message(e)}", True, []) from None
-            self.locked.append(machine)
-            if got.get("took_over"):
-                warnings.append(f"{machine}: took over an expired lock of {got['took_over']}")
+                raise Failed(
+                    Reason.LOCK_REFUSED, f"could not lock {machine}: {message(e)}"
+                ) from None
+            if took_over:
+                warnings.append(f"{machine}: took over an expired lock of {took_over}")
         await self.lock_wrappers()
         return warnings
 
@@ -123,23 +111,8 @@ class Transition:
                 await self.agent_call(have.machine, "wrapper", {**request, "action": "lock"})
             except (AgentError, TargetError) as e:
                 await self.unlock_all()
-                raise LockRefused(f"{key} refused its lock: {_message(e)}", True, []) from None
+                raise Failed(Reason.LOCK_REFUSED, f"{key} refused its lock: {message(e)}") from None
             self.locked_wrappers.append(key)
-
-    async def renew_locks(self) -> None:
-        while True:
-            await asyncio.sleep(RENEW_EVERY)
-            for machine in list(self.locked):
-                with contextlib.suppress(AgentError, TargetError):
-                    await self.agent_call(
-                        machine,
-                        "lock",
-                        {
-                            "stateDir": self.state_dir(machine),
-                            "owner": self.attempt,
-                            "ttl": LEASE_SECONDS,
-                        },
-                    )
 
     async def unlock_all(self) -> None:
         for key in reversed(self.locked_wrappers):
@@ -149,15 +122,7 @@ class Transition:
                     machine, "wrapper", {**self.old_requests[key], "action": "unlock"}
                 )
         self.locked_wrappers.clear()
-
-        async def unlock(machine: str) -> None:
-            with contextlib.suppress(AgentError, TargetError):
-                await self.agent_call(
-                    machine, "unlock", {"stateDir": self.state_dir(machine), "owner": self.attempt}
-                )
-
-        await asyncio.gather(*(unlock(m) for m in reversed(self.locked)))
-        self.locked.clear()
+        await self.leases.release_all()
 
     # --- step 5: the transition -------------------------------------------------------
 
@@ -360,14 +325,7 @@ class Transition:
     async def _undo(
         self, problems: list[str], machine: str, command: str, request: dict[str, Any], what: str
     ) -> None:
-        entry = self.journal.begin("rollback", machine, command, subject=what)
-        try:
-            await self.agent_call(machine, command, request)
-        except (AgentError, TargetError) as e:
-            self.journal.end(entry, "failed", error=_message(e))
-            problems.append(f"{what}: {command} failed: {_message(e)}")
-        else:
-            self.journal.end(entry)
+        await undo(self.agent_call, self.journal, problems, machine, command, request, what)
 
     # --- profiles and manifests ---------------------------------------------------------
 
@@ -468,30 +426,23 @@ def _minimal_request(
     }
 
 
-def _message(e: BaseException) -> str:
-    if isinstance(e, AgentError):
-        return e.message + (f"\n{e.log}" if e.log else "")
-    return str(e)
-
-
 async def run_transition(t: Transition) -> tuple[dict[str, dict[str, Any]], list[str]]:
-    """Lock, transition, unlock. Returns (requests, warnings); raises TransitionFailed
-    after rolling back (rolled_back False: the rollback itself failed — Stalled)."""
+    """Lock, transition, unlock. Returns (requests, warnings); on failure rolls back and
+    raises Failed (the previous generation is intact) or Stalled (the rollback failed)."""
     warnings = await t.lock_all()
-    renewing = asyncio.create_task(t.renew_locks())
     try:
-        try:
-            requests = await t.run()
-        except (AgentError, TargetError, asyncio.CancelledError, KeyboardInterrupt) as e:
-            interrupted = isinstance(e, asyncio.CancelledError | KeyboardInterrupt)
-            reason = "interrupted" if interrupted else _message(e)
-            await t.end_sessions()
-            problems = await t.rollback()
-            raise TransitionFailed(reason, not problems, problems) from None
+        async with t.leases.renewing():
+            try:
+                requests = await t.run()
+            except (AgentError, TargetError, asyncio.CancelledError, KeyboardInterrupt) as e:
+                interrupted = isinstance(e, asyncio.CancelledError | KeyboardInterrupt)
+                reason = "interrupted" if interrupted else message(e)
+                await t.end_sessions()
+                problems = await t.rollback()
+                if problems:
+                    raise Stalled(Reason.ROLLBACK_FAILED, reason, problems) from None
+                raise Failed(Reason.ROLLED_BACK, reason) from None
         return requests, warnings
     finally:
-        renewing.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await renewing
         await t.unlock_all()
         await t.end_sessions()

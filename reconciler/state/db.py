@@ -2,6 +2,10 @@
 
 A command that only reads never migrates the file: it reads an in-memory migrated copy.
 A binary older than the file's schema refuses it rather than guess.
+
+`StateDB` is all the rest of `state/` asks of a connection: named queries elsewhere in
+this folder are written against it in portable SQL, so another backend is one more
+module that opens a connection with these few methods.
 """
 
 from __future__ import annotations
@@ -9,14 +13,36 @@ from __future__ import annotations
 import fcntl
 import os
 import sqlite3
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
+from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any, Protocol
 
 import sqlite_utils
 
 from reconciler.errors import UserError
 from reconciler.state.migrations import MIGRATIONS
+
+
+class StateDB(Protocol):
+    """A connection to the state: rows as dicts, statements with `?` parameters."""
+
+    def query(self, sql: str, params: Sequence[Any] = ...) -> Iterator[dict[str, Any]]: ...
+
+    def execute(self, sql: str, params: Sequence[Any] = ...) -> Any: ...
+
+    def close(self) -> None: ...
+
+
+def now() -> str:
+    """The time stamps of the state: UTC, milliseconds, sortable as text."""
+    return datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def execute_many(db: StateDB, sql: str, rows: Iterable[Sequence[Any]]) -> None:
+    for row in rows:
+        db.execute(sql, row)
 
 
 def current_version() -> int:
@@ -28,7 +54,7 @@ def schema_version(conn: sqlite3.Connection) -> int:
     return version
 
 
-def open_db(path: Path, write: bool) -> sqlite_utils.Database | None:
+def open_db(path: Path, write: bool) -> StateDB | None:
     """The state DB at `path`; None when a reader finds no file (nothing recorded yet)."""
     if not path.exists() and not write:
         return None
@@ -49,7 +75,7 @@ def open_db(path: Path, write: bool) -> sqlite_utils.Database | None:
 
 
 @contextmanager
-def transaction(db: sqlite_utils.Database) -> Iterator[None]:
+def transaction(db: StateDB) -> Iterator[None]:
     """All or nothing: the connection runs in autocommit mode, so group writes here."""
     db.execute("BEGIN IMMEDIATE")
     try:

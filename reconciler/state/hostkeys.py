@@ -2,14 +2,11 @@
 
 from __future__ import annotations
 
-import sqlite_utils
-
-from reconciler.state.db import transaction
-from reconciler.state.record import now
+from reconciler.state.db import StateDB, now, transaction
 
 
 class RecordedHostKeys:
-    def __init__(self, db: sqlite_utils.Database) -> None:
+    def __init__(self, db: StateDB) -> None:
         self.db = db
 
     def recorded(self, host: str, port: int) -> str | None:

@@ -6,14 +6,11 @@ from __future__ import annotations
 import json
 from typing import Any
 
-import sqlite_utils
-
-from reconciler.state.db import transaction
-from reconciler.state.record import now
+from reconciler.state.db import StateDB, now, transaction
 
 
 class Journal:
-    def __init__(self, db: sqlite_utils.Database, attempt: str) -> None:
+    def __init__(self, db: StateDB, attempt: str) -> None:
         self.db, self.attempt = db, attempt
 
     def begin(self, step: str, target: str | None, action: str, **detail: Any) -> int:
@@ -27,8 +24,21 @@ class Journal:
 
     def end(self, entry: int, status: str = "done", **detail: Any) -> None:
         with transaction(self.db):
+            row = next(self.db.query("SELECT detail FROM journal WHERE id = ?", [entry]), None)
+            merged = {**json.loads(row["detail"] if row else "{}"), **detail}
             self.db.execute(
-                "UPDATE journal SET status = ?, detail = json_patch(detail, ?), at = ? "
-                "WHERE id = ?",
-                [status, json.dumps(detail), now(), entry],
+                "UPDATE journal SET status = ?, detail = ?, at = ? WHERE id = ?",
+                [status, json.dumps(merged), now(), entry],
             )
+
+
+def entries(db: StateDB, attempt: str, step: str) -> list[dict[str, Any]]:
+    """What an attempt wrote ahead for one step, oldest first, detail decoded."""
+    return [
+        {**r, "detail": json.loads(r["detail"])}
+        for r in db.query(
+            "SELECT step, target, action, status, detail FROM journal "
+            "WHERE attempt_id = ? AND step = ? ORDER BY id",
+            [attempt, step],
+        )
+    ]

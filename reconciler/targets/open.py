@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import asyncio
+from collections.abc import AsyncIterator, Mapping
+from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
@@ -41,3 +43,18 @@ def open_target(
             "`reconciler apply` provisions it first (or `apply --provision-only`)"
         )
     raise UserError(f"machine {name}: targetEnv ssh needs ssh.host (or address) to reach it")
+
+
+@asynccontextmanager
+async def opened(
+    connections: Mapping[str, Mapping[str, Any]], state_root: Path, host_keys: HostKeyStore
+) -> AsyncIterator[dict[str, Target]]:
+    """The targets of these machines (name → connection), closed however the block ends."""
+    targets = {
+        name: open_target(name, connection, state_root, host_keys)
+        for name, connection in sorted(connections.items())
+    }
+    try:
+        yield targets
+    finally:
+        await asyncio.gather(*(t.close() for t in targets.values()), return_exceptions=True)

@@ -12,7 +12,8 @@ from reconciler.errors import UserError
 from reconciler.plan.diff import make_plan
 from reconciler.state import db as dbmod
 from reconciler.state.db import current_version, exclusive, open_db, transaction
-from reconciler.state.record import read_recorded, record_generation, start_attempt
+from reconciler.state.attempts import record_generation, start_attempt
+from reconciler.state.rows import read_recorded
 from tests.helpers import chain_model, compiled
 
 

@@ -1,0 +1,311 @@
+"""Observing a deployment's machines: what `status`, `check`, self-heal, the API and the
+page share. Each recorded machine is asked, in parallel, for its manifest and the state
+of its instances.
+
+Observing is read-only everywhere: the state DB is only read (never migrated, never
+written, not even a first-seen host key), and the machines run this reconciler's agent
+streamed over stdin, so nothing is written to their store either.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from reconciler.execute.conditions import conditions, with_stored
+from reconciler.state.db import StateDB
+from reconciler.state.hostkeys import RecordedHostKeys
+from reconciler.state.rows import DeploymentRecord, InstanceRow, MachineRow, change_summary
+
+if TYPE_CHECKING:
+    from reconciler.targets.base import Target
+
+FORMAT_VERSION = 1
+CONNECT_TIMEOUT = 5.0  # seconds to reach an SSH machine before it counts as unreachable
+OBSERVE_TIMEOUT = 90.0  # seconds for one machine's answer (health probes take their time)
+
+
+@dataclass
+class MachineSeen:
+    name: str
+    reachable: bool = False
+    error: str | None = None  # why it could not be reached or asked
+    manifest: dict[str, Any] | None = None  # its manifest.json ({} when it has none)
+    instances: dict[str, dict[str, Any]] | None = None  # key → the agent's status answer
+    present: set[str] | None = None  # recorded store paths it has (when asked)
+
+    @property
+    def generation(self) -> int | None:
+        g = (self.manifest or {}).get("generation")
+        return g if isinstance(g, int) and not isinstance(g, bool) else None
+
+
+@dataclass
+class InstanceSeen:
+    row: InstanceRow
+    state: str  # active | dead | missing | drifted | unknown (machine not observed)
+    healthy: bool | None = None
+    pid: int | None = None
+    identity: str | None = None  # the identity the machine reports
+
+    def to_json(self) -> dict[str, Any]:
+        r = self.row
+        return {
+            "key": r.key,
+            "service": r.service,
+            "machine": r.machine,
+            "type": r.type,
+            "port": r.port,
+            "state": self.state,
+            "healthy": self.healthy,
+            "pid": self.pid,
+            "identity": r.identity,
+            "observedIdentity": self.identity,
+        }
+
+
+@dataclass
+class Observation:
+    record: DeploymentRecord
+    machines: dict[str, MachineSeen] = field(default_factory=dict)
+    instances: list[InstanceSeen] = field(default_factory=list)
+
+
+class RecordedKeysOnly(RecordedHostKeys):
+    """Host keys as recorded in the state DB. A machine never connected to before is
+    trusted on first use like `apply` does, but its key is not recorded: observing never
+    writes the state DB."""
+
+    def record(self, host: str, port: int, key: str) -> None:
+        return None
+
+
+def observe(
+    db: StateDB, record: DeploymentRecord, state_root: Path, paths: bool = False
+) -> Observation:
+    """`observe_async` for a caller without an event loop."""
+    return asyncio.run(observe_async(db, record, state_root, paths))
+
+
+async def observe_async(
+    db: StateDB, record: DeploymentRecord, state_root: Path, paths: bool = False
+) -> Observation:
+    """Ask every recorded machine, in parallel, for its manifest and its instances (and,
+    with `paths`, which recorded store paths it has). Never raises for a machine: one
+    that cannot be reached or asked is a MachineSeen with its error."""
+    keys = RecordedKeysOnly(db)
+    found = await asyncio.gather(
+        *(_observe_machine(m, record, state_root, keys, paths) for m in record.machines)
+    )
+    seen = {m.name: m for m in found}
+    obs = Observation(record, seen)
+    for inst in record.instances:
+        obs.instances.append(_classify(inst, seen.get(inst.machine)))
+    return obs
+
+
+async def _observe_machine(
+    m: MachineRow,
+    record: DeploymentRecord,
+    state_root: Path,
+    keys: RecordedKeysOnly,
+    paths: bool,
+) -> MachineSeen:
+    from reconciler.execute.agent import answer_of
+    from reconciler.targets.local import LocalTarget
+    from reconciler.targets.open import open_target
+    from reconciler.targets.ssh import SshTarget
+    from reconciler.targets.store import present
+
+    seen = MachineSeen(m.name)
+    connection = m.connection or {"targetEnv": m.target_env, "stateDir": m.state_dir}
+    try:
+        target = open_target(m.name, connection, state_root, keys)
+    except Exception as e:
+        seen.error = _message(m.name, e)
+        return seen
+    try:
+        if isinstance(target, LocalTarget) and not os.path.isdir(target.state_dir):
+            seen.error = f"its folder {target.state_dir} does not exist"
+            return seen
+        if isinstance(target, SshTarget):
+            try:
+                await asyncio.wait_for(target.connect(), CONNECT_TIMEOUT)
+            except TimeoutError:
+                at = target.endpoint
+                seen.error = (
+                    f"cannot connect to {at.user}@{at.host}:{at.port}: no answer within "
+                    f"{CONNECT_TIMEOUT:g} s"
+                )
+                return seen
+        seen.reachable = True  # from here on, what fails is asking it, not reaching it
+        mine = [i for i in record.instances if i.machine == m.name]
+        answers = await asyncio.wait_for(
+            _ask_agent(target, record.name, mine, m.address), OBSERVE_TIMEOUT
+        )
+        manifest = answer_of(answers, "read-manifest")
+        if isinstance(manifest, dict):
+            seen.manifest = manifest
+        status = answer_of(answers, "status")
+        if isinstance(status, dict) and isinstance(status.get("instances"), dict):
+            seen.instances = status["instances"]
+        problems = [
+            f"{command} failed: {_agent_error(answers.get(command))}"
+            for command, got in (("read-manifest", seen.manifest), ("status", seen.instances))
+            if got is None
+        ]
+        seen.error = "; ".join(problems) or None
+        expected = record.paths.get(m.name, {})
+        if paths and expected:
+            seen.present = await asyncio.wait_for(present(target, expected), OBSERVE_TIMEOUT)
+    except TimeoutError:
+        seen.error = f"no answer within {OBSERVE_TIMEOUT:g} s"
+    except Exception as e:  # whatever happened there, it is this machine's row
+        seen.error = _message(m.name, e)
+    finally:
+        with contextlib.suppress(Exception):  # closing what never opened properly
+            await asyncio.wait_for(target.close(), CONNECT_TIMEOUT)
+    return seen
+
+
+async def _ask_agent(
+    target: Target,
+    deployment: str,
+    instances: list[InstanceRow],
+    address: str | None,
+) -> dict[str, Any]:
+    """One round trip: read-manifest and status, from the agent streamed to the machine."""
+    from reconciler.execute.agent import ask
+
+    base = {"stateDir": target.state_dir, "deployment": deployment}
+    status = {
+        **base,
+        "instances": [_status_item(i, target.state_dir, address) for i in instances],
+    }
+    return await ask(target, [("read-manifest", base), ("status", status)])
+
+
+def _status_item(inst: InstanceRow, state_dir: str, address: str | None) -> dict[str, Any]:
+    """What the agent's `status` needs of an instance, from its recorded request."""
+    recorded = (inst.request or {}).get("instance")
+    raw: dict[str, Any] = recorded if isinstance(recorded, dict) else {}
+    package = raw.get("package")
+    return {
+        "key": inst.key,
+        "service": inst.service,
+        "type": inst.type,
+        "identity": inst.identity,
+        "package": package
+        if isinstance(package, str) and package
+        else f"{state_dir}/store/{inst.package_path}",
+        "health": raw.get("health"),
+        "host": raw.get("host") or address,
+        "port": inst.port,
+    }
+
+
+def _classify(inst: InstanceRow, machine: MachineSeen | None) -> InstanceSeen:
+    answer = (machine.instances or {}).get(inst.key) if machine else None
+    if not isinstance(answer, dict):
+        return InstanceSeen(inst, "unknown")
+    state = answer.get("state")
+    identity = answer.get("identity")
+    identity = identity if isinstance(identity, str) else None
+    pid = answer.get("pid")
+    healthy = answer.get("healthy")
+    seen = InstanceSeen(
+        inst,
+        state if state in ("active", "dead", "missing") else "unknown",
+        healthy if isinstance(healthy, bool) else None,
+        pid if isinstance(pid, int) else None,
+        identity,
+    )
+    if seen.state in ("active", "dead") and identity and identity != inst.identity:
+        seen.state = "drifted"
+    return seen
+
+
+def _agent_error(answer: Any) -> str:
+    if not isinstance(answer, dict):
+        return "no answer"
+    body = answer.get("answer")
+    error = body.get("error") if isinstance(body, dict) else None
+    return str(error or f"no answer (exit status {answer.get('code')})")
+
+
+def _message(machine: str, e: BaseException) -> str:
+    text = str(e) or type(e).__name__
+    return text.removeprefix(f"{machine}: ")
+
+
+# --- the status document (`status --format json`, the API, the page) -------------------
+
+
+def status_json(obs: Observation) -> dict[str, Any]:
+    record = obs.record
+    gen, last = record.generation, record.last_attempt
+    return {
+        "formatVersion": FORMAT_VERSION,
+        "deployment": record.name,
+        "recorded": True,
+        "generation": None
+        if gen is None
+        else {
+            "number": gen.generation,
+            "commit": gen.commit,
+            "author": gen.author,
+            "subject": gen.subject,
+            "commitTime": gen.commit_time,
+            "appliedAt": gen.time,
+        },
+        "lastAttempt": None
+        if last is None
+        else {
+            "id": last.id,
+            "status": last.status,
+            "reason": last.reason,
+            "generation": last.generation,
+            "commit": last.commit,
+            "subject": last.subject,
+            "startedAt": last.started_at,
+            "finishedAt": last.finished_at,
+            "changes": change_summary(last.summary),
+        },
+        "lastAppliedRevision": record.last_applied_sha,
+        "lastAttemptedRevision": record.last_attempted_sha,
+        "conditions": with_stored(conditions(obs, record), record.conditions),
+        "machines": [
+            {
+                "name": m.name,
+                "targetEnv": m.target_env,
+                "address": m.address,
+                "reachable": obs.machines[m.name].reachable,
+                "error": obs.machines[m.name].error,
+                "generation": obs.machines[m.name].generation,
+                "commit": (obs.machines[m.name].manifest or {}).get("commit"),
+                "providerId": m.provider_id,
+                "providerState": m.provider_state,
+            }
+            for m in record.machines
+        ],
+        "instances": [i.to_json() for i in obs.instances],
+    }
+
+
+def nothing_json(name: str | None) -> dict[str, Any]:
+    return {
+        "formatVersion": FORMAT_VERSION,
+        "deployment": name,
+        "recorded": False,
+        "generation": None,
+        "lastAttempt": None,
+        "lastAppliedRevision": None,
+        "lastAttemptedRevision": None,
+        "conditions": conditions(None, None),
+        "machines": [],
+        "instances": [],
+    }
