@@ -34,3 +34,7 @@ class InvalidModels(UserError):
     def __init__(self, problems: Iterable[Problem]) -> None:
         self.problems = sorted(set(problems))
         super().__init__("\n".join(str(p) for p in self.problems))
+
+
+class ProvisionError(UserError):
+    """A provider refused or failed: reported per machine, without a traceback."""

@@ -12,7 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol
 
-from reconciler.errors import UserError
+from reconciler.errors import ProvisionError as ProvisionError  # where providers raise it from
 
 if TYPE_CHECKING:  # only stdlib at run time: scripts/testhosts runs on the system python
     from reconciler.desired.state import DesiredMachine
@@ -23,10 +23,6 @@ PENDING = "pending"
 STOPPED = "stopped"
 TERMINATED = "terminated"
 MISSING = "missing"  # nothing found where the record says a machine is
-
-
-class ProvisionError(UserError):
-    """A provider refused or failed: reported per machine, without a traceback."""
 
 
 @dataclass(frozen=True)

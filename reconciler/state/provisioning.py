@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from reconciler.provision.base import ProvisionError
+from reconciler.errors import ProvisionError
 from reconciler.state.db import StateDB, now, open_db
 
 
