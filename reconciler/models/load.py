@@ -18,7 +18,7 @@ from reconciler.models.merge import merge_patch
 from reconciler.models.problems import from_validation
 from reconciler.models.schema import DEFAULT_CONTAINERS, DeploymentConfig, ModelDocument, RootConfig
 from reconciler.models.source import ModelSource, Revision, within_tree
-from reconciler.models.yamlmarks import Marks, load_yaml
+from reconciler.models.yamlmarks import Budget, Marks, load_yaml
 
 CONFIG_FILE = "reconciler.yaml"
 M = TypeVar("M", bound=BaseModel)
@@ -96,6 +96,7 @@ def load_deployment(source: ModelSource, config: Config, name: str) -> LoadedDep
     merged: dict[str, Any] = {}
     marks: Marks = {}
     problems: list[Problem] = []
+    budget = Budget()  # shared: the files of a deployment are bounded together
     for i, rel in enumerate(dep.models):
         raw = source.read(rel)
         file = source.display(rel)
@@ -110,8 +111,10 @@ def load_deployment(source: ModelSource, config: Config, name: str) -> LoadedDep
                 )
             )
             continue
-        data, file_marks, file_problems = load_yaml(raw, file)
+        data, file_marks, file_problems = load_yaml(raw, file, budget)
         problems += file_problems
+        if budget.spent:
+            break  # said once, for the file that went over
         if file_problems:
             continue
         if data is None:
@@ -132,7 +135,8 @@ def load_deployment(source: ModelSource, config: Config, name: str) -> LoadedDep
         marks.update(file_marks)
     if problems:
         raise InvalidModels(problems)
-    for machine in (merged.get("machines") or {}).values():
+    machines = merged.get("machines")
+    for machine in machines.values() if isinstance(machines, dict) else ():
         if isinstance(machine, dict) and "containers" not in machine:
             machine["containers"] = copy.deepcopy(DEFAULT_CONTAINERS)
     first_file = source.display(dep.models[0])

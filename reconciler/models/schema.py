@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+from pathlib import PurePosixPath
 from typing import Annotated, Any, Literal
 
 from pydantic import (
@@ -32,6 +33,14 @@ RelPath = Annotated[str, BeforeValidator(_plain_path)]
 ActivationType = Literal["process", "sqlite-database", "wrapper", "package"]
 ACTIVATION_TYPES: tuple[str, ...] = ("process", "sqlite-database", "wrapper", "package")
 TargetEnv = Literal["ssh", "local", "container", "ec2"]
+
+# a stateDir is filled and cleaned up by reconciler: never these folders (nor inside the
+# virtual file systems)
+_SYSTEM_DIRS = frozenset(
+    {"bin", "boot", "dev", "etc", "home", "lib", "lib32", "lib64", "opt", "proc", "root"}
+    | {"run", "sbin", "srv", "sys", "tmp", "usr", "var"}
+)
+_VIRTUAL = frozenset({"dev", "proc", "sys", "etc", "boot"})
 
 _DURATION = re.compile(r"^(\d+(?:\.\d+)?)(ms|s|m|h)$")
 _UNIT_SECONDS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
@@ -139,8 +148,20 @@ class DeploymentSettings(Strict):
     @field_validator("stateDir")
     @classmethod
     def _absolute(cls, v: str | None) -> str | None:
-        if v is not None and not v.startswith("/"):
+        if v is None:
+            return v
+        if not v.startswith("/"):
             raise ValueError(f"stateDir must be an absolute path, not {v!r}")
+        parts = PurePosixPath(v).parts
+        if ".." in parts:
+            raise ValueError(f"stateDir {v!r} has a '..' part; write the folder it means")
+        if len(parts) == 1 or (
+            parts[1] in _SYSTEM_DIRS and (len(parts) == 2 or parts[1] in _VIRTUAL)
+        ):
+            raise ValueError(
+                f"stateDir {v!r} is a system folder, which reconciler would fill and clean up; "
+                "use a folder of its own, such as /var/lib/reconciler"
+            )
         return v
 
 

@@ -7,11 +7,14 @@ Every case is one edit away from VALID below, and is run through both `validate`
 from __future__ import annotations
 
 import re
+import subprocess
 from pathlib import Path
 
 import pytest
 
 from tests.support import (
+    RECONCILER,
+    clean_env,
     commit,
     git,
     make_repo,
@@ -238,6 +241,37 @@ CASES = [
         id="bad-port",
     ),
     pytest.param(
+        edit(
+            "machines:\n  m1:\n    deployment: {targetEnv: local}\n"
+            "  m2:\n    deployment: {targetEnv: local}\n",
+            "machines: [m1]\n",
+        ),
+        "models.yaml:1: machines: ",
+        "expected a mapping (key: value), got a list",
+        id="section-is-a-list",
+    ),
+    pytest.param(
+        edit("    port: 8080\n", '    port: 8080\n    env: {LOG: "a\\0b"}\n'),
+        "models.yaml:17: services.app.env.LOG: ",
+        "contains a NUL character",
+        id="env-value-with-NUL",
+    ),
+    pytest.param(
+        edit(
+            "  m1:\n    deployment: {targetEnv: local}",
+            "  m1:\n    deployment: {targetEnv: local, stateDir: /etc}",
+        ),
+        "models.yaml:3: machines.m1.deployment.stateDir: ",
+        "stateDir '/etc' is a system folder",
+        id="stateDir-a-system-folder",
+    ),
+    pytest.param(
+        VALID + "description: " + "[" * 990 + "]" * 990 + "\n",
+        "models.yaml:21: description: ",
+        "nested more than 64 levels deep",
+        id="nested-990-deep",
+    ),
+    pytest.param(
         "- machines\n",
         "models.yaml:1: ",
         "a model file must be a mapping",
@@ -386,3 +420,88 @@ def test_yaml_python_tags_are_never_constructed(tmp_path: Path, value: str) -> N
     problem = the_problem(repo_with(tmp_path, VALID + f"description: {value}\n"))
     assert problem.startswith("models.yaml:21: "), problem
     assert not (tmp_path / "models" / "pwned").exists()
+
+
+# --- issue 13: bad input that gave a traceback or a late failure ----------------------
+
+
+@pytest.mark.parametrize("depth", [975, 990])
+@pytest.mark.parametrize("style", ["flow", "block"])
+def test_nesting_near_the_parsers_limit_is_a_problem_not_a_recursion_error(
+    tmp_path: Path, depth: int, style: str
+) -> None:
+    line = 3  # flow style: all on the line of `properties:`; block style: the 65th level
+    if style == "flow":
+        deep = "[" * depth + "1" + "]" * depth
+        models = edit("  m1:\n", f"  m1:\n    properties: {{deep: {deep}}}\n")
+    else:
+        line = 65
+        deep = "".join(f"{'  ' * (i + 3)}a:\n" for i in range(depth)) + "  " * (depth + 3) + "1\n"
+        models = edit("  m1:\n", f"  m1:\n    properties:\n{deep}")
+    problem = the_problem(repo_with(tmp_path, models))
+    assert problem == (
+        f"models.yaml:{line}: machines: nested more than 64 levels deep; a model needs far fewer"
+    ), problem
+
+
+@pytest.mark.parametrize("state_dir", ["/", "/proc", "/proc/self", "/etc", "/srv/../etc", "/x/.."])
+def test_state_dir_that_is_not_a_folder_of_its_own(tmp_path: Path, state_dir: str) -> None:
+    models = edit(
+        "  m1:\n    deployment: {targetEnv: local}",
+        f"  m1:\n    deployment: {{targetEnv: local, stateDir: '{state_dir}'}}",
+    )
+    problem = the_problem(repo_with(tmp_path, models))
+    assert problem.startswith("models.yaml:3: machines.m1.deployment.stateDir: stateDir "), problem
+    assert "system folder" in problem or "'..' part" in problem, problem
+
+
+def _bomb(levels: int, name: str) -> str:
+    """An anchor of 10 values aliased 10 times per level: 10 ** (levels + 1) values."""
+    lines = [f"{name}0: &{name}0 [x, x, x, x, x, x, x, x, x, x]"]
+    for i in range(1, levels + 1):
+        lines.append(f"{name}{i}: &{name}{i} [" + ", ".join([f"*{name}{i - 1}"] * 10) + "]")
+    return "\n".join(f"      {line}" for line in lines) + "\n"
+
+
+def _bomb_file(levels: int, name: str) -> str:
+    return f"machines:\n  m2:\n    properties:\n      {name}:\n{_bomb(levels, name)}"
+
+
+def test_an_alias_bomb_split_over_several_files_is_bounded_together(tmp_path: Path) -> None:
+    """Each file alone is under any per-file cap and valid; together they are refused,
+    quickly and in bounded memory, before anything is compiled."""
+    names = [f"b{n}" for n in range(8)]
+    config = RECONCILER_YAML.replace(
+        "[models.yaml]", "[models.yaml, " + ", ".join(f"{n}.yaml" for n in names) + "]"
+    )
+    one = RECONCILER_YAML.replace("[models.yaml]", "[models.yaml, b0.yaml]")
+    small = {f"{n}.yaml": _bomb_file(4, n) for n in names}  # 100,000 values each
+    single = repo_with(tmp_path / "single", VALID, one)
+    commit(single, {"b0.yaml": small["b0.yaml"]}, "one bomb")
+    assert run_cli("validate", cwd=single).returncode == 0
+    repo = repo_with(tmp_path, VALID, config)
+    commit(repo, small, "bombs")
+    lines = rejected(repo, "validate")[0]
+    assert len(lines) == 1, lines
+    assert "aliases expand to more than 200,000 values in the deployment's model files" in lines[0]
+
+
+def test_large_alias_bombs_in_many_files_fail_fast_in_bounded_memory(tmp_path: Path) -> None:
+    """Eight files of 1.1 million values each (each under the old 2 million per-file cap)
+    took gigabytes; now the first file's aliases are refused, in an address space of 1.5 GB."""
+    names = [f"b{n}" for n in range(8)]
+    config = RECONCILER_YAML.replace(
+        "[models.yaml]", "[models.yaml, " + ", ".join(f"{n}.yaml" for n in names) + "]"
+    )
+    repo = repo_with(tmp_path, VALID, config)
+    commit(repo, {f"{n}.yaml": _bomb_file(5, n) for n in names}, "bombs")
+    done = subprocess.run(
+        ["bash", "-c", f"ulimit -v 1500000 && exec {RECONCILER} validate"],
+        cwd=repo,
+        env=clean_env(),
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert_clean_failure(done)
+    assert "b0.yaml:5: machines: aliases expand to more than 200,000 values" in done.stderr
