@@ -72,14 +72,14 @@ _VERBS = {
 _TROUBLE = {"failing": "fails its health check"}
 # A plan summary's counts in words, in the order a person reads them.
 _SUMMARY = (
-    ("machinesToCreate", "create {} machine(s)"),
-    ("machinesToReplace", "replace {} machine(s)"),
-    ("machinesToDestroy", "destroy {} machine(s)"),
-    ("toActivate", "start {} instance(s)"),
-    ("toReplace", "replace {} instance(s)"),
-    ("toDeactivate", "stop {} instance(s)"),
-    ("stateMoves", "move the state of {}"),
-    ("pathsToTransfer", "transfer {} store path(s)"),
+    ("machinesToCreate", "create {} machine{s}"),
+    ("machinesToReplace", "replace {} machine{s}"),
+    ("machinesToDestroy", "destroy {} machine{s}"),
+    ("toActivate", "start {} instance{s}"),
+    ("toReplace", "replace {} instance{s}"),
+    ("toDeactivate", "stop {} instance{s}"),
+    ("stateMoves", "move the state of {} service{s}"),
+    ("pathsToTransfer", "transfer {} store path{s}"),
     ("unchanged", "leave {} unchanged"),
 )
 # What each tone of the picture means, for the legend (only tones drawn are listed).
@@ -338,7 +338,11 @@ def _alerts(d: dict[str, Any], picture: Picture | None) -> list[Alert]:
 
 
 def _summary_words(summary: dict[str, Any]) -> str | None:
-    said = [words.format(summary[k]) for k, words in _SUMMARY if summary.get(k)]
+    said = [
+        words.format(summary[k], s="" if summary[k] == 1 else "s")
+        for k, words in _SUMMARY
+        if summary.get(k)
+    ]
     return ", ".join(said) if said else None
 
 

@@ -28,6 +28,9 @@ def test_the_page_of_a_running_controller(
     c.wait("Ready", lambda: c.conditions()["Ready"]["status"] == "True")
     c.wait("the page to say so", lambda: "Ready" in _get(url + "/api/deployments/web"))
     served = json.loads(_get(url + "/api/deployments/web"))
+    policy = _policy(url + "/")
+    assert "default-src 'none'" in policy  # nothing is fetched that the page names
+    assert "script-src" not in policy and "http" not in policy and "*" not in policy
 
     dom = browse(binary, url + "/", tmp_path / "page", "--dump-dom")
     found = Elements(dom.stdout)
@@ -40,7 +43,14 @@ def test_the_page_of_a_running_controller(
     assert [g["data-machine"] for g in found.having("g", "machine")] == ["m1"]
 
 
+_opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))  # loopback only
+
+
 def _get(url: str) -> str:
-    opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
-    with opener.open(url, timeout=5) as reply:
+    with _opener.open(url, timeout=5) as reply:
         return str(reply.read().decode())
+
+
+def _policy(url: str) -> str:
+    with _opener.open(url, timeout=5) as reply:
+        return str(reply.headers["Content-Security-Policy"])

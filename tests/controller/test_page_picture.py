@@ -386,7 +386,10 @@ def test_without_its_plan_a_failed_commit_says_what_it_would_have_done() -> None
     status, history = failing()
     del status["controller"]["lastPlan"]
     html = render(status, history)
-    assert "Its plan was not recorded; it would have: replace 3 instance(s)" in html
+    assert (
+        "Its plan was not recorded; it would have: replace 3 instances, transfer 1 store path, leave 7 unchanged"
+        in html
+    )
 
 
 def test_an_unreachable_machine_that_has_not_failed_is_a_warning() -> None:
