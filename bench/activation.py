@@ -1,12 +1,7 @@
 #!/usr/bin/env python3
-"""Benchmark the transition of `reconciler apply` (SPEC §3 step 5): does activating a
-dependency graph follow its critical path? 30 `process` services in 3 layers of 10 (each
-dependsOn every service of the layer before), one program that sleeps DELAY and then
-listens (`tcp: true` health check); *parallel* over 3 `local` machines (maxParallel 10),
-*serial* on one (maxParallel 1); also DELAY 0 (the fixed cost). Activation window = end of
-the last switch-profile to end of the last activate, from the journal; the programs log
-when they were forked, started and listened; an in-process spawner shows what this machine
-allows. Goal (issue 4): window ≤ 1.3 × the critical path. See bench/README.md."""
+"""Benchmark the transition of `reconciler apply` (SPEC §3 step 5): does activating 3 layers
+of 10 services, each dependsOn the layer before, follow its critical path? Goal (issue 4):
+activation window ≤ 1.3 × the critical path. bench/README.md describes what is measured."""
 
 from __future__ import annotations
 
@@ -20,7 +15,6 @@ import socket
 import statistics
 import subprocess
 import sys
-import tempfile
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -37,34 +31,6 @@ FIRST_PORT = 9100
 PARALLEL_ADDRESSES = ["127.0.77.11", "127.0.77.12", "127.0.77.13"]
 SERIAL_ADDRESS = "127.0.77.21"
 GOAL_RATIO = 1.3
-
-# The service: DELAY seconds after it starts it listens, then answers every connection with
-# HTTP 200. It logs (to its instance log) when its process was forked (/proc/self/stat
-# starttime), when the script began and when it listened.
-PROGRAM = """\
-#!/usr/bin/env python3
-import json, os, socket, time
-start = time.time()
-boot = time.clock_gettime(time.CLOCK_BOOTTIME)
-with open("/proc/self/stat") as f:
-    ticks = int(f.read().rsplit(")", 1)[1].split()[19])
-forked = start - (boot - ticks / os.sysconf("SC_CLK_TCK"))
-time.sleep(float(os.environ.get("DELAY", "0.2")))
-sock = socket.socket()
-sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-sock.bind((os.environ["HOST"], int(os.environ["PORT"])))
-sock.listen(128)
-print(json.dumps({"bench": {"forked": forked, "start": start, "ready": time.time()}}), flush=True)
-while True:
-    conn, _ = sock.accept()
-    with conn:
-        conn.settimeout(1.0)
-        try:
-            conn.recv(4096)
-            conn.sendall(b"HTTP/1.0 200 OK\\r\\nContent-Length: 3\\r\\n\\r\\nok\\n")
-        except OSError:
-            pass
-"""
 
 
 @dataclass(frozen=True)
@@ -97,7 +63,7 @@ def service(layer: int, i: int) -> str:
 def generate(repo: Path, config: Config) -> None:
     """A committed models repository: one package (the program), 30 services, the machines."""
     h.new_repo(repo)
-    h.write_program(repo / "packages" / "svc" / "bin" / "svc", PROGRAM)
+    h.write_program(repo / "packages" / "svc" / "bin" / "svc", h.SERVICE)
     services: dict[str, Any] = {}
     for layer in range(LAYERS):
         for i in range(PER_LAYER):
@@ -213,27 +179,14 @@ def run_once(config: Config, repo: Path, work: Path, keep_path: bool, log: h.Log
     state = work / "state.db"
     base = [*h.reconciler_cmd(), "--repo", str(repo), "--state", str(state), "-d", DEPLOYMENT]
     env = h.child_env(standard_path=not keep_path)
-
-    def run(*args: str) -> subprocess.CompletedProcess[str]:
-        return subprocess.run([*base, *args], env=env, stdin=subprocess.DEVNULL,
-                              capture_output=True, text=True, timeout=300)  # fmt: skip
-
     try:
-        cpu0, stat0, t0 = h.children_cpu(), h.cpu_stat(), time.time()
-        done = run("apply", "--yes", "--format", "json")
-        t1 = time.time()
-        cpu, busy = h.children_cpu() - cpu0, h.busy_share(stat0, h.cpu_stat())
-        if done.returncode != 0:
-            raise RuntimeError(
-                f"apply ({config.label}) exited {done.returncode}:\n{done.stderr[-3000:]}"
-            )
-        result = read_run(config, state, t0, t1)  # before destroy records an attempt of its own
-        result.cpu, result.busy = cpu, busy
-        d0 = time.perf_counter()
-        gone = run("destroy", "--yes")
-        result.destroy_wall = time.perf_counter() - d0
-        if gone.returncode != 0:
-            log(f"destroy ({config.label}) exited {gone.returncode}: {gone.stderr[-1000:]}")
+        ran = h.run([*base, "apply", "--yes", "--format", "json"], env, timeout=300)
+        result = read_run(config, state, ran.t0, ran.t0 + ran.wall)  # before destroy's attempt
+        result.cpu, result.busy = ran.cpu, ran.busy
+        gone = h.run([*base, "destroy", "--yes"], env, check=False, timeout=300)
+        result.destroy_wall = gone.wall
+        if gone.code != 0:
+            log(f"destroy ({config.label}) exited {gone.code}: {gone.stderr[-1000:]}")
         return result
     finally:
         if killed := h.kill_leftovers(work):
@@ -245,7 +198,7 @@ def run_floor(config: Config, work: Path) -> float:
     (Popen, then a TCP connect every 5 ms until each listens; a layer after the one before;
     serial: one at a time), no agent, no journal. Wall time; all killed after."""
     program = work / "svc"
-    h.write_program(program, PROGRAM)
+    h.write_program(program, h.SERVICE)
     procs: list[subprocess.Popen[bytes]] = []
 
     def start(layer: int, i: int) -> tuple[str, int]:
@@ -357,8 +310,9 @@ def layer_table(run: Run) -> list[str]:
     the last switch-profile for the first layer)."""
     lines = [
         "| layer | first fork | last fork | mean fork → script | mean script → listen "
-        "| last listen | last activate end = layer ms | over delay ms |",
-        "|---|--:|--:|--:|--:|--:|--:|--:|",
+        "| mean listen → activate end | last listen | last activate end = layer ms "
+        "| over delay ms |",
+        "|---|--:|--:|--:|--:|--:|--:|--:|--:|",
     ]
     begin = run.profiles_done
     for k in range(LAYERS):
@@ -368,6 +322,7 @@ def layer_table(run: Run) -> list[str]:
             f"| {h.ms(max(i.forked for i in insts) - begin)} "
             f"| {h.ms(statistics.mean(i.start - i.forked for i in insts))} "
             f"| {h.ms(statistics.mean(i.ready - i.start for i in insts))} "
+            f"| {h.ms(statistics.mean(i.end - i.ready for i in insts))} "
             f"| {h.ms(max(i.ready for i in insts) - begin)} | {h.ms(end - begin)} "
             f"| {h.ms(end - begin - run.config.delay)} |"
         )
@@ -376,59 +331,25 @@ def layer_table(run: Run) -> list[str]:
 
 
 def overhead_lines(by: dict[tuple[str, float], Result], delay: float) -> list[str]:
-    """Where the time over the critical path goes, from this run's numbers."""
+    """Whose the time over the critical path is, and what one activation costs."""
     out, ms = [], h.ms
     if par := by.get(("parallel", delay)):
-        b = par.best
-        over, begin, dispatch = b.window - b.config.critical_path, b.profiles_done, []
-        for k in range(LAYERS):
-            dispatch.append(min(i.forked for i in b.layer(k)) - begin)
-            begin = max(i.end for i in b.layer(k))
-        spread = statistics.mean(
-            max(i.forked for i in b.layer(k)) - min(i.forked for i in b.layer(k))
-            for k in range(LAYERS)
-        )
-        slowest = [max(b.layer(k), key=lambda i: i.end) for k in range(LAYERS)]
-        machine = (par.floor - b.config.critical_path) / LAYERS
-        out += [
-            f"- Parallel, {ms(delay)} ms: the window is {ms(b.window)} ms, {ms(over)} ms over the "
-            f"critical path ({ms(over / LAYERS)} ms per layer). Per instance: from its layer's "
-            "start to its fork (request to the machine's agent, a thread, spawn) "
-            f"{ms(statistics.mean(dispatch))} ms for the first of each layer, and the 10 forks of "
-            f"a layer spread over {ms(spread)} ms (10 activations at once on {h.nproc()} cores); "
-            "fork to script start (interpreter) "
-            f"{ms(statistics.mean(i.start - i.forked for i in b.instances))} ms on average; listen "
-            "to its activate step journaled as done (health polls 20 ms apart, answer, journal "
-            f"write) {ms(statistics.mean(i.end - i.ready for i in b.instances))} ms on average, "
-            + ", ".join(ms(i.end - i.ready) for i in slowest)
-            + " ms for the last of each layer.",
-            f"- Of the {ms(over / LAYERS)} ms per layer over the delay, {ms(machine)} ms are this "
-            "machine's (the in-process spawner's time over 3 × DELAY: 10 interpreters starting "
-            f"at once, and seeing them listen) and {ms(over / LAYERS - machine)} ms reconciler's: "
-            "the agent's threads and the journal competing for the same cores, and the 20 ms "
-            "between health probes.",
-        ]
-    if zero := by.get(("parallel", 0.0)):
-        z = zero.best.window
+        over = (par.best.window - par.best.config.critical_path) / LAYERS
+        machine = (par.floor - par.best.config.critical_path) / LAYERS
         out.append(
-            f"- Parallel, 0 ms (programs listen at once): window {ms(z)} ms = {ms(z / LAYERS)} ms "
-            "per layer of 10 concurrent activations: the fixed cost of a layer with nothing to "
-            "wait for."
+            f"- Parallel, {ms(delay)} ms: {ms(over)} ms per layer over the delay, {ms(machine)} ms "
+            "of it this machine's (the in-process spawner's time over the critical path: 10 "
+            f"interpreters starting at once on {h.nproc()} cores), {ms(over - machine)} ms "
+            "reconciler's (the agent's threads, the journal, 20 ms between health probes)."
         )
-    if (ser := by.get(("serial", delay))) and par:
-        s = ser.best.window
-        out.append(
-            f"- Serial, {ms(delay)} ms: {ms(s)} ms for 30 activations one at a time = {ms(s / 30)} "
-            f"ms each ({ms(s / 30 - delay)} ms over the delay); parallel is "
-            f"{s / par.best.window:.1f}× faster on the window, "
-            f"{ser.best_wall / par.best_wall:.1f}× on the whole apply."
-        )
-    if szero := by.get(("serial", 0.0)):
-        s = szero.best.window
-        out.append(
-            f"- Serial, 0 ms: {ms(s)} ms for 30 activations = {ms(s / 30)} ms per activation, one "
-            "at a time: the fixed cost of one activation."
-        )
+    for layout, d in (("parallel", 0.0), ("serial", delay), ("serial", 0.0)):
+        if res := by.get((layout, d)):
+            n = LAYERS if layout == "parallel" else LAYERS * PER_LAYER
+            what = "layer of 10 concurrent activations" if n == LAYERS else "activation"
+            out.append(
+                f"- {res.config.label}: window {ms(res.best.window)} ms = "
+                f"{ms(res.best.window / n)} ms per {what}."
+            )
     return out
 
 
@@ -461,27 +382,12 @@ def report(
     delay = max(r.config.delay for r in results)
     by = {(r.config.layout, r.config.delay): r for r in results}
     path = "the caller's PATH" if keep_path else f"PATH={h.STANDARD_PATH} (sshd's default)"
+    summary = (
+        f"{seconds:.0f} s in all, best of {repeat} run{'s' * (repeat != 1)} per configuration "
+        f"(configurations in rounds); reconciler ran with {path}"
+    )
     lines = [
-        *h.header(NAME, facts, version),
-        f"Command: `{command}` — {seconds:.0f} s in all, best of {repeat} run"
-        f"{'s' * (repeat != 1)} per configuration (by activation window; configurations run in "
-        "rounds). Every run is a fresh deployment (new state DB and machine folders): "
-        f"`reconciler --repo DIR --state DB -d {DEPLOYMENT} apply --yes --format json`, with "
-        f"{path}, then `destroy --yes`.",
-        "",
-        f"Graph: {LAYERS} layers × {PER_LAYER} `process` services, each service of layer k "
-        f"dependsOn all {PER_LAYER} of layer k-1; every service runs one program that sleeps "
-        "DELAY after its script starts, then listens; health check `tcp: true` (the agent "
-        "probes every 20 ms for 5 s, then every 100 ms). Parallel: service i of a layer on "
-        f"machine i mod 3 (`local`, {', '.join(PARALLEL_ADDRESSES)}), `maxParallel: "
-        f"{PER_LAYER}`; serial: one `local` machine ({SERIAL_ADDRESS}), `maxParallel: 1`. "
-        "*Critical path*: 3 × DELAY (parallel), 30 × DELAY (serial). *Measured critical*: per "
-        "layer the slowest fork → listen of the programs (interpreter start included). "
-        "*In-process spawner*: the same programs started by the bench itself (Popen, a TCP "
-        "connect every 5 ms until each listens, layer after layer; serial one at a time), no "
-        "agent, no journal. *Activation window*: from the end of the last `switch-profile` to "
-        "the end of the last `activate` in the journal.",
-        "",
+        *h.header(NAME, facts, version, command, summary),
         *main_table(results),
         "",
     ]
@@ -504,10 +410,7 @@ def report(
         "",
         f"- Calibration (best of 10, `sh -c` as a `local` machine runs it): `python3 -c pass` "
         f"{h.ms(bare)} ms; the agent with an unknown command (its imports, then exit) "
-        + (f"{h.ms(agent)} ms" if agent is not None else "not measured (no agent script)")
-        + ". A transition starts one agent per machine and sends it every call (lock, "
-        "switch-profile, each activate, unlock) as a line; an activation runs in a thread "
-        "there, starts the program's interpreter and probes its health every 20 ms.",
+        + (f"{h.ms(agent)} ms." if agent is not None else "not measured (no agent script)."),
         *overhead_lines(by, delay),
         "",
         "### Goals",
@@ -524,7 +427,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--only", default="parallel,serial", help="layouts: parallel, serial (both)")
     p.add_argument("--no-zero", action="store_true", help="skip DELAY 0 (skipped with --quick)")
     p.add_argument("--keep-path", action="store_true", help="give reconciler the caller's PATH")
-    p.add_argument("--keep", type=Path, help="generate repositories and state here and keep them")
     args = p.parse_args(argv)
     repeat = args.repeat or (1 if args.quick else 3)
     layouts = [x.strip() for x in args.only.split(",") if x.strip()]
@@ -539,11 +441,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     log(f"measuring reconciler at {version}")
     calibration = calibrate(args.keep_path)
     results = {c: Result(c) for c in configs}
-    base = args.keep.resolve() if args.keep else Path(tempfile.mkdtemp(prefix="bench-activation-"))
-    try:
+    with h.workspace(NAME) as base:
         repos = {c: base / f"{c.layout}-{h.ms(c.delay)}ms" / "models" for c in configs}
         for c, repo in repos.items():
-            shutil.rmtree(repo.parent, ignore_errors=True)
             generate(repo, c)
         for round_ in range(repeat):
             for c in configs:
@@ -556,13 +456,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                     f"(critical {c.critical_path:.2f} s, measured {run.measured_critical:.3f} s, "
                     f"spawner {results[c].floors[-1]:.3f} s), destroy {run.destroy_wall:.2f} s"
                 )
-                if not args.keep:
-                    shutil.rmtree(work, ignore_errors=True)
-    finally:
-        if killed := h.kill_leftovers(base):
-            log(f"killed {len(killed)} leftover processes")
-        if not args.keep:
-            shutil.rmtree(base, ignore_errors=True)
+                shutil.rmtree(work, ignore_errors=True)
     text = report(
         h.command_line("activation.py", argv), facts, version, log.seconds,
         list(results.values()), repeat, args.keep_path, calibration,

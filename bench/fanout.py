@@ -1,13 +1,7 @@
 #!/usr/bin/env python3
-"""Benchmark a fresh deployment to many machines: `reconciler apply` against
-`ansible-playbook` doing the same work. 8 independent `process` services, each its own
-package (a Python program and 9 data files), every service on each of 20 fresh OpenSSH test
-hosts (tests/testhosts.py): 160 instances. *reconciler*: `apply --max-concurrent 20` from a
-fresh state DB; *ansible*: forks 20, pipelining, ControlPersist, no facts; the *lean*
-playbook (one synchronize, one shell starting the 8 programs, wait_for each port) and with
---per-service one written service by service. Every run starts new hosts and checks all
-ports and one host's files afterwards. Goal (issue 4): reconciler ≥ 10× faster. Without
-ansible installed, only reconciler is measured. See bench/README.md."""
+"""Benchmark a fresh deployment of 8 services to each of 20 SSH test hosts: `reconciler
+apply` against `ansible-playbook` doing the same work (skipped, with a message, when ansible
+is not installed). Goal (issue 4): reconciler ≥ 10× faster. See bench/README.md."""
 
 from __future__ import annotations
 
@@ -22,7 +16,6 @@ import socket
 import subprocess
 import sys
 import tempfile
-import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -35,25 +28,6 @@ SERVICES, DATA_FILES, FIRST_PORT = 8, 9, 9201
 ANSIBLE_ROOT = "/var/lib/ansible-bench"  # on the hosts
 GOAL_SPEEDUP = 10.0
 
-# The service: listens on $HOST:$PORT at once, answers every connection with HTTP 200.
-PROGRAM = """\
-#!/usr/bin/env python3
-import os, socket
-sock = socket.socket()
-sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-sock.bind((os.environ["HOST"], int(os.environ["PORT"])))
-sock.listen(128)
-print("listening", flush=True)
-while True:
-    conn, _ = sock.accept()
-    with conn:
-        conn.settimeout(1.0)
-        try:
-            conn.recv(4096)
-            conn.sendall(b"HTTP/1.0 200 OK\\r\\nContent-Length: 3\\r\\n\\r\\nok\\n")
-        except OSError:
-            pass
-"""
 NAMES = [f"svc{i + 1}" for i in range(SERVICES)]
 PORTS = [FIRST_PORT + i for i in range(SERVICES)]
 
@@ -70,8 +44,8 @@ def write_packages(root: Path) -> tuple[int, int]:
     ]
     files = size = 0
     for name in NAMES:
-        h.write_program(root / name / "bin" / "svc", PROGRAM)
-        files, size = files + 1, size + len(PROGRAM)
+        h.write_program(root / name / "bin" / "svc", h.SERVICE)
+        files, size = files + 1, size + len(h.SERVICE)
         (root / name / "share").mkdir()
         for n in range(DATA_FILES):
             target, text = rng.randint(4 * 1024, 14 * 1024), b""
@@ -257,24 +231,12 @@ class Outcome:
     files_ok: bool = False
 
 
-def timed_tool(
-    tool: str, cmd: list[str], env: dict[str, str], net: h.TestHostNetwork, cwd: Path | None = None
-) -> tuple[Outcome, subprocess.CompletedProcess[str]]:
-    host0, cpu0, stat0, t0 = (
-        h.sessions_cpu(net, net.hosts),
-        h.children_cpu(),
-        h.cpu_stat(),
-        time.time(),
-    )
-    done = subprocess.run(cmd, cwd=cwd, env=env, stdin=subprocess.DEVNULL, capture_output=True,
-                          text=True, timeout=1200)  # fmt: skip
-    t1 = time.time()
-    cpu, busy = h.children_cpu() - cpu0, h.busy_share(stat0, h.cpu_stat())
-    if done.returncode != 0:
-        raise RuntimeError(
-            f"{tool} exited {done.returncode}:\n{done.stdout[-2000:]}\n{done.stderr[-2000:]}"
-        )
-    return Outcome(tool, t1 - t0, cpu, 0.0 - (host0 or 0.0), busy, t0), done
+def timed_tool(tool: str, cmd: list[str], env: dict[str, str], net: h.TestHostNetwork,
+               cwd: Path | None = None) -> tuple[Outcome, h.Ran]:  # fmt: skip
+    """Run the tool to its end; hosts' CPU so far as a negative start (the caller adds)."""
+    host0 = h.sessions_cpu(net, net.hosts) or 0.0
+    ran = h.run(cmd, env, cwd=cwd)
+    return Outcome(tool, ran.wall, ran.cpu, -host0, ran.busy, ran.t0), ran
 
 
 def reconciler_phases(
@@ -412,29 +374,16 @@ def report(
 ) -> str:  # fmt: skip
     rec, instances, ms = best(outcomes["reconciler"]), count * SERVICES, h.ms
     lines = [
-        *h.header(NAME, facts, version),
-        f"Command: `{command}` — {seconds:.0f} s in all, best of {repeat} run{'s' * (repeat != 1)} "
-        f"per tool (tools alternate). Every run starts {count} fresh OpenSSH test hosts "
-        "(tests/testhosts.py: sshd in network namespaces on this machine, sharing its cores) "
-        f"and ends by checking all {instances} ports from the root namespace and one host's "
-        "files against the sources.",
-        "",
-        f"The system: {SERVICES} independent services, each its own package (a Python program "
-        f"that listens at once, plus {DATA_FILES} data files): {files[0]} files, "
-        f"{files[1] / 1000:,.0f} kB; every service on every host ({instances} instances).",
-        "",
-        f"- *reconciler*: `reconciler --repo DIR --state DB -d {DEPLOYMENT} apply --yes --format "
-        f"json --max-concurrent {max(20, count)}` from a fresh state DB (building the {SERVICES} "
-        f"packages from Git included), `targetEnv: ssh` machines with `maxParallel: {SERVICES}`, "
-        "health check `tcp: true`.",
-        f"- *ansible*: `ansible-playbook -e @vars.json PLAYBOOK` with forks {max(20, count)}, "
-        "pipelining on, ControlPersist 60 s (the default ssh_args plus the test hosts' key "
-        "exchange and known_hosts), `gathering = explicit` (no facts). *lean*: "
-        "`ansible.posix.synchronize` of the packages folder (one rsync per host), one `shell` "
-        "task starting all 8 programs (`setsid nohup … &`), `wait_for` each port (loop of 8). "
-        "*per service*: loops of 8 `synchronize`, 8 `shell` starts, 8 `wait_for`."
-        + (f" Not measured: {skipped}." if skipped else ""),
-        "",
+        *h.header(
+            NAME,
+            facts,
+            version,
+            command,
+            f"{seconds:.0f} s in all, best of {repeat} run{'s' * (repeat != 1)} per tool "
+            f"(tools alternate), {count} fresh test hosts a run, {instances} instances of "
+            f"{SERVICES} packages ({files[0]} files, {files[1] / 1000:,.0f} kB)"
+            + (f"; not measured: {skipped}" if skipped else ""),
+        ),
         "| tool | wall s | slowest run s | vs reconciler | CPU s: controller | CPU s: hosts "
         "| cores busy |",
         "|---|--:|--:|--:|--:|--:|--:|",

@@ -26,9 +26,10 @@ import sqlite3
 import subprocess
 import sys
 import tarfile
+import tempfile
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -140,6 +141,35 @@ def child_env(standard_path: bool = False) -> dict[str, str]:
         env[f"GIT_{who}_NAME"], env[f"GIT_{who}_EMAIL"] = "bench", "bench@example.test"
     env.update(GIT_CONFIG_GLOBAL=os.devnull, GIT_CONFIG_NOSYSTEM="1", NO_COLOR="1")
     return env
+
+
+# A benchmark's service: DELAY seconds (0) after it starts it listens on $HOST:$PORT, then
+# answers every connection with HTTP 200. It logs (its instance log) when its process was
+# forked (/proc/self/stat starttime), when the script began and when it listened.
+SERVICE = """\
+#!/usr/bin/env python3
+import json, os, socket, time
+start = time.time()
+boot = time.clock_gettime(time.CLOCK_BOOTTIME)
+with open("/proc/self/stat") as f:
+    ticks = int(f.read().rsplit(")", 1)[1].split()[19])
+forked = start - (boot - ticks / os.sysconf("SC_CLK_TCK"))
+time.sleep(float(os.environ.get("DELAY", "0")))
+sock = socket.socket()
+sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+sock.bind((os.environ["HOST"], int(os.environ["PORT"])))
+sock.listen(128)
+print(json.dumps({"bench": {"forked": forked, "start": start, "ready": time.time()}}), flush=True)
+while True:
+    conn, _ = sock.accept()
+    with conn:
+        conn.settimeout(1.0)
+        try:
+            conn.recv(4096)
+            conn.sendall(b"HTTP/1.0 200 OK\\r\\nContent-Length: 3\\r\\n\\r\\nok\\n")
+        except OSError:
+            pass
+"""
 
 
 # --- repositories --------------------------------------------------------------------------
@@ -270,6 +300,47 @@ class CpuSampler(threading.Thread):
             self.done.wait(0.02)
 
 
+@dataclass(frozen=True)
+class Ran:
+    """A finished command: its output; when it started (wall clock) and took; the CPU time of
+    it and of everything it waited for, of its own process alone; the share of all cores
+    busy meanwhile (every process)."""
+
+    code: int
+    stdout: str
+    stderr: str
+    t0: float
+    wall: float
+    cpu: float
+    own_cpu: float
+    busy: float
+
+
+def run(cmd: Sequence[str], env: dict[str, str], cwd: Path | None = None, check: bool = True,
+        timeout: float = 1200) -> Ran:  # fmt: skip
+    """Run `cmd` (stdin empty) to its end and account for it; `check`: fail on an error."""
+    cpu0, stat0, t0, start = children_cpu(), cpu_stat(), time.time(), time.perf_counter()
+    with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
+        proc = subprocess.Popen(
+            cmd, cwd=cwd, env=env, stdin=subprocess.DEVNULL, stdout=out, stderr=err
+        )
+        sampler = CpuSampler(proc.pid)
+        sampler.start()
+        try:
+            code = proc.wait(timeout)
+        finally:
+            proc.kill()
+            sampler.done.set()
+            sampler.join()
+        wall, cpu = time.perf_counter() - start, children_cpu() - cpu0
+        out.seek(0)
+        err.seek(0)
+        text = [f.read().decode(errors="replace") for f in (out, err)]
+    if check and code != 0:
+        raise RuntimeError(f"{shlex.join(cmd)} exited {code}:\n{text[0][-2000:]}{text[1][-3000:]}")
+    return Ran(code, *text, t0, wall, cpu, min(sampler.last, cpu), busy_share(stat0, cpu_stat()))
+
+
 def cmdline(pid: int) -> bytes:
     try:
         return Path(f"/proc/{pid}/cmdline").read_bytes()
@@ -288,6 +359,20 @@ def pids_naming(root: Path, also: bytes = b"") -> list[int]:
         and needle in (line := cmdline(int(name)))
         and also in line
     ]
+
+
+@contextlib.contextmanager
+def workspace(prefix: str, keep: Path | None = None) -> Iterator[Path]:
+    """A scratch folder (`keep`: this one, kept), and whatever still runs under it killed."""
+    base = keep.resolve() if keep else Path(tempfile.mkdtemp(prefix=f"bench-{prefix}-"))
+    base.mkdir(parents=True, exist_ok=True)
+    try:
+        yield base
+    finally:
+        if killed := kill_leftovers(base):
+            print(f"killed {len(killed)} leftover processes", file=sys.stderr)
+        if not keep:
+            shutil.rmtree(base, ignore_errors=True)  # read-only store paths too: we are root
 
 
 def kill_leftovers(root: Path) -> list[int]:
@@ -455,6 +540,69 @@ async def controller(repo: str, state: Path) -> Any:
     return ctl
 
 
+# Runs in a child interpreter: `reconciler.cli.main(argv)` (the console script's entry point)
+# in-process, optionally under cProfile, timing every garbage-collector pass; results as JSON.
+_DRIVER = """
+import cProfile, gc, json, sys, time
+out, prof_path, collect, *argv = sys.argv[1:]
+if collect == "off":
+    gc.disable()
+gens, began = [[0, 0.0], [0, 0.0], [0, 0.0]], [0.0]
+def on_gc(phase, info):
+    if phase == "start":
+        began[0] = time.perf_counter()
+    else:
+        gens[info["generation"]][0] += 1
+        gens[info["generation"]][1] += time.perf_counter() - began[0]
+gc.callbacks.append(on_gc)
+prof = cProfile.Profile() if prof_path else None
+start = time.perf_counter()
+if prof:
+    prof.enable()
+try:
+    from reconciler.cli import main
+    main(argv)
+except SystemExit as e:
+    code = e.code
+else:
+    code = 0
+finally:
+    if prof:
+        prof.disable()
+wall = time.perf_counter() - start
+if prof:
+    prof.dump_stats(prof_path)
+with open(out, "w") as f:
+    json.dump({"wall": wall, "code": code, "gc": gens}, f)
+"""
+
+
+@dataclass(frozen=True)
+class Driven:
+    wall: float  # from the import of reconciler.cli to the end of main()
+    gc: list[tuple[int, float]]  # per generation: collections, seconds
+
+    def describe(self) -> str:
+        total = sum(s for _, s in self.gc)
+        per_gen = ", ".join(f"gen{g}: {n} in {s:.2f} s" for g, (n, s) in enumerate(self.gc))
+        return (
+            f"{self.wall:.2f} s in main(), of which {total:.2f} s ({total / self.wall:.0%}) "
+            f"in the garbage collector ({per_gen})"
+        )
+
+
+def drive(args: Sequence[str], prof: Path | None, collect: bool = True) -> Driven:
+    """`reconciler ARGS` in a child interpreter, under cProfile if `prof` is given."""
+    with tempfile.NamedTemporaryFile("r", suffix=".json") as out:
+        gc_arg = "on" if collect else "off"
+        cmd = [sys.executable, "-c", _DRIVER, out.name, str(prof or ""), gc_arg, *args]
+        run(cmd, child_env())
+        data = json.load(out)
+    if data["code"] not in (0, None):
+        raise RuntimeError(f"reconciler {' '.join(args)} exited {data['code']}")
+    return Driven(data["wall"], [(int(n), float(s)) for n, s in data["gc"]])
+
+
 # --- the command line and the report -------------------------------------------------------
 
 
@@ -495,8 +643,9 @@ def verdict(ok: bool) -> str:
     return "**met**" if ok else "**not met**"
 
 
-def header(name: str, facts: str, version: str) -> list[str]:
-    """The start of a `## name` section: who wrote it, when, on what, what was measured."""
+def header(name: str, facts: str, version: str, command: str, summary: str) -> list[str]:
+    """The start of a `## name` section: who wrote it, when, on what, what was measured, how
+    (what the figures mean is in README.md, beside RESULTS.md)."""
     now = dt.datetime.now(dt.UTC).isoformat(timespec="minutes")
     return [
         f"## {name}",
@@ -506,6 +655,9 @@ def header(name: str, facts: str, version: str) -> list[str]:
         f"Date: {now}. Machine: {facts}.",
         "",
         f"Measured: reconciler at {version}.",
+        "",
+        f"Command: `{command}` — {summary}. What is measured and what the columns mean: "
+        f"README.md, `{name}.py`.",
         "",
     ]
 

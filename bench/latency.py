@@ -792,22 +792,14 @@ def report(
     scenarios: Sequence[Scenario], events: WatchEvents | None,
 ) -> str:  # fmt: skip
     lines = [
-        *h.header(NAME, facts, version),
-        f"Command: `{command}` — {seconds:.0f} s in all, {repeat} commit{'s' * (repeat != 1)} "
-        f"per trigger; load average at the end {h.loadavg()}. Each trigger has its own "
-        f"controller (`reconciler --repo REPO --state S run --listen {HOST}:0`, new state DB) "
-        "deploying one `process` service (a Python HTTP server answering its version, health "
-        "check `http: /`) to one `local` machine; every commit changes the program. *Latency*: "
-        "from `git commit` (watch) or `git push` (remote) returning to the first answer with "
-        f"the new body (asked every {h.ms(POLL_EVERY)} ms). *Pass*: the pass that deployed the "
-        "commit (ls-remote, load, validate, plan, the apply child), from the increase of "
-        "`reconciler_reconcile_duration_seconds_sum` in /metrics (`_count` up by exactly one; "
-        "else its `applied in X s` log line). *Trigger delay*: the pass's start less the commit "
-        "time. *Commit → attempt start*: the apply child's attempt `started_at` in the state "
-        "DB. *Answer → pass end*: what the pass does after the new version answers. *Pass end "
-        "→ idle*: until the controller's API shows the pass's document; the bench makes the "
-        "next commit only then, plus a random 0.2–0.7 s (polling: 0–1.1 × the interval).",
-        "",
+        *h.header(
+            NAME,
+            facts,
+            version,
+            command,
+            f"{seconds:.0f} s in all, {repeat} commit"
+            f"{'s' * (repeat != 1)} per trigger; load average at the end {h.loadavg()}",
+        ),
         *latency_table(scenarios),
         "",
         *event_lines(scenarios),
@@ -831,13 +823,8 @@ def report(
     lines += [
         "### No-op poll",
         "",
-        f"The controller's loop's `reconcile()` in-process (`asyncio.run`), {noop_calls} calls "
-        "after one that handled the head (load and plan: `unchanged`), against the stopped "
-        "controller's state DB. *git commands per call*: logged by a `git` wrapper put first on "
-        "PATH for the timed calls. For the remote, the mirror's FETCH_HEAD, packed-refs and "
-        "refs/heads/main mtimes before and after are compared too. *Whole pass*: "
-        "`Controller.one_pass` — the same reconcile, then observe the machine, the self-heal "
-        "check and the conditions written to the state DB (20 calls at most).",
+        f"{noop_calls} timed calls of the controller's loop's `reconcile()` in-process, after one "
+        "that handled the head; *whole pass*: `one_pass` (reconcile, observe, conditions).",
         "",
         *noop_table(scenarios),
         "",
@@ -845,8 +832,9 @@ def report(
         "",
         *goal_lines(scenarios),
         "",
-        "The peers' figures are their default poll periods only (apply time not included; "
-        "each also takes webhooks): " + "; ".join(f"{name} {why}" for name, _, why in PEERS) + ".",
+        "The peers' figures are their default poll periods only (each also takes webhooks): "
+        + "; ".join(f"{name} {why}" for name, _, why in PEERS)
+        + ".",
     ]
     return "\n".join(lines) + "\n"
 

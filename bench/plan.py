@@ -1,10 +1,7 @@
 #!/usr/bin/env python3
 """Benchmark `reconciler plan` from empty state against PyYAML's C loader parsing the same
-model files (SPEC §8: at 10,000 instances within 3× the parse, under 600 MB peak RSS; twice
-the model at most twice the time, +15%). Generates committed models repositories of
-MACHINES × SERVICES (dependency chains per machine), times `plan --format json|text` as a
-subprocess (and `--against HEAD`), and profiles the goal size in-process (cProfile, GC on and
-off). bench/README.md describes it; `python3 bench/plan.py -h` lists the options."""
+model files (SPEC §8), on generated models repositories of MACHINES × SERVICES.
+bench/README.md describes what is measured; `python3 bench/plan.py -h` lists the options."""
 
 from __future__ import annotations
 
@@ -248,73 +245,11 @@ def measure(cmd: list[str], repo: Path, env: str, size: Size, repeat: int, again
     )  # fmt: skip
 
 
-# Runs in a child interpreter: `reconciler.cli.main(argv)` (the console script's entry point)
-# in-process, optionally under cProfile, timing every garbage-collector pass; results as JSON.
-_DRIVER = """
-import cProfile, gc, json, sys, time
-out, prof_path, collect, *argv = sys.argv[1:]
-if collect == "off":
-    gc.disable()
-gens, began = [[0, 0.0], [0, 0.0], [0, 0.0]], [0.0]
-def on_gc(phase, info):
-    if phase == "start":
-        began[0] = time.perf_counter()
-    else:
-        gens[info["generation"]][0] += 1
-        gens[info["generation"]][1] += time.perf_counter() - began[0]
-gc.callbacks.append(on_gc)
-prof = cProfile.Profile() if prof_path else None
-start = time.perf_counter()
-if prof:
-    prof.enable()
-try:
-    from reconciler.cli import main
-    main(argv)
-except SystemExit as e:
-    code = e.code
-else:
-    code = 0
-finally:
-    if prof:
-        prof.disable()
-wall = time.perf_counter() - start
-if prof:
-    prof.dump_stats(prof_path)
-with open(out, "w") as f:
-    json.dump({"wall": wall, "code": code, "gc": gens}, f)
-"""
-
-
-@dataclass(frozen=True)
-class DriverRun:
-    wall: float  # from the import of reconciler.cli to the end of main()
-    gc: list[tuple[int, float]]  # per generation: collections, seconds
-
-    def describe(self) -> str:
-        total = sum(s for _, s in self.gc)
-        per_gen = ", ".join(f"gen{g}: {n} in {s:.2f} s" for g, (n, s) in enumerate(self.gc))
-        return (
-            f"{self.wall:.2f} s in main(), of which {total:.2f} s ({total / self.wall:.0%}) "
-            f"in the garbage collector ({per_gen})"
-        )
-
-
-def drive(args: Sequence[str], prof: Path | None, collect: bool = True) -> DriverRun:
-    """`reconciler ARGS` in a child interpreter, under cProfile if `prof` is given."""
-    with tempfile.NamedTemporaryFile("r", suffix=".json") as out:
-        gc_arg = "on" if collect else "off"
-        run_once([sys.executable, "-c", _DRIVER, out.name, str(prof or ""), gc_arg, *args])
-        data = json.load(out)
-    if data["code"] not in (0, None):
-        raise RuntimeError(f"reconciler {' '.join(args)} exited {data['code']}")
-    return DriverRun(data["wall"], [(int(n), float(s)) for n, s in data["gc"]])
-
-
-def profile(repo: Path, size: Size, top: int) -> tuple[Path, DriverRun]:
+def profile(repo: Path, size: Size, top: int) -> tuple[Path, h.Driven]:
     """The plan (json) under cProfile, GC on and off: top functions and GC time to a file."""
     h.OUT_DIR.mkdir(parents=True, exist_ok=True)
     args = plan_args(repo, repo.parent / "state-profile" / "missing.db", "json")
-    plain, no_gc = drive(args, None), drive(args, None, collect=False)  # without the profiler
+    plain, no_gc = h.drive(args, None), h.drive(args, None, collect=False)  # without the profiler
     buf = io.StringIO()
     buf.write(
         f"reconciler plan --format json, {size.label} ({size.instances:,} instances), empty "
@@ -322,7 +257,7 @@ def profile(repo: Path, size: Size, top: int) -> tuple[Path, DriverRun]:
         f"Without profiler, GC off: {no_gc.wall:.2f} s in main()\n"
     )
     for collect, name in ((True, "plan.prof"), (False, "plan-nogc.prof")):
-        run, state = drive(args, h.OUT_DIR / name, collect), "on" if collect else "off"
+        run, state = h.drive(args, h.OUT_DIR / name, collect), "on" if collect else "off"
         buf.write(f"\n{'#' * 80}\n# cProfile, garbage collector {state}: {h.OUT_DIR / name}\n# ")
         buf.write(
             f"{run.describe()}\n# A GC pass is charged to whatever function allocated when it "
@@ -412,19 +347,12 @@ def goal_lines(rows: Sequence[Row], goal: Size) -> list[str]:
 
 def report(
     command: str, facts: str, version: str, rows: Sequence[Row], overhead: tuple[Timing, Timing],
-    profiled: tuple[Path, DriverRun, str] | None, repeat: int,
+    profiled: tuple[Path, h.Driven, str] | None, repeat: int,
 ) -> str:  # fmt: skip
     startup, ver = overhead
-    runner = " ".join(h.reconciler_cmd()) if len(h.reconciler_cmd()) > 1 else "reconciler"
+    runs = f"best of {repeat} run{'s' * (repeat != 1)} per timing"
     body = [
-        *h.header(NAME, facts, version),
-        f"Command: `{command}` — best of {repeat} run{'s' * (repeat != 1)} per timing. Plan: "
-        f"`{runner} --repo DIR -d {DEPLOYMENT} --state <missing file> plan --format json|text "
-        "> /dev/null` (wall time and peak RSS of the process). Parse: `yaml.load(bytes, "
-        f"Loader=yaml.CSafeLoader)` of reconciler.yaml and the {len(MODEL_FILES)} model files, "
-        "in-process, GC on (as called) and off. Machines: `ssh` (ssh.host given, nothing "
-        "allocated) or `local` (addresses allocated).",
-        "",
+        *h.header(NAME, facts, version, command, runs),
         *table(rows),
         "",
         f"Fixed overhead: `python -c pass` {startup.seconds:.3f} s ({startup.rss_mb:.0f} MB); "
@@ -452,30 +380,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     p = h.parser("Time `reconciler plan` from empty state against PyYAML's C loader.",
                  f"small sizes ({QUICK_SIZES}), 1 run", "3; quick 1")  # fmt: skip
     p.add_argument("--sizes", help=f"comma-separated MACHINESxSERVICES ({DEFAULT_SIZES})")
-    p.add_argument("--machines", type=int, help="one size: this many machines")
-    p.add_argument("--services-per-machine", type=int, default=10, help="with --machines (10)")
     p.add_argument("--envs", default="ssh,local", help="machine targetEnvs: ssh, local (both)")
-    p.add_argument(
-        "--profile-size", help=f"size to profile ({GOAL_SIZE} if measured, else the largest)"
-    )
     p.add_argument("--against", action="store_true", help="also time `plan --against HEAD`")
     p.add_argument("--no-profile", action="store_true", help="skip the cProfile run")
-    p.add_argument("--top", type=int, default=25, help="functions per profile listing (25)")
     p.add_argument("--out", type=Path, help="generate the repositories here and keep them")
-    p.add_argument(
-        "--live", action="store_true", help="import reconciler from its tree, no snapshot"
-    )
+    p.add_argument("--live", action="store_true", help="measure reconciler/ itself, no snapshot")
     args = p.parse_args(argv)
-    if args.machines is not None:
-        spec = f"{args.machines}x{args.services_per_machine}"
-    else:
-        spec = args.sizes or (QUICK_SIZES if args.quick else DEFAULT_SIZES)
+    spec = args.sizes or (QUICK_SIZES if args.quick else DEFAULT_SIZES)
     try:
-        sizes = sorted(
-            {Size.parse(s) for s in spec.split(",") if s.strip()},
-            key=lambda s: (s.instances, s.machines),
-        )
-        profile_size = Size.parse(args.profile_size) if args.profile_size else None
+        sizes = sorted({Size.parse(s) for s in spec.split(",")}, key=lambda s: s.instances)
     except ValueError as e:
         p.error(str(e))
     repeat = args.repeat or (1 if args.quick else 3)
@@ -515,11 +428,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         profiled = None
         if not args.no_profile:
             goal = Size.parse(GOAL_SIZE)
-            size = profile_size or (goal if goal in sizes else sizes[-1])
+            size = goal if goal in sizes else sizes[-1]
             repo = base / f"{size.slug}-{envs[0]}" / "models"
             if not repo.exists():
                 generate(repo, size, envs[0])
-            path, run = profile(repo, size, args.top)
+            path, run = profile(repo, size, 25)
             profiled = (path, run, f"{envs[0]}, {size.label}, json")
         command = h.command_line("plan.py", argv)
         text = report(command, facts, version, rows, (startup, ver), profiled, repeat)

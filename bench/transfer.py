@@ -1,18 +1,8 @@
 #!/usr/bin/env python3
-"""Benchmark `reconciler apply --copy-only` over real SSH (SPEC §3 steps 2-3), against its
-own OpenSSH test hosts (tests/testhosts.py; needs root):
-
-1. **upgrade**: 50 packages of ~200 KiB in the profile of 3 machines, one changed: bytes on
-   the wire per machine (apply's `wireBytes`, the host's veth counters). Goal: ≤ 1.1 × the
-   changed paths' size + 64 KiB.
-2. **fresh**: one 200 MB package (half random; all random) to one host, against OpenSSH
-   `cat` (the goal's peer: ≥ 80% of its throughput), asyncssh `cat`, `tar | ssh tar -x`,
-   `tar | zstd | ssh …`, `rsync -a` and `nix-copy-closure` (when installed); the fixed cost
-   (nothing to send) and one apply under cProfile.
-3. **fanout**: one 50 MB package to 10 hosts vs 1 (goal: ≤ 2×), and OpenSSH `cat` likewise.
-
-CPU is counted per side: reconciler's own process, what it started, the hosts' ssh sessions.
-Methods of a comparison run in rounds, each keeping its best. See bench/README.md."""
+"""Benchmark `reconciler apply --copy-only` over real SSH (SPEC §3 steps 2-3) on its own test
+hosts (needs root): bytes on the wire for an upgrade; a fresh closure's throughput against
+OpenSSH, asyncssh, tar | ssh, rsync and nix-copy-closure; fan-out to 10 hosts vs 1. Methods
+compared run in rounds, each keeping its best. bench/README.md describes what is measured."""
 
 from __future__ import annotations
 
@@ -91,11 +81,17 @@ class Hosts:
     def __init__(self, net: h.TestHostNetwork) -> None:
         self.net, self.all = net, net.hosts
 
-    def counters(self, hosts: Sequence[h.TestHost], what: str) -> dict[str, int]:
-        stats = "/sys/class/net/{}/statistics/" + what
-        return {
-            t.name: int(Path(stats.format(h.host_veth(self.net, t))).read_text()) for t in hosts
-        }
+    def sample(self, hosts: Sequence[h.TestHost]) -> tuple[float | None, dict[str, int], ...]:
+        """The hosts' session CPU, and their veths' tx and rx byte counters."""
+        path = "/sys/class/net/{}/statistics/{}_bytes"
+
+        def read(what: str) -> dict[str, int]:
+            return {
+                t.name: int(Path(path.format(h.host_veth(self.net, t), what)).read_text())
+                for t in hosts
+            }
+
+        return h.sessions_cpu(self.net, hosts), read("tx"), read("rx")
 
     def reset(self, hosts: Sequence[h.TestHost]) -> None:
         """Empty the hosts' reconciler state (store included) and the peers' folder."""
@@ -106,47 +102,24 @@ class Hosts:
 
     def measure(self, hosts: Sequence[h.TestHost], run: Callable[[], Measure]) -> Measure:
         """Run one timed thing; add the hosts' CPU and veth byte counters."""
-        cpu0, tx0, rx0 = (
-            h.sessions_cpu(self.net, hosts),
-            self.counters(hosts, "tx_bytes"),
-            self.counters(hosts, "rx_bytes"),
-        )
-        m = run()
-        cpu1, tx1, rx1 = (
-            h.sessions_cpu(self.net, hosts),
-            self.counters(hosts, "tx_bytes"),
-            self.counters(hosts, "rx_bytes"),
-        )
+        (cpu0, tx0, rx0), m, (cpu1, tx1, rx1) = self.sample(hosts), run(), self.sample(hosts)
         m.tx, m.rx = {k: tx1[k] - tx0[k] for k in tx1}, {k: rx1[k] - rx0[k] for k in rx1}
-        if cpu0 is not None and cpu1 is not None:
-            m.cpu_hosts = cpu1 - cpu0
+        m.cpu_hosts = cpu1 - cpu0 if cpu0 is not None and cpu1 is not None else None
         return m
 
 
 def timed(
-    argv: Sequence[str], stdin: Path | None = None, env: dict[str, str] | None = None
+    argvs: Sequence[Sequence[str]], stdin: Path | None = None, env: dict[str, str] | None = None
 ) -> Measure:
-    """Wall and CPU time of a command; fails loudly on a non-zero exit."""
-    cpu0 = h.children_cpu()
-    with open(stdin or os.devnull, "rb") as f:
-        t0 = time.perf_counter()
-        done = subprocess.run(argv, stdin=f, capture_output=True, env=env, check=False)
-        wall = time.perf_counter() - t0
-    if done.returncode != 0:
-        raise RuntimeError(
-            f"{shlex.join(argv)[:300]} exited {done.returncode}: {done.stderr[-2000:]!r}"
-        )
-    return Measure(wall, cpu_local=h.children_cpu() - cpu0)
-
-
-def timed_parallel(argvs: Sequence[Sequence[str]], stdin: Path) -> Measure:
-    """Start every command at once (each reading `stdin`); time until all have ended."""
+    """Start every command at once (each reading `stdin`): wall and CPU time until all have
+    ended; fails loudly on a non-zero exit."""
     cpu0 = h.children_cpu()
     with contextlib.ExitStack() as stack:
-        files = [stack.enter_context(open(stdin, "rb")) for _ in argvs]
+        files = [stack.enter_context(open(stdin or os.devnull, "rb")) for _ in argvs]
         t0 = time.perf_counter()
-        procs = [subprocess.Popen(a, stdin=f, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-                 for a, f in zip(argvs, files, strict=True)]  # fmt: skip
+        out, err = subprocess.DEVNULL, subprocess.PIPE
+        procs = [subprocess.Popen(a, stdin=files[i], stdout=out, stderr=err, env=env)
+                 for i, a in enumerate(argvs)]  # fmt: skip
         errors = [p.communicate()[1] for p in procs]
         wall = time.perf_counter() - t0
     for p, err in zip(procs, errors, strict=True):
@@ -164,42 +137,18 @@ class Models:
     repo: Path
     state: Path  # the state DB; the local store cache is beside it
 
-    def args(
-        self, deployment: str, ref: str | None = None, concurrent: int | None = None
-    ) -> list[str]:
+    def args(self, deployment: str, ref: str | None = None, most: int | None = None) -> list[str]:
         return [
             "--repo", str(self.repo), "--state", str(self.state), "-d", deployment,
             *(["--ref", ref] if ref else []), "apply", "--copy-only", "--yes", "--format", "json",
-            *(["--max-concurrent", str(concurrent)] if concurrent else []),
+            *(["--max-concurrent", str(most)] if most else []),
         ]  # fmt: skip
 
-    def apply(
-        self, deployment: str, ref: str | None = None, concurrent: int | None = None
-    ) -> Measure:
+    def apply(self, deployment: str, ref: str | None = None, most: int | None = None) -> Measure:
         """`reconciler … apply --copy-only --format json`: wall time, its JSON, the CPU of
         the Python process itself and of everything it started."""
-        cmd = [*h.reconciler_cmd(), *self.args(deployment, ref, concurrent)]
-        cpu0 = h.children_cpu()
-        with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
-            t0 = time.perf_counter()
-            proc = subprocess.Popen(
-                cmd, stdin=subprocess.DEVNULL, stdout=out, stderr=err, env=h.child_env()
-            )
-            sampler = h.CpuSampler(proc.pid)
-            sampler.start()
-            code = proc.wait()
-            wall = time.perf_counter() - t0
-            sampler.done.set()
-            sampler.join()
-            out.seek(0)
-            err.seek(0)
-            if code != 0:
-                raise RuntimeError(
-                    f"{shlex.join(cmd)} exited {code}:\n{err.read().decode()[-3000:]}"
-                )
-            result = json.load(out)
-        total = h.children_cpu() - cpu0
-        return Measure(wall, cpu_local=total, cpu_python=min(sampler.last, total), result=result)
+        ran = h.run([*h.reconciler_cmd(), *self.args(deployment, ref, most)], h.child_env())
+        return Measure(ran.wall, ran.cpu, ran.own_cpu, result=json.loads(ran.stdout))
 
 
 # --- generated content and models repositories ------------------------------------------
@@ -447,8 +396,9 @@ def ciphers(host: h.TestHost) -> str:
     found = re.search(r"client->server cipher: (\S+)", out)
 
     async def probe() -> str:
+        key = [str(host.identity_file)]
         async with asyncssh.connect(host.address, username=host.user, known_hosts=None,
-                                    client_keys=[str(host.identity_file)], agent_path=None) as c:  # fmt: skip
+                                    client_keys=key, agent_path=None) as c:  # fmt: skip
             return str(c.get_extra_info("send_cipher"))
 
     return f"OpenSSH {found.group(1) if found else '?'}, asyncssh {asyncio.run(probe())}"
@@ -479,48 +429,32 @@ class Nix:
     def copy(self, host: h.TestHost, path: str) -> Measure:
         env = dict(os.environ, NIX_SSHOPTS=" ".join(host.ssh_command()[1:-1]))
         to = f"{host.user}@{host.address}"
-        return timed(["nix-copy-closure", "--store", str(self.root), "--to", to, path], env=env)
+        return timed([["nix-copy-closure", "--store", str(self.root), "--to", to, path]], env=env)
 
     def cleanup(self) -> None:
         for path in self.added:
             self.forget_remote(path)
 
 
-PROFILE_CODE = """
-import cProfile, sys
-from reconciler.cli import main
-prof, code = cProfile.Profile(), 0
-try:
-    prof.runcall(main, sys.argv[2:])
-except SystemExit as exc:
-    code = exc.code
-prof.dump_stats(sys.argv[1])
-sys.exit(code)
-"""
+PACKAGES = ("asyncssh", "asyncio", "reconciler", "cryptography", "typer", "rich")
 
 
 def profile_apply(models: Models, deployment: str) -> list[str]:
     """One apply under cProfile (bench/out/transfer.prof, transfer-profile.txt): own time by
     package and the top functions."""
-    h.OUT_DIR.mkdir(parents=True, exist_ok=True)
     raw, text = h.OUT_DIR / "transfer.prof", h.OUT_DIR / "transfer-profile.txt"
-    t0 = time.perf_counter()
-    cmd = [sys.executable, "-c", PROFILE_CODE, str(raw), *models.args(deployment)]
-    done = subprocess.run(cmd, capture_output=True, env=h.child_env())
-    wall = time.perf_counter() - t0
-    if done.returncode != 0:
-        return [f"profiled apply failed: {done.stderr.decode(errors='replace')[-500:]}", ""]
+    try:
+        wall = h.drive(models.args(deployment), raw).wall
+    except RuntimeError as e:
+        return [f"profiled apply failed: {str(e)[-500:]}", ""]
     entries: dict[tuple[str, int, str], tuple[int, int, float, float, object]]
     entries = pstats.Stats(str(raw)).stats  # type: ignore[attr-defined]
     total, groups = sum(e[2] for e in entries.values()), dict[str, float]()
     for (file, _, _), e in entries.items():
-        found = [
-            p
-            for p in ("asyncssh", "asyncio", "reconciler", "cryptography", "typer", "rich")
-            if f"/{p}/" in file
+        found = [p for p in PACKAGES if f"/{p}/" in file] or [
+            "site-packages, other" if "site-packages" in file else "stdlib, other"
         ]
-        g = ("C functions called from Python (copies, crypto, I/O)" if file == "~" else found[0] if found
-             else "site-packages, other" if "site-packages" in file else "stdlib, other")  # fmt: skip
+        g = "C functions called from Python (copies, crypto, I/O)" if file == "~" else found[0]
         groups[g] = groups.get(g, 0.0) + e[2]
     with text.open("w") as out:
         out.write(f"reconciler {shlex.join(models.args(deployment))}\n\n")
@@ -528,11 +462,12 @@ def profile_apply(models: Models, deployment: str) -> list[str]:
             pstats.Stats(str(raw), stream=out).sort_stats(key).print_stats(40)
     by = sorted(groups.items(), key=lambda kv: kv[1], reverse=True)[:6]
     lines = [
-        f"Profiled: one apply (compression none) under cProfile, {wall:.2f} s wall, {total:.2f} s "
-        "of profiled own time — by package: " + ", ".join(f"{g} {t:.2f} s ({t / total:.0%})" for g, t in by)
+        f"Profiled: one apply (compression none) under cProfile, {wall:.2f} s in main(), "
+        f"{total:.2f} s of profiled own time — by package: "
+        + ", ".join(f"{g} {t:.2f} s ({t / total:.0%})" for g, t in by)
         + f". Top functions by own time (`{text.relative_to(h.ROOT)}`, git-ignored, has more):",
         "",
-    ]  # fmt: skip
+    ]
     for (file, line, func), e in sorted(entries.items(), key=lambda kv: kv[1][2], reverse=True)[:8]:
         where = "C" if file == "~" else f"{'/'.join(Path(file).parts[-2:])}:{line}"
         lines.append(f"- `{func}` ({where}): {e[2]:.2f} s own, {e[1]:,} calls")
@@ -561,8 +496,8 @@ def run_fresh(
     ]
 
 
-def fresh_one(hosts: Hosts, models: Models, work: Path, name: str, files: int, sizes: Sizes, nix: Nix,
-              log: h.Log, profile: bool) -> Fresh:  # fmt: skip
+def fresh_one(hosts: Hosts, models: Models, work: Path, name: str, files: int, sizes: Sizes,
+              nix: Nix, log: h.Log, profile: bool) -> Fresh:  # fmt: skip
     host, store = hosts.all[0], models.state.parent / "store"
     hosts.reset([host])
     first = models.apply(f"{name}-auto")
@@ -587,33 +522,39 @@ def fresh_one(hosts: Hosts, models: Models, work: Path, name: str, files: int, s
     ]
 
     def pipeline(*stages: str) -> Callable[[], Measure]:
-        return lambda: timed(["bash", "-o", "pipefail", "-c", " | ".join(stages)])
+        return lambda: timed([["bash", "-o", "pipefail", "-c", " | ".join(stages)]])
 
     reset = functools.partial(hosts.reset, [host])
     apply_none = functools.partial(models.apply, f"{name}-none")
+    apply_auto = functools.partial(models.apply, f"{name}-auto")
+    cat, untar = "cat > /dev/null", f"mkdir -p {into} && tar -x -f - -C {into}"
+    zstd, unz = shlex.join(ZSTD), f"mkdir -p {into} && zstd -q -d -c | tar -x -f - -C {into}"
     methods = [
         Method("reconciler, compression none", reset, apply_none, True),
         Method("reconciler, nothing to send", lambda: None, apply_none, True,  # right after it
                "the fixed cost: start-up, plan, connect, store query", payload=False),
-        Method("reconciler, compression auto", reset, functools.partial(models.apply, f"{name}-auto"), True),
-        Method(CAT, reset, lambda: timed([*ssh, "cat > /dev/null"], tar), note="the goal's peer"),
-        Method(f"OpenSSH -c {AES_GCM}: cat > /dev/null", reset, lambda: timed([*gcm, "cat > /dev/null"], tar)),
-        Method("asyncssh: cat > /dev/null", reset, lambda: asyncssh_cat(host, tar), note="in this process"),
-        Method(f"asyncssh, {AES_GCM}: cat > /dev/null", reset, lambda: asyncssh_cat(host, tar, AES_GCM),
+        Method("reconciler, compression auto", reset, apply_auto, True),
+        Method(CAT, reset, lambda: timed([[*ssh, cat]], tar), note="the goal's peer"),
+        Method(f"OpenSSH -c {AES_GCM}: {cat}", reset, lambda: timed([[*gcm, cat]], tar)),
+        Method(f"asyncssh: {cat}", reset, lambda: asyncssh_cat(host, tar), note="in this process"),
+        Method(f"asyncssh, {AES_GCM}: {cat}", reset, lambda: asyncssh_cat(host, tar, AES_GCM),
                note="in this process"),
-        Method(f"OpenSSH: {TARX}", reset, pipeline(pack, shlex.join([*ssh, f"mkdir -p {into} && tar -x -f - -C {into}"])),
+        Method(f"OpenSSH: {TARX}", reset, pipeline(pack, shlex.join([*ssh, untar])),
                note="what reconciler none does, with OpenSSH"),
-        Method(f"OpenSSH: {ZTARX}", reset, pipeline(pack, shlex.join(ZSTD), shlex.join(
-            [*ssh, f"mkdir -p {into} && zstd -q -d -c | tar -x -f - -C {into}"])),
-            note="what reconciler zstd does, with OpenSSH"),
-        Method("rsync -a", reset, lambda: timed(rsync)),
+        Method(f"OpenSSH: {ZTARX}", reset, pipeline(pack, zstd, shlex.join([*ssh, unz])),
+               note="what reconciler zstd does, with OpenSSH"),
+        Method("rsync -a", reset, lambda: timed([rsync])),
     ]  # fmt: skip
     if not nix.problem:
         try:
             nix_path, added = nix.add(store / path)
-            methods.append(Method("nix-copy-closure", functools.partial(nix.forget_remote, nix_path),
-                                  functools.partial(nix.copy, host, nix_path),
-                                  note=f"nix-store --add took {added:.2f} s"))  # fmt: skip
+            forget, copy = (
+                functools.partial(nix.forget_remote, nix_path),
+                functools.partial(nix.copy, host, nix_path),
+            )
+            methods.append(
+                Method("nix-copy-closure", forget, copy, note=f"nix-store --add took {added:.2f} s")
+            )
         except RuntimeError as exc:
             nix.problem = str(exc)
     run_rounds(hosts, [host], methods, sizes.repeat, lambda s: log(f"fresh/{name}: {s}"))
@@ -670,7 +611,7 @@ def run_fanout(hosts: Hosts, work: Path, sizes: Sizes, log: h.Log) -> tuple[int,
                 cases.append((Method(label, reset, run, apply_json=True), what, n))
     for n in (1, len(targets)):
         run = functools.partial(
-            timed_parallel, [[*t.ssh_command(), "cat > /dev/null"] for t in targets[:n]], tar
+            timed, [[*t.ssh_command(), "cat > /dev/null"] for t in targets[:n]], tar
         )
         cases.append((Method(CAT, reset, run), "ssh", n))
     run_rounds(
@@ -708,12 +649,9 @@ def upgrade_section(up: Upgrade) -> list[str]:
     lines = [
         f"### 1. Upgrade after changing one of {n} packages",
         "",
-        f"{n} packages of ~{up.package_size // KIB} KiB (30% random bytes, the rest text; "
-        f"{up.files} files in all) in the profile of {len(up.rows) // 2} machines. One line "
-        f"appended to one file of package `{up.changed}`; its new store path is sent whole. *apply "
-        "wire*: apply's `wireBytes` (the tar stream); *veth tx/rx*: the kernel's byte counters of "
-        "the host's veth around the upgrade apply (SSH handshake, store query, commands, tar "
-        "stream, TCP/IP headers). The worst of the runs per machine.",
+        f"{n} packages of ~{up.package_size // KIB} KiB ({up.files} files) in the profile of "
+        f"{len(up.rows) // 2} machines; one line appended to a file of `{up.changed}`. The worst "
+        "of the runs per machine.",
         "",
         "| compression | machine | used | paths sent | changed size KiB | apply wire KiB | veth tx "
         "KiB | veth rx KiB | limit KiB | tx / limit | tx − wire KiB | goal |",
@@ -721,8 +659,8 @@ def upgrade_section(up: Upgrade) -> list[str]:
     ]
     for r in up.rows:
         lines.append(
-            f"| {r.compression} | {r.machine} | {r.used} | {r.paths} | {kib(r.size)} | {kib(r.wire)} "
-            f"| {kib(r.tx)} | {kib(r.rx)} | {kib(r.limit)} | {r.tx / r.limit:.2f} "
+            f"| {r.compression} | {r.machine} | {r.used} | {r.paths} | {kib(r.size)} "
+            f"| {kib(r.wire)} | {kib(r.tx)} | {kib(r.rx)} | {kib(r.limit)} | {r.tx / r.limit:.2f} "
             f"| {kib(r.tx - r.wire)} | {h.verdict(r.tx <= r.limit)} |"
         )
     lines.append("")
@@ -738,10 +676,11 @@ def upgrade_section(up: Upgrade) -> list[str]:
 
 def fresh_section(f: Fresh) -> list[str]:
     cat = f.method(CAT).best_wall
+    kind = "half random bytes, half text" if f.content == "mixed" else "all random bytes"
     lines = [
-        f"**{f.content}** ({'half random bytes, half text' if f.content == 'mixed' else 'all random bytes'}): "
-        f"one store path of {mb(f.size)} MB in {f.files} files; as a tar stream {mb(f.tar_bytes)} "
-        f"MB, zstd -3: {mb(f.zstd_bytes)} MB ({f.zstd_bytes / f.tar_bytes:.0%}). First apply "
+        f"**{f.content}** ({kind}): one store path of {mb(f.size)} MB in {f.files} files; as a "
+        f"tar stream {mb(f.tar_bytes)} MB, zstd -3: {mb(f.zstd_bytes)} MB "
+        f"({f.zstd_bytes / f.tar_bytes:.0%}). First apply "
         f"(building from Git included): {f.first_apply:.2f} s, of which about "
         f"{f.build_seconds:.2f} s before the transfer.",
         "",
@@ -799,9 +738,9 @@ def fresh_section(f: Fresh) -> list[str]:
         f"s (chacha20-poly1305), {agcm.best_wall:.2f} s vs {ogcm.best_wall:.2f} s ({AES_GCM}).",
         f"- Both sides share {h.nproc()} cores: reconciler none used {cpu(bn):.2f} CPU s (its "
         f"process {bn.cpu_python or 0:.2f}, tar {bn.cpu_local - (bn.cpu_python or 0):.2f}, host "
-        f"{bn.cpu_hosts or 0:.2f}) in {bn.wall:.2f} s of wall; auto {cpu(ba):.2f} CPU s (tar + zstd "
-        f"{ba.cpu_local - (ba.cpu_python or 0):.2f}); OpenSSH cat {cpu(best(f.method(CAT).runs)):.2f} "
-        f"CPU s in {cat:.2f} s.",
+        f"{bn.cpu_hosts or 0:.2f}) in {bn.wall:.2f} s of wall; auto {cpu(ba):.2f} CPU s (tar + "
+        f"zstd {ba.cpu_local - (ba.cpu_python or 0):.2f}); OpenSSH cat "
+        f"{cpu(best(f.method(CAT).runs)):.2f} CPU s in {cat:.2f} s.",
         f"- Compression: auto (zstd) {auto.best_seconds:.2f} s vs none {none.best_seconds:.2f} s "
         f"({auto.best_seconds / none.best_seconds:.2f}×). On a 1 Gbit/s link the wire alone would "
         f"take {f.tar_bytes / 125e6:.2f} s uncompressed, {f.zstd_bytes / 125e6:.2f} s compressed.",
@@ -819,9 +758,7 @@ def fanout_section(size: int, rows: Sequence[FanoutRow]) -> list[str]:
     lines = [
         f"### 3. Fan-out: {mb(size)} MB (half random) to {many[0].hosts} hosts vs 1",
         "",
-        "`--max-concurrent` at its default (all machines at once) unless the row says otherwise. "
-        "The receiving side of all hosts runs on the same cores as the sender. *wall ×*: against "
-        "the 1-host row of the same method; *transfer*: the slowest machine's, from apply's JSON.",
+        "`--max-concurrent` at its default (all machines at once) unless the row says otherwise.",
         "",
         "| method | hosts | wall s | slowest machine's transfer s | CPU s: Python | CPU s: local "
         "children | CPU s: hosts | wall × |",
@@ -838,14 +775,15 @@ def fanout_section(size: int, rows: Sequence[FanoutRow]) -> list[str]:
         o, total = one(m), m.local + (m.remote or 0.0)
         line = (
             f"- {m.what}: {m.hosts} hosts used {total:.2f} CPU s in {m.wall:.2f} s "
-            f"({total / (m.wall * h.nproc()):.0%} of {h.nproc()} cores; the hosts {secs(m.remote)} s "
-            f"of it, vs {secs(o.remote)} s for 1 host)"
+            f"({total / (m.wall * h.nproc()):.0%} of {h.nproc()} cores; the hosts "
+            f"{secs(m.remote)} s of it, vs {secs(o.remote)} s for 1 host)"
         )
         if m.python is not None and o.python is not None:
             line += (
-                f"; reconciler's own process {o.python:.2f} → {m.python:.2f} CPU s — one thread, so "
-                f"its wall time could not drop below {m.python:.2f} s = {m.python / o.wall:.2f}× the "
-                f"1-host wall; what it started {o.local - o.python:.2f} → {m.local - m.python:.2f} CPU s"
+                f"; reconciler's own process {o.python:.2f} → {m.python:.2f} CPU s — one thread, "
+                f"so its wall time could not drop below {m.python:.2f} s = "
+                f"{m.python / o.wall:.2f}× the 1-host wall; what it started "
+                f"{o.local - o.python:.2f} → {m.local - m.python:.2f} CPU s"
             )
         lines.append(line + ".")
     return [*lines, ""]
@@ -893,15 +831,16 @@ def goal_lines(up: Upgrade | None, fresh: list[Fresh], fan: Sequence[FanoutRow])
 
 
 def report(command: str, facts: str, version: str, seconds: float, up: Upgrade | None,
-           fresh: list[Fresh], fan: tuple[int, list[FanoutRow]] | None, nix: Nix) -> str:  # fmt: skip
+           fresh: list[Fresh], fan: tuple[int, list[FanoutRow]] | None,
+           nix: Nix) -> str:  # fmt: skip
     lines = [
-        *h.header(NAME, facts, version),
-        f"Command: `{command}` — {seconds:.0f} s in all; load average at the end {h.loadavg()}. "
-        "Every apply is `reconciler --repo DIR --state DB -d DEPLOYMENT [--ref REF] apply "
-        "--copy-only --yes --format json` against OpenSSH test hosts started by the script "
-        "(tests/testhosts.py: sshd in network namespaces, bridged veths, on this machine). "
-        "Before each timed run the host's store is emptied and `sync` run.",
-        "",
+        *h.header(
+            NAME,
+            facts,
+            version,
+            command,
+            f"{seconds:.0f} s in all; load average at the end {h.loadavg()}",
+        ),
         *(upgrade_section(up) if up else []),
     ]
     if fresh:
@@ -910,21 +849,11 @@ def report(command: str, facts: str, version: str, seconds: float, up: Upgrade |
         for f in fresh:
             lines += fresh_section(f)
         lines += [
-            "*transfer s*: for reconciler the machine's `seconds` in apply's JSON (connect, store "
-            "query, stream, unpack, finalize), for the others the command's wall time. *wall s*: "
-            "the whole command (for reconciler also start-up, models, plan, the local store). "
-            "MB/s = the store path's unpacked size / transfer s. CPU: *Python* the reconciler "
-            "process itself, *local children* what it (or the command) started, *host* every "
-            "process of the host's ssh sessions. Best of the runs (*slowest run*: the worst).",
-            "",
             *([f"A new machine also gets {', '.join(f'`{p}`' for p in others)} besides the "
                "package: tar and rsync send it too, nix-copy-closure the package alone.", ""]
               if others else []),
-            f"Nix: not measured — {nix.problem}" if nix.problem else
-            "Nix: `nix-store --store <tmp>/nix-root --add <store path>` (a private chroot store: "
-            "/nix is shared with the test hosts, so the machine's own /nix/store is the *remote* "
-            "store), then `NIX_SSHOPTS=<ssh options> nix-copy-closure --store <tmp>/nix-root --to "
-            "root@<host> <path>` (the path is deleted there before each run).",
+            f"Nix: not measured — {nix.problem}" if nix.problem else "Nix: `nix-copy-closure` "
+            "from a private chroot store (`nix-store --store <tmp>/nix-root --add`).",
             "",
         ]  # fmt: skip
     lines += [*(fanout_section(*fan) if fan else []), *goal_lines(up, fresh, fan[1] if fan else [])]
@@ -942,7 +871,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = p.parse_args(argv)
     sizes = QUICK if args.quick else Sizes()
     sizes = replace(
-        sizes, repeat=args.repeat or sizes.repeat, fanout_hosts=args.fanout_hosts or sizes.fanout_hosts,
+        sizes, repeat=args.repeat or sizes.repeat,
+        fanout_hosts=args.fanout_hosts or sizes.fanout_hosts,
         fresh_bytes=(args.fresh_mb or sizes.fresh_bytes // MB) * MB,
         fanout_bytes=(args.fanout_mb or sizes.fanout_bytes // MB) * MB,
     )  # fmt: skip
@@ -961,11 +891,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         subprocess.run(["apt-get", "install", "-y", *missing], capture_output=True, env=env)
     import asyncssh
 
-    tools = [("OpenSSH", ["ssh", "-V"]), ("zstd", ["zstd", "-V"]), ("rsync", ["rsync", "--version"]),
-             ("Nix", ["nix-store", "--version"])]  # fmt: skip
-    facts = h.machine_facts(
-        f"asyncssh {asyncssh.__version__}", *(h.first_line(a) for _, a in tools)
-    )
+    tools = [["ssh", "-V"], ["zstd", "-V"], ["rsync", "--version"], ["nix-store", "--version"]]
+    facts = h.machine_facts(f"asyncssh {asyncssh.__version__}", *map(h.first_line, tools))
     version = h.take_snapshot(NAME, args.at)
     log(f"measuring reconciler at {version}")
     up, fresh, fan = None, [], None
