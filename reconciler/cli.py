@@ -28,6 +28,7 @@ app = typer.Typer(
 
 # Options that take a value, and flags, as accepted anywhere on the line.
 GLOBAL_VALUED = {"--repo", "--path", "--ref", "--state", "-d", "--deployment", "--format"}
+GLOBAL_VALUED |= {"--keys-dir", "--key-env-prefix"}
 GLOBAL_FLAGS = {"-v", "--verbose", "-q", "--quiet"}
 
 WorktreeOpt = Annotated[
@@ -92,6 +93,19 @@ def main_options(
     ] = "text",
     verbose: Annotated[int, typer.Option("-v", "--verbose", count=True, help="Say more.")] = 0,
     quiet: Annotated[bool, typer.Option("-q", "--quiet", help="Say less.")] = False,
+    keys_dir: Annotated[
+        str | None,
+        typer.Option(
+            help="The only folder key files may come from (default: $RECONCILER_KEYS_DIR)."
+        ),
+    ] = None,
+    key_env_prefix: Annotated[
+        str | None,
+        typer.Option(
+            help="Key variables must start with this (default: $RECONCILER_KEYS_ENV_PREFIX, "
+            "else RECONCILER_KEY_)."
+        ),
+    ] = None,
     version: Annotated[
         bool,
         typer.Option("--version", help="Print the version.", is_eager=True, callback=_version),
@@ -106,6 +120,8 @@ def main_options(
         format=format,
         verbose=verbose,
         quiet=quiet,
+        keys_dir=keys_dir,
+        key_env_prefix=key_env_prefix,
     )
 
 
@@ -242,6 +258,13 @@ def run(
             help="Commit links on the status page, e.g. https://host/org/repo/commit/{sha}"
         ),
     ] = None,
+    notify: Annotated[
+        list[str] | None,
+        typer.Option(help="POST a JSON event here on Ready/Stalled changes and failed attempts."),
+    ] = None,
+    notify_secret_file: Annotated[
+        Path | None, typer.Option(help="Sign notifications with HMAC-SHA256 of this secret.")
+    ] = None,
 ) -> int:
     """The controller: every new commit on a tracked branch becomes a deployed generation."""
     from reconciler.controller.git import Signers
@@ -254,6 +277,7 @@ def run(
         ("--allowed-signers", allowed_signers),
         ("--gpg-keyring", gpg_keyring),
         ("--known-hosts", known_hosts),
+        ("--notify-secret-file", notify_secret_file),
     ):
         if path is not None and not path.is_file():
             raise UserError(f"{option} {path}: no such file")
@@ -267,6 +291,8 @@ def run(
             known_hosts=known_hosts,
             commit_url=commit_url,
             once=once,
+            notify=tuple(notify or ()),
+            notify_secret_file=notify_secret_file,
         )
     )
 

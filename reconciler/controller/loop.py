@@ -53,6 +53,7 @@ class PassResult:
     seconds: float = 0.0
     transferred: int = 0
     message: str = ""
+    committed: float | None = None  # the applied commit's time (for the lag metric)
 
 
 @dataclass
@@ -80,6 +81,8 @@ class DeploymentLoop:
     on_apply: Callable[[DeploymentLoop], None] | None = None  # says Reconciling at once
     passes: int = 0
     observed: Observation | None = None  # the machines as last seen
+    plan_text: str | None = None  # the plan of the head, as last evaluated
+    last_plan: str | None = None  # the plan of the commit that last failed or was refused
 
     def poke(self) -> None:
         self.wake.set()
@@ -105,8 +108,9 @@ class DeploymentLoop:
 
     async def _act(self, head: str, started: float) -> PassResult:
         opts = dataclasses.replace(self.opts, ref=head, deployment=self.name, format="json")
+        self.plan_text = None
         try:
-            loaded, changes = await asyncio.to_thread(_evaluate, opts)
+            loaded, changes, self.plan_text = await asyncio.to_thread(_evaluate, opts)
         except InvalidModels as e:
             lines = [str(p) for p in e.problems]
             return self._fail("invalid", Reason.INVALID_MODELS, "\n".join(lines), started)
@@ -148,7 +152,9 @@ class DeploymentLoop:
                 self.applying = None
         if outcome.ok:
             self._ok(head)
-            return PassResult("applied", time.monotonic() - started, outcome.transferred_bytes)
+            seconds = time.monotonic() - started
+            committed = _timestamp(loaded.revision.time) if loaded.revision else None
+            return PassResult("applied", seconds, outcome.transferred_bytes, committed=committed)
         reason = Reason.ROLLBACK_FAILED if outcome.result == Result.STALLED else Reason.APPLY_FAILED
         return self._fail("failed", reason, outcome.message, started)
 
@@ -188,7 +194,7 @@ class DeploymentLoop:
 
     def _ok(self, head: str) -> None:
         self.handled, self.failures, self.backoff_until = head, 0, 0.0
-        self.last_error, self.stalled = None, None
+        self.last_error, self.stalled, self.last_plan = None, None, None
 
     def _fail(
         self, result: str, reason: Reason, message: str, started: float, retry: bool = True
@@ -196,7 +202,7 @@ class DeploymentLoop:
         """Stalled until a new commit; `retry`: also after the backoff (a transient
         cause may pass; a refusal or bad models will not)."""
         self.failures += 1
-        self.last_error = message
+        self.last_error, self.last_plan = message, self.plan_text
         self.stalled = (reason, message)
         if retry:
             self.backoff_until = time.monotonic() + backoff(self.failures)
@@ -219,21 +225,31 @@ class DeploymentLoop:
                 else None
             ),
             "lastError": self.last_error,
+            "lastPlan": self.last_plan,
             "trackedBranch": self.branch,
             "head": self.head,
         }
 
 
-def _evaluate(opts: Options) -> tuple[Any, bool]:
+def _evaluate(opts: Options) -> tuple[Any, bool, str]:
     """Load, compile and plan the commit: (the loaded deployment, whether it changes
-    anything). Compile problems count as invalid models, like load problems."""
+    anything, the plan as text). Compile problems count as invalid models, like load
+    problems."""
     from reconciler.execute.inputs import compile_with_record, load_one
     from reconciler.plan.diff import make_plan
+    from reconciler.plan.render import render_text
 
     loaded, _ = load_one(opts)
     desired, recorded = compile_with_record(opts, loaded)
     plan = make_plan(desired, recorded, destroy_machines=loaded.config.destroyMachines)
-    return loaded, bool(plan.has_changes)
+    return loaded, bool(plan.has_changes), render_text(plan, colour=False, verbose=False)
+
+
+def _timestamp(iso: str) -> float | None:
+    try:
+        return datetime.fromisoformat(iso).timestamp()
+    except ValueError:
+        return None
 
 
 def _deployment_row(opts: Options, name: str) -> DeploymentRow | None:

@@ -16,7 +16,7 @@ import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from reconciler.controller.git import GitError, Signers, branch_head, default_branch
 from reconciler.controller.loop import DeploymentLoop, PassResult, now_iso
@@ -24,6 +24,9 @@ from reconciler.errors import UserError
 from reconciler.models.source import is_remote, redact
 from reconciler.options import Options
 from reconciler.targets.ssh import KNOWN_HOSTS_ENV
+
+if TYPE_CHECKING:
+    from reconciler.state.rows import DeploymentRecord
 
 JITTER = 0.1  # ±10 % on every interval, so many controllers do not poll in step
 
@@ -38,6 +41,8 @@ class RunSettings:
     known_hosts: Path | None = None
     commit_url: str | None = None
     once: bool = False
+    notify: tuple[str, ...] = ()
+    notify_secret_file: Path | None = None
 
 
 def read_secret(path: Path | None, what: str) -> str | None:
@@ -56,8 +61,11 @@ def read_secret(path: Path | None, what: str) -> str | None:
 class Controller:
     def __init__(self, settings: RunSettings) -> None:
         from reconciler.controller.metrics import Metrics
+        from reconciler.controller.notify import Notifier
 
         self.settings = settings
+        secret = read_secret(settings.notify_secret_file, "--notify-secret-file")
+        self.notifier = Notifier(list(settings.notify), secret=secret)
         self.opts = settings.opts
         self.loops: dict[str, DeploymentLoop] = {}
         self.apply_lock = asyncio.Lock()
@@ -107,6 +115,7 @@ class Controller:
                 watcher.stop()
             if server is not None:
                 await server.stop()
+            await self.notifier.aclose()
 
     def shutdown(self) -> None:
         self.say("stopping: settling what is in flight")
@@ -216,12 +225,20 @@ class Controller:
             await self.observe(d)
 
     def report(self, d: DeploymentLoop, outcome: PassResult) -> None:
+        from reconciler.controller.notify import Event
+
         head = (d.head or "")[:12]
         self.metrics.reconciled(d.name, outcome.result, outcome.seconds)
+        self.metrics.attempted(d.name, outcome.result)
         if outcome.transferred:
             self.metrics.transferred(d.name, outcome.transferred)
         if outcome.result == "applied":
-            self.metrics.applied(d.name, time.time())
+            self.metrics.applied(d.name, time.time(), committed=outcome.committed)
+        if outcome.result == "failed":
+            reason = d.stalled[0] if d.stalled else None
+            self.notifier.send(
+                Event(d.name, "failed", reason=reason, commit=d.head, message=outcome.message)
+            )
         detail = f": {outcome.message.splitlines()[0]}" if outcome.message else ""
         self.say(f"{d.name}: {head} {outcome.result} in {outcome.seconds:.1f} s{detail}")
 
@@ -248,6 +265,11 @@ class Controller:
                 for i in obs.instances:
                     by_state[i.state] = by_state.get(i.state, 0) + 1
                 self.metrics.instances(d.name, by_state)
+                reachable = sum(m.reachable for m in obs.machines.values())
+                self.metrics.machines(
+                    d.name,
+                    {"reachable": reachable, "unreachable": len(obs.machines) - reachable},
+                )
                 d.observed = obs
         finally:
             if db is not None:
@@ -293,9 +315,40 @@ class Controller:
         try:
             record = read_deployment(db, d.name)
             computed = conditions(d.observed, record, d.stalled, d.applying)
-            return store_conditions(db, d.name, computed)
+            stored = store_conditions(db, d.name, computed)
         finally:
             db.close()
+        self.notify_transitions(d, record.conditions if record else [], stored, record)
+        return stored
+
+    def notify_transitions(
+        self,
+        d: DeploymentLoop,
+        before: list[dict[str, Any]],
+        after: list[dict[str, Any]],
+        record: DeploymentRecord | None,
+    ) -> None:
+        """An event for every change of Ready or Stalled (not for the first one seen)."""
+        from reconciler.controller.notify import Event
+
+        was = {c.get("type"): c.get("status") for c in before}
+        generation = record.generation if record else None
+        for c in after:
+            kind = c["type"]
+            if kind not in ("Ready", "Stalled") or was.get(kind) in (None, c["status"]):
+                continue
+            true = c["status"] == "True"
+            result = kind if true else {"Ready": "NotReady", "Stalled": "Recovered"}[kind]
+            self.notifier.send(
+                Event(
+                    d.name,
+                    result,
+                    reason=c.get("reason"),
+                    generation=generation.generation if generation else None,
+                    commit=generation.commit if generation else None,
+                    message=c.get("message") or "",
+                )
+            )
 
     # --- triggers ---------------------------------------------------------------------
 
@@ -367,7 +420,21 @@ class ControllerView:
         return True, "ok"
 
     def instance_log(self, deployment: str, key: str) -> str | None:
-        return None  # TODO(lead): the tail of the instance's log
+        """Called in one of the HTTP side's threads: the machine is asked from there."""
+        from reconciler.execute.observe import log_tail
+        from reconciler.state.db import open_db
+        from reconciler.state.rows import read_deployment
+
+        state = self.controller.opts.state_path
+        if deployment not in self.controller.loops or not state.exists():
+            return None
+        db = open_db(state, write=False)
+        assert db is not None
+        try:
+            record = read_deployment(db, deployment)
+            return None if record is None else asyncio.run(log_tail(db, record, key, state.parent))
+        finally:
+            db.close()
 
     def poke(self, repo_urls: list[str]) -> int:
         ours = _repo_key(self.controller.opts.repo)

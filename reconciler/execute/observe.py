@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import shlex
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -26,6 +27,7 @@ if TYPE_CHECKING:
 
 FORMAT_VERSION = 1
 CONNECT_TIMEOUT = 5.0  # seconds to reach an SSH machine before it counts as unreachable
+LOG_TAIL_BYTES = 64 * 1024  # of an instance's log, for the page
 OBSERVE_TIMEOUT = 90.0  # seconds for one machine's answer (health probes take their time)
 
 
@@ -242,6 +244,34 @@ def _message(machine: str, e: BaseException) -> str:
     return text.removeprefix(f"{machine}: ")
 
 
+async def log_tail(db: StateDB, record: DeploymentRecord, key: str, state_root: Path) -> str | None:
+    """The end of an instance's log on its machine; None for an instance not recorded."""
+    from reconciler.execute.requests import deployment_dir
+    from reconciler.targets.open import open_target
+
+    inst = next((i for i in record.instances if i.key == key), None)
+    machine = next((m for m in record.machines if inst and m.name == inst.machine), None)
+    if inst is None or machine is None:
+        return None
+    connection = machine.connection or {"targetEnv": machine.target_env}
+    try:
+        target = open_target(machine.name, connection, state_root, RecordedKeysOnly(db))
+    except Exception as e:
+        return f"(cannot reach {machine.name}: {_message(machine.name, e)})"
+    log = f"{deployment_dir(target.state_dir, record.name)}/instances/{inst.service}/log"
+    try:
+        got = await asyncio.wait_for(
+            target.run(f"tail -c {LOG_TAIL_BYTES} {shlex.quote(log)} 2>/dev/null"),
+            OBSERVE_TIMEOUT,
+        )
+        return got.stdout.decode(errors="replace") or "(the log is empty)"
+    except Exception as e:  # whatever happened there, it is what the reader sees
+        return f"(cannot read the log on {machine.name}: {_message(machine.name, e)})"
+    finally:
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(target.close(), CONNECT_TIMEOUT)
+
+
 # --- the status document (`status --format json`, the API, the page) -------------------
 
 
@@ -292,7 +322,10 @@ def status_json(obs: Observation) -> dict[str, Any]:
             }
             for m in record.machines
         ],
-        "instances": [i.to_json() for i in obs.instances],
+        "instances": [
+            {**i.to_json(), "dependsOn": list(record.service_order.get(i.row.service, ()))}
+            for i in obs.instances
+        ],
     }
 
 

@@ -90,6 +90,7 @@ class DeploymentRecord:
     instances: list[InstanceRow]  # by key
     paths: dict[str, dict[str, str]] = field(default_factory=dict)  # machine → path → hash
     conditions: list[dict[str, Any]] = field(default_factory=list)  # as the controller left them
+    service_order: dict[str, tuple[str, ...]] = field(default_factory=dict)  # what needs what
 
     @property
     def generation(self) -> AttemptRow | None:
@@ -358,6 +359,7 @@ def read_deployment(db: StateDB, name: str) -> DeploymentRecord | None:
         instances=instance_rows(db, name),
         paths=machine_paths(db, name),
         conditions=row.conditions,
+        service_order=row.service_order,
     )
 
 
