@@ -99,9 +99,6 @@ def generate(repo: Path, config: Config) -> None:
     h.commit(repo, config.label)
 
 
-# --- one run -------------------------------------------------------------------------------
-
-
 @dataclass
 class Instance:
     layer: int
@@ -256,9 +253,6 @@ def calibrate(keep_path: bool) -> tuple[float, float | None]:
     agent = h.agent_script()
     bare = best("python3 -c pass")
     return bare, best(f"python3 {shlex.quote(str(agent))} no-such-command") if agent else None
-
-
-# --- reporting -----------------------------------------------------------------------------
 
 
 @dataclass

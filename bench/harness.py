@@ -9,6 +9,7 @@ parts is in this module (see "Internals" below), so that a rename is a one-line 
 from __future__ import annotations
 
 import argparse
+import atexit
 import contextlib
 import datetime as dt
 import hashlib
@@ -36,7 +37,7 @@ from typing import TYPE_CHECKING, Any
 
 BENCH_DIR = Path(__file__).resolve().parent
 ROOT = BENCH_DIR.parent
-OUT_DIR = BENCH_DIR / "out"  # git-ignored scratch: snapshots, profiles
+OUT_DIR = BENCH_DIR / "out"  # git-ignored scratch: profiles, byte code
 RESULTS_FILE = BENCH_DIR / "RESULTS.md"
 # What a machine reached over SSH gets (sshd's default); the caller's PATH may start with
 # shims (pyenv: ~80 ms per `python3`) that a real machine does not have.
@@ -47,10 +48,9 @@ if str(ROOT) not in sys.path:  # tests.testhosts, and reconciler/ when not insta
     sys.path.append(str(ROOT))
 
 if TYPE_CHECKING:  # imported when used: tests.testhosts imports reconciler (the snapshot's)
-    from tests.testhosts import TestHost, TestHostNetwork
+    from tests.testhosts import TestHost as TestHost
+    from tests.testhosts import TestHostNetwork as TestHostNetwork
 
-
-# --- the reconciler under test -------------------------------------------------------------
 
 _SNAPSHOT: list[Path] = []  # the folder children import reconciler from, once taken
 
@@ -62,29 +62,21 @@ def package_dir() -> Path:
     return Path(next(iter(spec.submodule_search_locations)))
 
 
-def take_snapshot(name: str, ref: str | None = None, live: bool = False) -> str:
-    """Copy reconciler/ (as it is now, or at commit `ref`) to bench/out/NAME-snapshot, which
-    children import, so that edits made during a long run cannot mix two versions into one
-    table; `live` measures the tree itself. Returns what is measured, for the report."""
-    src = package_dir()
-    pkg = src
-    if not live:
-        into = OUT_DIR / f"{name}-snapshot"
-        shutil.rmtree(into, ignore_errors=True)
-        pkg = into / "reconciler"
-        pkg.parent.mkdir(parents=True)
-        if ref is None:
-            shutil.copytree(src, pkg, ignore=shutil.ignore_patterns("__pycache__"))
-        else:
-            archive = subprocess.run(
-                ["git", "archive", "--format=tar", ref, "--", "."],
-                cwd=src,
-                capture_output=True,
-                check=True,
-            ).stdout
-            with tarfile.open(fileobj=io.BytesIO(archive)) as tar:
-                tar.extractall(pkg, filter="data")
-        _SNAPSHOT[:] = [into]
+def take_snapshot(name: str, ref: str | None = None) -> str:
+    """Copy reconciler/ (as it is now, or at commit `ref`) to a temporary folder, removed at
+    exit, which children import, so that edits made during a long run cannot mix two versions
+    into one table. Returns what is measured."""
+    src, into = package_dir(), Path(tempfile.mkdtemp(prefix=f"bench-{name}-snapshot-"))
+    atexit.register(shutil.rmtree, into, ignore_errors=True)
+    pkg = into / "reconciler"
+    if ref is None:
+        shutil.copytree(src, pkg, ignore=shutil.ignore_patterns("__pycache__"))
+    else:
+        archive = subprocess.run(["git", "archive", "--format=tar", ref, "--", "."],
+                                 cwd=src, capture_output=True, check=True).stdout  # fmt: skip
+        with tarfile.open(fileobj=io.BytesIO(archive)) as tar:
+            tar.extractall(pkg, filter="data")
+    _SNAPSHOT[:] = [into]
     digest = hashlib.sha256()
     for path in sorted(pkg.rglob("*.py")):
         digest.update(path.relative_to(pkg).as_posix().encode() + b"\0" + path.read_bytes())
@@ -97,7 +89,7 @@ def take_snapshot(name: str, ref: str | None = None, live: bool = False) -> str:
     where = f"commit {commit}" if commit else "no Git checkout"
     if ref is None and git_out("status", "--porcelain", "--", "."):
         where += " + uncommitted changes in reconciler/"
-    how = "live tree" if live else f"snapshot of {ref}" if ref else "snapshot"
+    how = f"snapshot of {ref}" if ref else "snapshot"
     return f"{where} ({how}, sources sha256 {digest.hexdigest()[:12]})"
 
 
@@ -118,10 +110,7 @@ def tool(name: str) -> str:
 
 
 def reconciler_cmd() -> list[str]:
-    script = Path(sys.executable).parent / "reconciler"
-    if script.is_file() and os.access(script, os.X_OK):
-        return [str(script)]
-    return [sys.executable, "-m", "reconciler"]
+    return [tool("reconciler")]
 
 
 def child_env(standard_path: bool = False) -> dict[str, str]:
@@ -172,9 +161,6 @@ while True:
 """
 
 
-# --- repositories --------------------------------------------------------------------------
-
-
 def git(repo: Path, *args: str, env: dict[str, str] | None = None) -> str:
     done = subprocess.run(
         ["git", *args], cwd=repo, env=env or child_env(), capture_output=True, text=True
@@ -220,9 +206,6 @@ def free_port(host: str = "127.0.0.1") -> int:
         return port
 
 
-# --- the machine ---------------------------------------------------------------------------
-
-
 def nproc() -> int:
     return len(os.sched_getaffinity(0))
 
@@ -246,17 +229,10 @@ def machine_facts(*extra: str) -> str:
             if line.startswith("model name"):
                 cpu = line.split(":", 1)[1].strip()
                 break
+    system = f"{platform.system()} {platform.release()}, Python {platform.python_version()}"
     return ", ".join(
-        [
-            f"nproc {nproc()} ({cpu}), load average {loadavg()} at the start",
-            f"{platform.system()} {platform.release()}",
-            f"Python {platform.python_version()}",
-            *extra,
-        ]
+        [f"nproc {nproc()} ({cpu}), load average {loadavg()} at the start", system, *extra]
     )
-
-
-# --- CPU and processes ---------------------------------------------------------------------
 
 
 def children_cpu() -> float:
@@ -338,7 +314,8 @@ def run(cmd: Sequence[str], env: dict[str, str], cwd: Path | None = None, check:
         text = [f.read().decode(errors="replace") for f in (out, err)]
     if check and code != 0:
         raise RuntimeError(f"{shlex.join(cmd)} exited {code}:\n{text[0][-2000:]}{text[1][-3000:]}")
-    return Ran(code, *text, t0, wall, cpu, min(sampler.last, cpu), busy_share(stat0, cpu_stat()))
+    own, busy = min(sampler.last, cpu), busy_share(stat0, cpu_stat())
+    return Ran(code, text[0], text[1], t0, wall, cpu, own, busy)
 
 
 def cmdline(pid: int) -> bytes:
@@ -408,6 +385,10 @@ def host_veth(net: TestHostNetwork, host: TestHost) -> str:
     return net._state(host).veth
 
 
+def in_(pid: int, parents: set[int]) -> bool:
+    return (f := proc_fields(pid)) is not None and int(f[1]) in parents
+
+
 def sessions_cpu(net: TestHostNetwork, hosts: Sequence[TestHost]) -> float | None:
     """CPU seconds of every finished ssh session of the hosts (sshd, shells, tar, python3 …),
     as each sshd listener collected them (cutime + cstime); waits (up to 5 s) until no
@@ -418,15 +399,8 @@ def sessions_cpu(net: TestHostNetwork, hosts: Sequence[TestHost]) -> float | Non
         return None
     deadline = time.monotonic() + 5
     while time.monotonic() < deadline:
-        sessions = [
-            pid
-            for name in os.listdir("/proc")
-            if name.isdigit()
-            and (f := proc_fields(pid := int(name)))
-            and int(f[1]) in listeners
-            and Path(f"/proc/{pid}/comm").read_text().startswith("sshd")
-        ]
-        if not sessions:
+        children = [int(n) for n in os.listdir("/proc") if n.isdigit() and in_(int(n), listeners)]
+        if not any(cmdline(pid).startswith(b"sshd") for pid in children):
             break
         time.sleep(0.02)
     total = 0.0
@@ -452,7 +426,6 @@ class Step:
 @dataclass(frozen=True)
 class Attempt:
     started: float
-    finished: float | None
     status: str
     transition: list[Step]  # the journal's transition steps, in order
 
@@ -463,7 +436,7 @@ def last_attempt(state: Path, deployment: str, sha: str | None = None) -> Attemp
     uri = f"file:{state}?mode=ro"
     with contextlib.closing(sqlite3.connect(uri, uri=True, timeout=10)) as db:
         row = db.execute(
-            "SELECT id, started_at, finished_at, status FROM attempts WHERE deployment = ?"
+            "SELECT id, started_at, status FROM attempts WHERE deployment = ?"
             + (" AND commit_sha = ?" if sha else "")
             + " ORDER BY started_at DESC LIMIT 1",
             [deployment, *([sha] if sha else [])],
@@ -475,12 +448,8 @@ def last_attempt(state: Path, deployment: str, sha: str | None = None) -> Attemp
             "AND step = 'transition' ORDER BY id",
             [row[0]],
         ).fetchall()
-    return Attempt(
-        stamp(row[1]),
-        stamp(row[2]) if row[2] else None,
-        row[3],
-        [Step(a, t, json.loads(d) if d else {}, stamp(at)) for a, t, d, at in steps],
-    )
+    journal = [Step(a, t, json.loads(d) if d else {}, stamp(at)) for a, t, d, at in steps]
+    return Attempt(stamp(row[1]), row[2], journal)
 
 
 def agent_script() -> Path | None:
@@ -593,6 +562,8 @@ class Driven:
 
 def drive(args: Sequence[str], prof: Path | None, collect: bool = True) -> Driven:
     """`reconciler ARGS` in a child interpreter, under cProfile if `prof` is given."""
+    if prof:
+        prof.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.NamedTemporaryFile("r", suffix=".json") as out:
         gc_arg = "on" if collect else "off"
         cmd = [sys.executable, "-c", _DRIVER, out.name, str(prof or ""), gc_arg, *args]
@@ -601,9 +572,6 @@ def drive(args: Sequence[str], prof: Path | None, collect: bool = True) -> Drive
     if data["code"] not in (0, None):
         raise RuntimeError(f"reconciler {' '.join(args)} exited {data['code']}")
     return Driven(data["wall"], [(int(n), float(s)) for n, s in data["gc"]])
-
-
-# --- the command line and the report -------------------------------------------------------
 
 
 def parser(description: str, quick: str, repeat: str) -> argparse.ArgumentParser:

@@ -1,13 +1,7 @@
 #!/usr/bin/env python3
-"""Benchmark commit-to-active latency of `reconciler run` (issue 5), and the cost of a poll
-that finds nothing new. One `process` service (an HTTP server answering its version) on one
-`local` machine, run by a controller; each commit changes the program and the bench asks the
-service every 20 ms for the new body. Triggers: *watch* (a local work tree, `interval: 5m`),
-*webhook* (a bare repository behind `git daemon`, a signed GitHub push event POSTed to
-/hooks/git) and *polling* (`git daemon`, `interval: 2s`); also a commit made while the
-previous one's apply runs. The *no-op poll*: `reconcile()` of the controller's loop called
-in-process on a branch that did not move, a `git` wrapper on PATH logging every git command.
-Goals: ≤ 2 s with watch or webhook; ≤ 100 ms per no-op poll, no fetch. See bench/README.md."""
+"""Benchmark commit-to-active latency of `reconciler run` (issue 5) with a watched work tree,
+a webhook and polling, and the cost of a poll that finds nothing new. Goals: ≤ 2 s with watch
+or webhook; ≤ 100 ms per no-op poll, no fetch. bench/README.md describes what is measured."""
 
 from __future__ import annotations
 
@@ -28,7 +22,6 @@ import socket
 import statistics
 import subprocess
 import sys
-import tempfile
 import threading
 import time
 import urllib.error
@@ -64,14 +57,14 @@ class Hello(http.server.BaseHTTPRequestHandler):
         pass
 http.server.HTTPServer((os.environ["HOST"], int(os.environ["PORT"])), Hello).serve_forever()
 """
+INTERVAL = r"(\d+(?:\.\d+)?)(ms|s|m|h)"
 _OPENER = urllib.request.build_opener(urllib.request.ProxyHandler({}))  # loopback: no proxy
 _APPLIED = re.compile(rf"{DEPLOYMENT}: ([0-9a-f]{{12}}) (\w+) in ([0-9.]+) s")
 
 
 def seconds_of(interval: str) -> float:
-    m = re.fullmatch(r"(\d+(?:\.\d+)?)(ms|s|m|h)", interval)
-    if not m:
-        raise ValueError(f"interval {interval!r}: e.g. 2s, 500ms")
+    m = re.fullmatch(INTERVAL, interval)
+    assert m, interval
     return float(m.group(1)) * {"ms": 0.001, "s": 1, "m": 60, "h": 3600}[m.group(2)]
 
 
@@ -182,12 +175,11 @@ def metrics(listen: str) -> tuple[float, float, float]:
         m = re.search(rf'^reconciler_{name}{{deployment="{DEPLOYMENT}"}} (\S+)$', text, re.M)
         return float(m.group(1)) if m else 0.0
 
-    names = (
-        "reconcile_duration_seconds_count",
-        "reconcile_duration_seconds_sum",
-        "last_applied_timestamp_seconds",
+    count, total = (
+        value("reconcile_duration_seconds_count"),
+        value("reconcile_duration_seconds_sum"),
     )
-    return value(names[0]), value(names[1]), value(names[2])
+    return count, total, value("last_applied_timestamp_seconds")
 
 
 def post_push_event(listen: str, secret: str, clone_url: str) -> float:
@@ -210,9 +202,6 @@ def post_push_event(listen: str, secret: str, clone_url: str) -> float:
     if status != 202 or json.loads(reply).get("poked") != 1:
         raise RuntimeError(f"webhook: HTTP {status} {reply!r}")
     return time.perf_counter() - t0
-
-
-# --- one trigger -----------------------------------------------------------------------------
 
 
 @dataclass
@@ -244,10 +233,7 @@ class Noop:
 
     @property
     def p95(self) -> float:
-        ordered = sorted(self.calls)
-        k = (len(ordered) - 1) * 0.95
-        lo, hi = int(k), min(int(k) + 1, len(ordered) - 1)
-        return ordered[lo] + (ordered[hi] - ordered[lo]) * (k - lo)
+        return statistics.quantiles(self.calls, n=20, method="inclusive")[-1]
 
     @property
     def per_call(self) -> dict[str, float]:
@@ -501,15 +487,17 @@ class Bench:
 
     def destroy(self, sc: Scenario) -> None:
         if sc.state.exists():
-            with contextlib.suppress(subprocess.TimeoutExpired):
-                done = subprocess.run(
-                    [*h.reconciler_cmd(), "--state", str(sc.state), "-d", DEPLOYMENT, "destroy",
-                     "--yes"],
-                    env=self.env, cwd=self.base, stdin=subprocess.DEVNULL, capture_output=True,
-                    text=True, timeout=120,
-                )  # fmt: skip
-                if done.returncode != 0:
-                    self.log(f"{sc.kind}: destroy exited {done.returncode}: {done.stderr[-1000:]}")
+            cmd = [
+                *h.reconciler_cmd(),
+                "--state",
+                str(sc.state),
+                "-d",
+                DEPLOYMENT,
+                "destroy",
+                "--yes",
+            ]
+            if (done := h.run(cmd, self.env, cwd=self.base, check=False, timeout=120)).code:
+                self.log(f"{sc.kind}: destroy exited {done.code}: {done.stderr[-1000:]}")
             if killed := h.kill_leftovers(sc.state.parent):
                 self.log(f"{sc.kind}: killed {len(killed)} leftover processes")
 
@@ -517,9 +505,6 @@ class Bench:
 def _listening(host: str, port: int) -> bool:
     with socket.socket() as s:
         return s.connect_ex((host, port)) == 0
-
-
-# --- the no-op poll ------------------------------------------------------------------------
 
 
 def measure_noop(sc: Scenario, calls: int, base: Path, env: dict[str, str]) -> Noop:
@@ -592,69 +577,6 @@ async def _noop(sc: Scenario, calls: int, wrap: Path, log: Path) -> Noop:
         "git daemon remote" if sc.remote else "local work tree", first_s, times, results, commands,
         ls_remote, passes, (bool(before) and before == after) if sc.remote else None, note,
     )  # fmt: skip
-
-
-@dataclass(frozen=True)
-class WatchEvents:
-    version: str  # watchdog's
-    commit: str  # events of one `git commit` that pass the controller's filter, by type
-    first: str  # the first of them
-    first_before: float  # s between it and the branch moving (the lock file renamed)
-    ls_remote: str  # events of one `git ls-remote <git dir>`
-
-
-def watch_events(base: Path, env: dict[str, str]) -> WatchEvents:
-    """The watchdog events a filter like the controller's (any path under refs/ or ending in
-    HEAD) lets through for one `git commit` and one `git ls-remote` in a fresh repository."""
-    from importlib.metadata import version
-
-    from watchdog.events import FileSystemEvent, FileSystemEventHandler
-    from watchdog.observers import Observer
-
-    repo = base / "watch-events"
-    repo.mkdir()
-    h.git(repo, "init", "-q", "-b", "main", env=env)
-    h.git(repo, "commit", "-q", "--allow-empty", "-m", "one", env=env)
-    git_dir, seen = repo / ".git", []
-
-    class Filter(FileSystemEventHandler):
-        def on_any_event(self, event: FileSystemEvent) -> None:
-            path = str(event.src_path) + str(getattr(event, "dest_path", ""))
-            if "/refs/" in path or path.endswith(("HEAD", "packed-refs")):
-                name = str(event.src_path).removeprefix(str(git_dir) + "/")
-                seen.append((time.perf_counter(), event.event_type, name))
-
-    observer = Observer()
-    observer.schedule(Filter(), str(git_dir / "refs"), recursive=True)
-    observer.schedule(Filter(), str(git_dir), recursive=False)
-    observer.start()
-    try:
-        time.sleep(0.3)
-        runs = []
-        for args in (
-            ["commit", "-q", "--allow-empty", "-m", "two"],
-            ["ls-remote", "--", str(git_dir), "refs/heads/main"],
-        ):
-            seen.clear()
-            h.git(repo, *args, env=env)
-            time.sleep(0.5)
-            runs.append(list(seen))
-    finally:
-        observer.stop()
-        observer.join()
-
-    def kinds(events: list[tuple[float, str, str]]) -> str:
-        counts = {k: [e[1] for e in events].count(k) for k in sorted({e[1] for e in events})}
-        return f"{len(events)} (" + ", ".join(f"{k} {n}" for k, n in counts.items()) + ")"
-
-    commit = runs[0]
-    moved = next((t for t, kind, _ in commit if kind == "moved"), commit[-1][0] if commit else 0)
-    first = commit[0] if commit else (0.0, "none", "")
-    return WatchEvents(f"watchdog {version('watchdog')}", kinds(commit), f"{first[1]} {first[2]}",
-                       moved - first[0], kinds(runs[1]))  # fmt: skip
-
-
-# --- reporting -----------------------------------------------------------------------------
 
 
 def med_max(values: Sequence[float | None]) -> str:
@@ -789,7 +711,7 @@ def goal_lines(scenarios: Sequence[Scenario]) -> list[str]:
 
 def report(
     command: str, facts: str, version: str, seconds: float, repeat: int, noop_calls: int,
-    scenarios: Sequence[Scenario], events: WatchEvents | None,
+    scenarios: Sequence[Scenario],
 ) -> str:  # fmt: skip
     lines = [
         *h.header(
@@ -805,14 +727,6 @@ def report(
         *event_lines(scenarios),
         "",
     ]
-    if events is not None:
-        lines += [
-            f"*Watcher*: with {events.version}, one `git commit` in a fresh repository gave "
-            f"{events.commit} events under refs/ or ending in HEAD, the first ({events.first}) "
-            f"{h.ms(events.first_before)} ms before the branch's move; one `git ls-remote` of the "
-            f"git dir (what every pass runs) gave {events.ls_remote}.",
-            "",
-        ]
     if hooks := [s.webhook_s for sc in scenarios for s in sc.samples if s.webhook_s is not None]:
         took = h.ms(statistics.median(hooks))
         lines += [f'The webhook POST itself (202, `{{"poked": 1}}`) took {took} ms median (a '
@@ -849,7 +763,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--timeout", type=float, default=30.0, help="s before a version is lost (30)")
     p.add_argument("--no-busy", action="store_true", help="skip the commit during an apply")
     p.add_argument("--keep-path", action="store_true", help="give reconciler the caller's PATH")
-    p.add_argument("--keep", type=Path, help="make repositories and state here and keep them")
     args = p.parse_args(argv)
     repeat = args.repeat or (1 if args.quick else 10)
     noop_calls = args.noop_calls or (5 if args.quick else 50)
@@ -857,42 +770,27 @@ def main(argv: Sequence[str] | None = None) -> int:
     kinds = [x.strip() for x in args.only.split(",") if x.strip()]
     if repeat < 1 or noop_calls < 1 or not kinds or set(kinds) - set(SERVICE_ADDRESS):
         p.error("--repeat and --noop-calls at least 1; --only of watch, webhook, polling")
-    try:
-        seconds_of(interval)
-    except ValueError as e:
-        p.error(str(e))
+    if not re.fullmatch(INTERVAL, interval):
+        p.error(f"--poll-interval {interval}: e.g. 2s, 500ms")
     log = h.Log()
     facts = h.machine_facts(h.first_line(["git", "--version"]))
     version = h.take_snapshot(NAME, args.at)
     log(f"measuring reconciler at {version}")
-    base = args.keep.resolve() if args.keep else Path(tempfile.mkdtemp(prefix="bench-latency-"))
-    base.mkdir(parents=True, exist_ok=True)
-    if any(base.iterdir()):
-        raise SystemExit(f"--keep {base}: the folder is not empty")
     scenarios = [Scenario(k, interval if k == "polling" else LONG_INTERVAL, args.timeout)
                  for k in SERVICE_ADDRESS if k in kinds]  # fmt: skip
-    bench = Bench(base, args.keep_path, args.timeout, log)
-    events = None
-    try:
-        if "watch" in kinds:
-            events = watch_events(base, bench.env)
-        if any(sc.remote for sc in scenarios):
-            bench.start_daemon()
-        for sc in scenarios:
-            bench.run(sc, repeat, not args.no_busy, noop_calls)
-    finally:
-        bench.stop_daemon()
-        h.kill_leftovers(base)
-
-        def left() -> list[int]:  # not a wrapper of this script naming --keep
-            return [p for p in h.pids_naming(base) if b"latency.py" not in h.cmdline(p)]
-
-        if wait_for(lambda: not left(), 10) is None:
-            log(f"still running under {base}: {left()}")
-        if not args.keep:
-            shutil.rmtree(base, ignore_errors=True)
+    with h.workspace(NAME) as base:
+        bench = Bench(base, args.keep_path, args.timeout, log)
+        try:
+            if any(sc.remote for sc in scenarios):
+                bench.start_daemon()
+            for sc in scenarios:
+                bench.run(sc, repeat, not args.no_busy, noop_calls)
+        finally:
+            bench.stop_daemon()
+            if wait_for(lambda: not h.pids_naming(base), 10) is None:
+                log(f"still running under {base}: {h.pids_naming(base)}")
     command = h.command_line("latency.py", argv)
-    text = report(command, facts, version, log.seconds, repeat, noop_calls, scenarios, events)
+    text = report(command, facts, version, log.seconds, repeat, noop_calls, scenarios)
     h.publish(NAME, text, args.write_results, log)
     return 0
 

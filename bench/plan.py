@@ -89,9 +89,6 @@ class Row:
         return max(self.json.rss_mb, self.text.rss_mb)
 
 
-# --- the models repository ---------------------------------------------------------
-
-
 def generate(root: Path, size: Size, env: str) -> None:
     """Write and commit a models repository of `size` with machines of targetEnv `env`."""
     mw, sw = max(4, len(str(size.machines - 1))), max(2, len(str(size.per_machine - 1)))
@@ -160,9 +157,6 @@ def generate(root: Path, size: Size, env: str) -> None:
 
 def yaml_files(root: Path) -> list[Path]:
     return [root / "reconciler.yaml", *(root / f for f in MODEL_FILES)]
-
-
-# --- measuring -----------------------------------------------------------------------
 
 
 def parse_seconds(paths: Sequence[Path], repeat: int, collect: bool = True) -> float:
@@ -247,7 +241,6 @@ def measure(cmd: list[str], repo: Path, env: str, size: Size, repeat: int, again
 
 def profile(repo: Path, size: Size, top: int) -> tuple[Path, h.Driven]:
     """The plan (json) under cProfile, GC on and off: top functions and GC time to a file."""
-    h.OUT_DIR.mkdir(parents=True, exist_ok=True)
     args = plan_args(repo, repo.parent / "state-profile" / "missing.db", "json")
     plain, no_gc = h.drive(args, None), h.drive(args, None, collect=False)  # without the profiler
     buf = io.StringIO()
@@ -282,9 +275,6 @@ def profile(repo: Path, size: Size, top: int) -> tuple[Path, h.Driven]:
     target = h.OUT_DIR / "plan-profile.txt"
     target.write_text(text)
     return target, plain
-
-
-# --- reporting -----------------------------------------------------------------------
 
 
 def table(rows: Sequence[Row]) -> list[str]:
@@ -373,9 +363,6 @@ def report(
     return "\n".join(body).rstrip("\n") + "\n"
 
 
-# --- main ----------------------------------------------------------------------------
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     p = h.parser("Time `reconciler plan` from empty state against PyYAML's C loader.",
                  f"small sizes ({QUICK_SIZES}), 1 run", "3; quick 1")  # fmt: skip
@@ -384,7 +371,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--against", action="store_true", help="also time `plan --against HEAD`")
     p.add_argument("--no-profile", action="store_true", help="skip the cProfile run")
     p.add_argument("--out", type=Path, help="generate the repositories here and keep them")
-    p.add_argument("--live", action="store_true", help="measure reconciler/ itself, no snapshot")
     args = p.parse_args(argv)
     spec = args.sizes or (QUICK_SIZES if args.quick else DEFAULT_SIZES)
     try:
@@ -395,8 +381,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     envs = [e.strip() for e in args.envs.split(",") if e.strip()]
     if not sizes or repeat < 1 or not envs or set(envs) - {"ssh", "local"}:
         p.error("give sizes, --repeat at least 1 and --envs of ssh and/or local")
-    if args.live and args.at:
-        p.error("--live and --at exclude each other")
     if not getattr(yaml, "__with_libyaml__", False):
         raise SystemExit("PyYAML is built without libyaml: no CSafeLoader to compare with")
     import pydantic
@@ -406,7 +390,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         f"PyYAML {yaml.__version__} (libyaml: {yaml.__with_libyaml__})",
         f"pydantic {pydantic.VERSION}", h.first_line(["git", "--version"]),
     )  # fmt: skip
-    version = h.take_snapshot(NAME, args.at, args.live)
+    version = h.take_snapshot(NAME, args.at)
     print(f"# {facts}\n# reconciler: {' '.join(cmd)}, {version}", flush=True)
     base = args.out.resolve() if args.out else Path(tempfile.mkdtemp(prefix="reconciler-bench-"))
     try:

@@ -1,11 +1,7 @@
 #!/usr/bin/env python3
-"""Benchmark the provisioners (issue 6). EC2: N machines (50) through one shared
-Ec2Provisioner against moto's emulator (`python -m moto.server`, its own process), one at a
-time and in a pool of W threads (16) as `apply` runs them: `ensure` (create), `ensure` again
-(found by tag), `destroy`, counting live instances after each step (N, N, 0); again with S
-seconds (0.1) slept before each API request, a stand-in for EC2's latency. Containers (root
-only): C machines (10) made, found again and destroyed, in parallel and one at a time; no
-namespace may be left. Each figure is the best of --repeat runs. See bench/README.md."""
+"""Benchmark the provisioners (issue 6): EC2 machines against moto's emulator and container
+machines on this host (root only), one at a time and in a thread pool as `apply` runs them:
+ensure, ensure again, destroy, counting live machines after each step. See bench/README.md."""
 
 from __future__ import annotations
 
@@ -17,7 +13,6 @@ import random
 import shutil
 import subprocess
 import sys
-import tempfile
 import time
 import urllib.request
 from collections.abc import Callable, Sequence
@@ -96,9 +91,6 @@ def machines_round(
         recorder.close()
     assert count(ids) == 0, "machines after destroy"
     return Round(what, n, workers, latency, create_s, again_s, destroy_s, calls())
-
-
-# --- EC2 against moto ----------------------------------------------------------------
 
 
 def start_moto() -> tuple[subprocess.Popen[bytes], str]:
@@ -194,9 +186,6 @@ def run_ec2(machines: int, workers: int, latency: float, repeat: int, state: Pat
         proc.wait(timeout=10)
 
 
-# --- containers ----------------------------------------------------------------------
-
-
 def free_subnet() -> str:
     taken = []
     for line in subprocess.run(["ip", "-o", "-4", "addr", "show"], capture_output=True,
@@ -228,9 +217,6 @@ def container_round(root: Path, subnet: str, n: int, workers: int) -> Round:
     return machines_round("container", prov, recorder, deployment, machines, workers, live)
 
 
-# --- reporting -----------------------------------------------------------------------
-
-
 def table(rounds: Sequence[Round]) -> list[str]:
     lines = [
         "| machines | emulated latency per API call | parallelism | ensure (create) s "
@@ -254,37 +240,18 @@ def table(rounds: Sequence[Round]) -> list[str]:
 
 def report(
     command: str, facts: str, version: str, repeat: int, ec2: Sequence[Round],
-    containers: Sequence[Round], skipped: str | None, seconds: float,
+    containers: Sequence[Round], skipped: str, seconds: float,
 ) -> str:  # fmt: skip
+    summary = (
+        f"{seconds:.0f} s in all, best of {repeat} run{'s' * (repeat != 1)} per figure; load "
+        f"average at the end {h.loadavg()}"
+    )
     body = [
-        *h.header(NAME, facts, version),
-        f"Command: `{command}` — {seconds:.0f} s in all, best of {repeat} run"
-        f"{'s' * (repeat != 1)} per figure (wall time); load average at the end {h.loadavg()} "
-        "(other work on a shared machine shows in these figures).",
-        "",
-        "EC2: `Ec2Provisioner.ensure` per machine against moto's emulator (`python -m "
-        "moto.server` on 127.0.0.1, its own process), one at a time or in a thread pool sharing "
-        "one provisioner, as `apply` runs them; then `ensure` again (found by tag, nothing made) "
-        "and `destroy` (terminate and wait). Instances counted through DescribeInstances after "
-        "each step: N, N, 0; the emulator is reset before each round. moto answers at once; the "
-        "emulated latency is a sleep before each request (botocore `before-send`), a stand-in "
-        "for EC2's 0.1–0.5 s per call (boot time, tens of seconds on EC2, is not emulated and "
-        "would favour the pool further).",
-        "",
+        *h.header(NAME, facts, version, command, summary),
         *(table(ec2) if ec2 else ["(EC2 not measured)"]),
         "",
+        *(table(containers) if containers else [f"Containers: not measured ({skipped})."]),
     ]
-    if containers:
-        body += [
-            "Containers: `ContainerProvisioner.ensure` (netns, veth on the bridge, mount, PID and "
-            "UTS namespaces, keys, a daemonized sshd, wait for its banner), `ensure` again (found "
-            "whole: reused), `destroy` (every process, veth, netns, folder; the bridge once "
-            "unused). After destroy the script checks that no namespace is left.",
-            "",
-            *table(containers),
-        ]
-    elif skipped:
-        body.append(f"Containers: not measured ({skipped}).")
     return "\n".join(body).rstrip("\n") + "\n"
 
 
@@ -308,12 +275,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     version = h.take_snapshot(NAME, args.at)
     sys.path.insert(0, str(h.measured_package().parent))  # in-process: measure the snapshot
     log = h.Log()
-    base = Path(tempfile.mkdtemp(prefix="reconciler-bench-provision-"))
     ec2: list[Round] = []
     made: list[Round] = []
-    skipped: str | None = None
-    versions = ""
-    try:
+    skipped, versions = "", ""
+    with h.workspace(NAME) as base:
         if not args.no_ec2:
             import boto3
             import moto
@@ -333,8 +298,6 @@ def main(argv: Sequence[str] | None = None) -> int:
                         for i in range(repeat)]  # fmt: skip
                 print("\n".join(f"# {r.describe()}" for r in runs), flush=True)
                 made.append(best(runs))
-    finally:
-        shutil.rmtree(base, ignore_errors=True)
     facts = h.machine_facts(*filter(None, [versions]))
     text = report(h.command_line("provision.py", argv), facts, version, repeat, ec2, made,
                   skipped, log.seconds)  # fmt: skip

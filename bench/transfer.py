@@ -20,7 +20,6 @@ import shutil
 import subprocess
 import sys
 import sysconfig
-import tempfile
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
@@ -37,8 +36,9 @@ TAR = ["tar", "--sort=name", "--numeric-owner", "--owner=0", "--group=0"]  # as 
 ZSTD = ["zstd", "-q", "-c", "-T0", "-3"]  # as reconciler
 AES_GCM = "aes128-gcm@openssh.com"
 GOAL_UPGRADE_FACTOR, GOAL_UPGRADE_SLACK, GOAL_THROUGHPUT, GOAL_FANOUT = 1.1, 64 * KIB, 0.8, 2.0
+CATTED = "cat > /dev/null"
 CAT, TARX, ZTARX = (
-    "OpenSSH: cat > /dev/null",
+    f"OpenSSH: {CATTED}",
     "tar | ssh tar -x",
     "tar | zstd | ssh 'zstd -d | tar -x'",
 )
@@ -81,7 +81,9 @@ class Hosts:
     def __init__(self, net: h.TestHostNetwork) -> None:
         self.net, self.all = net, net.hosts
 
-    def sample(self, hosts: Sequence[h.TestHost]) -> tuple[float | None, dict[str, int], ...]:
+    def sample(
+        self, hosts: Sequence[h.TestHost]
+    ) -> tuple[float | None, dict[str, int], dict[str, int]]:
         """The hosts' session CPU, and their veths' tx and rx byte counters."""
         path = "/sys/class/net/{}/statistics/{}_bytes"
 
@@ -117,8 +119,8 @@ def timed(
     with contextlib.ExitStack() as stack:
         files = [stack.enter_context(open(stdin or os.devnull, "rb")) for _ in argvs]
         t0 = time.perf_counter()
-        out, err = subprocess.DEVNULL, subprocess.PIPE
-        procs = [subprocess.Popen(a, stdin=files[i], stdout=out, stderr=err, env=env)
+        null, pipe = subprocess.DEVNULL, subprocess.PIPE
+        procs = [subprocess.Popen(a, stdin=files[i], stdout=null, stderr=pipe, env=env)
                  for i, a in enumerate(argvs)]  # fmt: skip
         errors = [p.communicate()[1] for p in procs]
         wall = time.perf_counter() - t0
@@ -149,9 +151,6 @@ class Models:
         the Python process itself and of everything it started."""
         ran = h.run([*h.reconciler_cmd(), *self.args(deployment, ref, most)], h.child_env())
         return Measure(ran.wall, ran.cpu, ran.own_cpu, result=json.loads(ran.stdout))
-
-
-# --- generated content and models repositories ------------------------------------------
 
 
 @functools.cache
@@ -227,9 +226,6 @@ def tar_of(store: Path, sent: Sequence[str], into: Path) -> Path:
     return into
 
 
-# --- 1. upgrade: bytes on the wire --------------------------------------------------------
-
-
 @dataclass
 class UpgradeRow:
     compression: str  # the model's setting
@@ -299,9 +295,6 @@ def run_upgrade(hosts: Hosts, work: Path, sizes: Sizes, log: h.Log) -> Upgrade:
             log(f"upgrade/{comp}: upgrade apply {m.wall:.2f} s, tx {sorted(m.tx.values())}")
         rows += [worst[k] for k in sorted(worst)]
     return Upgrade(rows, full, changed, sizes.package_bytes, files, len(names))
-
-
-# --- 2. fresh closure: throughput ---------------------------------------------------------
 
 
 @dataclass
@@ -414,13 +407,9 @@ class Nix:
         self.problem = "nix-store/nix-copy-closure not installed" if missing else ""
 
     def add(self, tree: Path) -> tuple[str, float]:
-        t0 = time.perf_counter()
-        done = subprocess.run(["nix-store", "--store", str(self.root), "--add", str(tree)],
-                              capture_output=True, text=True)  # fmt: skip
-        if done.returncode != 0:
-            raise RuntimeError(f"nix-store --add: {done.stderr.strip()[-1000:]}")
-        self.added.append(done.stdout.strip())
-        return self.added[-1], time.perf_counter() - t0
+        ran = h.run(["nix-store", "--store", str(self.root), "--add", str(tree)], dict(os.environ))
+        self.added.append(ran.stdout.strip())
+        return self.added[-1], ran.wall
 
     def forget_remote(self, path: str) -> None:
         """Delete the path from the hosts' (the machine's) /nix/store, if it is there."""
@@ -445,8 +434,8 @@ def profile_apply(models: Models, deployment: str) -> list[str]:
     raw, text = h.OUT_DIR / "transfer.prof", h.OUT_DIR / "transfer-profile.txt"
     try:
         wall = h.drive(models.args(deployment), raw).wall
-    except RuntimeError as e:
-        return [f"profiled apply failed: {str(e)[-500:]}", ""]
+    except RuntimeError as exc:
+        return [f"profiled apply failed: {str(exc)[-500:]}", ""]
     entries: dict[tuple[str, int, str], tuple[int, int, float, float, object]]
     entries = pstats.Stats(str(raw)).stats  # type: ignore[attr-defined]
     total, groups = sum(e[2] for e in entries.values()), dict[str, float]()
@@ -571,9 +560,6 @@ def fresh_one(hosts: Hosts, models: Models, work: Path, name: str, files: int, s
     return f
 
 
-# --- 3. fan-out ---------------------------------------------------------------------------
-
-
 @dataclass
 class FanoutRow:
     what: str
@@ -627,9 +613,6 @@ def run_fanout(hosts: Hosts, work: Path, sizes: Sizes, log: h.Log) -> tuple[int,
     tar.unlink()
     hosts.reset(targets)
     return first["size"], rows
-
-
-# --- report -------------------------------------------------------------------------------
 
 
 def mb(n: float) -> str:
@@ -697,28 +680,16 @@ def fresh_section(f: Fresh) -> list[str]:
             f"| {secs(b.cpu_python)} | {b.cpu_local - (b.cpu_python or 0.0):.2f} "
             f"| {secs(b.cpu_hosts)} | {m.note} |"
         )
-    none, auto, nothing = (
-        f.method(f"reconciler, {w}")
-        for w in ("compression none", "compression auto", "nothing to send")
-    )
-    acat, agcm = (
-        f.method("asyncssh: cat > /dev/null"),
-        f.method(f"asyncssh, {AES_GCM}: cat > /dev/null"),
-    )
-    ogcm, tarx, ztarx = (
-        f.method(f"OpenSSH -c {AES_GCM}: cat > /dev/null"),
-        f.method(f"OpenSSH: {TARX}"),
-        f.method(f"OpenSSH: {ZTARX}"),
-    )
-    bn, ba, size = best(none.runs), best(auto.runs), f.size / MB
+    by = {m.name.removeprefix("reconciler, compression "): m for m in f.methods}
+    none, auto, nothing = by["none"], by["auto"], by["reconciler, nothing to send"]
+    tarx, ztarx = by[f"OpenSSH: {TARX}"], by[f"OpenSSH: {ZTARX}"]
+    acat, agcm = by[f"asyncssh: {CATTED}"], by[f"asyncssh, {AES_GCM}: {CATTED}"]
+    size, ogcm = f.size / MB, by[f"OpenSSH -c {AES_GCM}: {CATTED}"]
 
     def per_mb(m: Method) -> str:
         return f"{best(m.runs).cpu_local / size * 1000:.1f} ms/MB"
 
-    def cpu(m: Measure) -> float:
-        return m.cpu_local + (m.cpu_hosts or 0.0)
-
-    stream_py = (bn.cpu_python or 0.0) - (best(nothing.runs).cpu_python or 0.0)
+    stream_py = (best(none.runs).cpu_python or 0.0) - (best(nothing.runs).cpu_python or 0.0)
     return [
         *lines,
         "",
@@ -736,14 +707,6 @@ def fresh_section(f: Fresh) -> list[str]:
         f"with {AES_GCM} {per_mb(agcm)}; the OpenSSH client {per_mb(f.method(CAT))}, "
         f"{per_mb(ogcm)} ({AES_GCM}). Wall: asyncssh {acat.best_wall:.2f} s vs OpenSSH {cat:.2f} "
         f"s (chacha20-poly1305), {agcm.best_wall:.2f} s vs {ogcm.best_wall:.2f} s ({AES_GCM}).",
-        f"- Both sides share {h.nproc()} cores: reconciler none used {cpu(bn):.2f} CPU s (its "
-        f"process {bn.cpu_python or 0:.2f}, tar {bn.cpu_local - (bn.cpu_python or 0):.2f}, host "
-        f"{bn.cpu_hosts or 0:.2f}) in {bn.wall:.2f} s of wall; auto {cpu(ba):.2f} CPU s (tar + "
-        f"zstd {ba.cpu_local - (ba.cpu_python or 0):.2f}); OpenSSH cat "
-        f"{cpu(best(f.method(CAT).runs)):.2f} CPU s in {cat:.2f} s.",
-        f"- Compression: auto (zstd) {auto.best_seconds:.2f} s vs none {none.best_seconds:.2f} s "
-        f"({auto.best_seconds / none.best_seconds:.2f}×). On a 1 Gbit/s link the wire alone would "
-        f"take {f.tar_bytes / 125e6:.2f} s uncompressed, {f.zstd_bytes / 125e6:.2f} s compressed.",
         "",
         *f.profile,
     ]  # fmt: skip
@@ -770,22 +733,13 @@ def fanout_section(size: int, rows: Sequence[FanoutRow]) -> list[str]:
             f"| {r.local - (r.python or 0.0):.2f} | {secs(r.remote)} "
             f"| {f'{r.wall / one(r).wall:.2f}×' if r.hosts > 1 else ''} |"
         )
-    lines += ["", "Where the time goes:", ""]
-    for m in many:
-        o, total = one(m), m.local + (m.remote or 0.0)
-        line = (
-            f"- {m.what}: {m.hosts} hosts used {total:.2f} CPU s in {m.wall:.2f} s "
-            f"({total / (m.wall * h.nproc()):.0%} of {h.nproc()} cores; the hosts "
-            f"{secs(m.remote)} s of it, vs {secs(o.remote)} s for 1 host)"
-        )
-        if m.python is not None and o.python is not None:
-            line += (
-                f"; reconciler's own process {o.python:.2f} → {m.python:.2f} CPU s — one thread, "
-                f"so its wall time could not drop below {m.python:.2f} s = "
-                f"{m.python / o.wall:.2f}× the 1-host wall; what it started "
-                f"{o.local - o.python:.2f} → {m.local - m.python:.2f} CPU s"
+    lines.append("")
+    for r in many:
+        if r.python is not None:
+            lines.append(
+                f"- {r.what}: reconciler's own process used {r.python:.2f} CPU s — one thread, so "
+                f"its wall time could not drop below {r.python / one(r).wall:.2f}× the 1-host wall."
             )
-        lines.append(line + ".")
     return [*lines, ""]
 
 
@@ -814,18 +768,18 @@ def goal_lines(up: Upgrade | None, fresh: list[Fresh], fan: Sequence[FanoutRow])
                 f"{cat / m.best_wall:.0%} on the whole command's wall time; like for like, "
                 f"against OpenSSH `{like}`: {peer:.0%})"
             )
-    for m in (r for r in fan if r.hosts > 1):
-        o = next(r for r in fan if r.group == m.group and r.hosts == 1)
-        ratio, mine = m.wall / o.wall, m.what.startswith("reconciler")
+    for r in (r for r in fan if r.hosts > 1):
+        o = next(x for x in fan if x.group == r.group and x.hosts == 1)
+        ratio, mine = r.wall / o.wall, r.what.startswith("reconciler")
         t = (
-            f"; slowest machine's transfer {m.transfer / o.transfer:.2f}×"
-            if m.transfer and o.transfer
+            f"; slowest machine's transfer {r.transfer / o.transfer:.2f}×"
+            if r.transfer and o.transfer
             else ""
         )
         out.append(
-            f"- Fan-out, {m.what}: {m.hosts} hosts within 2× of 1 host"
+            f"- Fan-out, {r.what}: {r.hosts} hosts within 2× of 1 host"
             f"{f' — {h.verdict(ratio <= GOAL_FANOUT)}' if mine else ' (peer)'} ({ratio:.2f}×: "
-            f"{m.wall:.2f} s vs {o.wall:.2f} s{t})"
+            f"{r.wall:.2f} s vs {o.wall:.2f} s{t})"
         )
     return out
 
@@ -864,27 +818,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     p = h.parser("Time and count `reconciler apply --copy-only` over SSH against peers.",
                  "tiny sizes on 2 hosts, one run each, no profile", "3; quick 1")  # fmt: skip
     p.add_argument("--only", default="upgrade,fresh,fanout", help="scenarios (all three)")
-    p.add_argument("--fresh-mb", type=int, help="size of the fresh closure (200)")
-    p.add_argument("--fanout-mb", type=int, help="size of the fan-out closure (50)")
-    p.add_argument("--fanout-hosts", type=int, help="hosts of the fan-out (10)")
     p.add_argument("--no-install", action="store_true", help="do not apt-get rsync/nix-bin")
     args = p.parse_args(argv)
     sizes = QUICK if args.quick else Sizes()
-    sizes = replace(
-        sizes, repeat=args.repeat or sizes.repeat,
-        fanout_hosts=args.fanout_hosts or sizes.fanout_hosts,
-        fresh_bytes=(args.fresh_mb or sizes.fresh_bytes // MB) * MB,
-        fanout_bytes=(args.fanout_mb or sizes.fanout_bytes // MB) * MB,
-    )  # fmt: skip
+    sizes = replace(sizes, repeat=args.repeat or sizes.repeat)
     only = {s.strip() for s in args.only.split(",")}
     if os.geteuid() != 0:
         raise SystemExit("needs root: the test hosts are network namespaces")
     log = h.Log()
-    missing = [
-        pkg
-        for tool, pkg in (("rsync", "rsync"), ("nix-copy-closure", "nix-bin"))
-        if not shutil.which(tool)
-    ]
+    packages = {"rsync": "rsync", "nix-copy-closure": "nix-bin"}
+    missing = [pkg for tool, pkg in packages.items() if not shutil.which(tool)]
     if missing and not (args.no_install or args.quick) and shutil.which("apt-get"):
         log(f"installing {' '.join(missing)} with apt-get")
         env = dict(os.environ, DEBIAN_FRONTEND="noninteractive")
@@ -896,12 +839,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     version = h.take_snapshot(NAME, args.at)
     log(f"measuring reconciler at {version}")
     up, fresh, fan = None, [], None
-    count = max(
-        sizes.upgrade_hosts if "upgrade" in only else 1,
-        sizes.fanout_hosts if "fanout" in only else 1,
-    )
-    with tempfile.TemporaryDirectory(prefix="bench-transfer-") as tmp:
-        work = Path(tmp)
+    count = max(sizes.upgrade_hosts, sizes.fanout_hosts)
+    with h.workspace(NAME) as work:
         nix = Nix(work)
         if nix.problem:
             log(f"skipping nix-copy-closure: {nix.problem}")
@@ -916,14 +855,11 @@ def main(argv: Sequence[str] | None = None) -> int:
                 if "fanout" in only:
                     fan = run_fanout(hosts, work, sizes, log)
         finally:
-            nix.cleanup()  # read-only store paths: as root, rmtree removes them all the same
-    command = h.command_line("transfer.py", argv)
-    h.publish(
-        NAME,
-        report(command, facts, version, log.seconds, up, fresh, fan, nix),
-        args.write_results,
-        log,
+            nix.cleanup()
+    text = report(
+        h.command_line("transfer.py", argv), facts, version, log.seconds, up, fresh, fan, nix
     )
+    h.publish(NAME, text, args.write_results, log)
     return 0
 
 
