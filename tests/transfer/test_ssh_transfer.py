@@ -4,16 +4,20 @@ half-made; a host key that does not match is refused."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import subprocess
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from reconciler.state.db import open_db
+from reconciler.state.hostkeys import RecordedHostKeys
+from reconciler.targets.ssh import SshEndpoint, SshTarget
 from tests.support import RECONCILER, clean_env, commit, make_repo, run_cli
 from tests.testhosts import TestHost, TestHostNetwork
 
@@ -52,7 +56,7 @@ def models(hosts: list[TestHost], pin: dict[str, str] | None = None) -> dict[str
     }
 
 
-def repo_of(path: Path, files: dict[str, str | None]) -> Path:
+def repo_of(path: Path, files: Mapping[str, str | None]) -> Path:
     repo = make_repo(path, files)
     (repo / "src/app/bin/app").chmod(0o755)  # executables stay executable in the store
     commit(repo, {}, "make bin/app executable")
@@ -188,3 +192,57 @@ def test_an_interrupted_transfer_leaves_no_partial_path_and_the_next_run_complet
     lib = next(p for p in result["transfers"]["h0"]["sent"] if p.endswith("-lib"))
     assert (host.var_lib / STORE / lib / "big.bin").read_bytes() == big.read_bytes()
     assert not any(incoming.iterdir()), "the finished transfer left its incoming folder"
+
+
+def test_the_stream_client_reaches_only_the_machine_the_connection_verified(
+    three: TestHostNetwork, tmp_path: Path
+) -> None:
+    """Bulk streams go through the OpenSSH client: same key, same user, and only the host
+    key the asyncssh connection verified (here: trusted on first use) is accepted."""
+    host, other = three.hosts[0], three.hosts[1]
+    db = open_db(tmp_path / "state.db", write=True)
+    assert db is not None
+    endpoint = SshEndpoint(host.address, host.port, host.user, str(host.identity_file), None)
+    target = SshTarget("h0", "/var/lib/reconciler", endpoint, RecordedHostKeys(db))
+
+    Done = subprocess.CompletedProcess[str]
+
+    async def attempt() -> tuple[list[str], Done, Done]:
+        try:
+            await target.check("true")
+            argv = target.openssh_command("hostname")
+            assert argv is not None
+            same = subprocess.run(argv, capture_output=True, text=True, timeout=30)
+            elsewhere = [other.address if a == host.address else a for a in argv]
+            imposter = subprocess.run(elsewhere, capture_output=True, text=True, timeout=30)
+            return argv, same, imposter
+        finally:
+            await target.close()
+
+    argv, same, imposter = asyncio.run(attempt())
+    assert (same.returncode, same.stdout) == (0, f"{host.name}\n")
+    assert imposter.returncode == 255
+    assert "Host key verification failed" in imposter.stderr
+    known_hosts = next(a.split("=", 1)[1] for a in argv if a.startswith("UserKnownHostsFile="))
+    assert not os.path.exists(known_hosts), "the client's known_hosts outlived the target"
+
+
+def test_an_openssh_client_that_cannot_start_leaves_the_stream_to_the_connection(
+    three: TestHostNetwork, tmp_path: Path
+) -> None:
+    """~/.ssh/config is read by both clients; a setting only OpenSSH rejects stops it before
+    it reaches the machine, and the paths travel over the asyncssh connection instead."""
+    host = three.hosts[0]
+    home = tmp_path / "home"
+    (home / ".ssh").mkdir(parents=True)
+    (home / ".ssh" / "config").write_text("IPQoS nonsense\n")
+    repo = repo_of(tmp_path / "models", models([host]))
+    done = run_cli(
+        "-d", "fleet", "apply", "--copy-only", "--format", "json",
+        cwd=repo, env=clean_env(HOME=str(home)),
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    sent = json.loads(done.stdout)["transfers"]["h0"]["sent"]
+    lib = next(p for p in sent if p.endswith("-lib"))
+    assert (host.var_lib / STORE / lib / "data.txt").read_text() == "library v1\n" * 4000
+    assert store_paths(host) == set(sent)
