@@ -6,6 +6,10 @@ import os
 import sys
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from reconciler.models.keys import KeyPolicy
 
 
 @dataclass(frozen=True)
@@ -18,10 +22,18 @@ class Options:
     format: str = "text"
     verbose: int = 0
     quiet: bool = False
+    keys_dir: str | None = None
+    key_env_prefix: str | None = None
 
     @property
     def state_path(self) -> Path:
         return Path(self.state or os.environ.get("RECONCILER_STATE") or ".reconciler/state.db")
+
+    @property
+    def key_policy(self) -> KeyPolicy:
+        from reconciler.models.keys import KeyPolicy
+
+        return KeyPolicy.of(self.keys_dir, self.key_env_prefix)
 
     @property
     def colour(self) -> bool:

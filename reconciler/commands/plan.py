@@ -51,7 +51,9 @@ def plan_against(opts: Options, base_ref: str, worktree: bool) -> Plan:
     """PR review: BASE compiled from empty is the record; the state DB is never opened."""
     source, config = open_models(opts, worktree)
     name = pick_deployment(config, opts.deployment)
-    head = load_deployment(deployment_source(opts, source, config, name), config, name)
+    head = load_deployment(
+        deployment_source(opts, source, config, name), config, name, keys=opts.key_policy
+    )
     base_source = at_ref(source, base_ref, "--against")
     base_sha = base_source.revision.sha if base_source.revision else None
     recorded = RecordedState(deployment=name, revision=base_sha)
@@ -59,7 +61,9 @@ def plan_against(opts: Options, base_ref: str, worktree: bool) -> Plan:
         base_config = load_config(base_source)
         if name in base_config.root.deployments:
             recorded = as_recorded(
-                compile_deployment(load_deployment(base_source, base_config, name))
+                compile_deployment(
+                    load_deployment(base_source, base_config, name, keys=opts.key_policy)
+                )
             )
         else:
             _note(f"deployment {name} does not exist at {base_ref}; planning against nothing")

@@ -63,7 +63,9 @@ def _check(opts: Options, worktree: bool) -> tuple[list[Problem], list[dict[str,
     checked: list[dict[str, Any]] = []
     for name in names:
         try:
-            loaded = load_deployment(deployment_source(opts, source, config, name), config, name)
+            loaded = load_deployment(
+                deployment_source(opts, source, config, name), config, name, keys=opts.key_policy
+            )
             desired = compile_deployment(loaded)
         except InvalidModels as e:
             problems += e.problems

@@ -31,6 +31,7 @@ from reconciler.desired.state import (
 from reconciler.errors import InvalidModels, Problem
 from reconciler.models.checks import container_type
 from reconciler.models.graph import topological_order
+from reconciler.models.keys import version_key, versions_for
 from reconciler.models.load import LoadedDeployment
 from reconciler.models.merge import locate
 from reconciler.models.schema import ModelDocument, SshSettings
@@ -52,7 +53,8 @@ def compile_deployment(
         name: location_of(m.deployment.targetEnv, m.deployment.stateDir, m.deployment.ssh)
         for name, m in doc.machines.items()
     }
-    instances, digests = _instances(doc, packages, addresses, locations, placements, ports)
+    keys = _machine_keys(loaded, recorded, allocations)
+    instances, digests = _instances(doc, packages, addresses, locations, placements, ports, keys)
     deployed = {svc for svc, _, _ in placements}
     order = {
         svc: tuple(sorted(d for d in (*s.dependsOn, *s.activatesAfter) if d in deployed))
@@ -182,6 +184,7 @@ def _instances(
     machine_locations: Mapping[str, str],
     placements: list[Placement],
     ports: Mapping[str, int],
+    machine_keys: Mapping[str, dict[str, Any]],
 ) -> tuple[dict[str, DesiredInstance], dict[str, str]]:
     by_service: dict[str, list[Placement]] = {}
     for p in placements:
@@ -245,6 +248,8 @@ def _instances(
                 },
                 "connectsTo": {d: got[d].as_dict() for d in spec.connectsTo},
             }
+            if machine_keys.get(machine):  # only then: identities without keys stay as they were
+                parts["keys"] = machine_keys[machine]
             identity = sha256_hex(canonical_json(parts))
             identities.append(identity)
             instances[key] = DesiredInstance(
@@ -292,6 +297,31 @@ def identity_inputs(parts: Mapping[str, Any], package_path: str) -> dict[str, st
         out[f"dependsOn:{dep}"] = _short(values)
     for dep, values in parts["connectsTo"].items():
         out[f"connectsTo:{dep}"] = _short(values)
+    for name, values in parts.get("keys", {}).items():
+        out[f"key:{name}"] = _short(values)
+    return out
+
+
+def _machine_keys(
+    loaded: LoadedDeployment, recorded: Mapping[str, str], allocations: dict[str, str]
+) -> dict[str, dict[str, Any]]:
+    """Per machine, each key's source and version: what the instances on it are given, so
+    adding or changing a key (re)starts them. Versions known here are kept as allocations."""
+    out: dict[str, dict[str, Any]] = {}
+    for machine, m in loaded.model.machines.items():
+        specs = m.deployment.keys
+        versions = versions_for(loaded.key_versions, recorded, loaded.name, machine, list(specs))
+        out[machine] = {}
+        for name, version in versions.items():
+            spec = specs[name]
+            if version is not None:
+                allocations[version_key(loaded.name, machine, name)] = version
+            out[machine][name] = {
+                "source": f"env:{spec.env}" if spec.env is not None else f"file:{spec.file}",
+                "permissions": spec.permissions,
+                "user": spec.user,
+                "version": version,
+            }
     return out
 
 

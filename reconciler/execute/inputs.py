@@ -38,7 +38,8 @@ def deployment_source(opts: Options, source: ModelSource, config: Config, name: 
 def load_one(opts: Options, worktree: bool = False) -> tuple[LoadedDeployment, Config]:
     source, config = open_models(opts, worktree)
     name = pick_deployment(config, opts.deployment)
-    return load_deployment(deployment_source(opts, source, config, name), config, name), config
+    source = deployment_source(opts, source, config, name)
+    return load_deployment(source, config, name, keys=opts.key_policy), config
 
 
 def compile_with_record(

@@ -7,13 +7,14 @@ resolve package `src` trees. Every problem found is reported together, located.
 from __future__ import annotations
 
 import copy
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 from pydantic import BaseModel, ValidationError
 
 from reconciler.errors import InvalidModels, Problem, UserError
 from reconciler.models.checks import check_model
+from reconciler.models.keys import KeyPolicy, Versions, check_keys
 from reconciler.models.merge import merge_patch
 from reconciler.models.problems import from_validation
 from reconciler.models.schema import DEFAULT_CONTAINERS, DeploymentConfig, ModelDocument, RootConfig
@@ -45,6 +46,8 @@ class LoadedDeployment:
     revision: Revision | None
     label: str  # what it was read from, for messages
     git_dir: str = ""  # the repository, for exporting package sources at build time
+    keys: KeyPolicy = field(default_factory=KeyPolicy)  # where the operator lets keys come from
+    key_versions: Versions = field(default_factory=dict)  # of the keys readable here
 
 
 def load_config(source: ModelSource) -> Config:
@@ -90,7 +93,9 @@ def pick_deployment(config: Config, name: str | None) -> str:
     return name
 
 
-def load_deployment(source: ModelSource, config: Config, name: str) -> LoadedDeployment:
+def load_deployment(
+    source: ModelSource, config: Config, name: str, *, keys: KeyPolicy
+) -> LoadedDeployment:
     dep = config.root.deployments[name]
     config_file = source.display(CONFIG_FILE)
     merged: dict[str, Any] = {}
@@ -142,11 +147,22 @@ def load_deployment(source: ModelSource, config: Config, name: str) -> LoadedDep
     first_file = source.display(dep.models[0])
     model = _validate(ModelDocument, merged, marks, first_file)
     problems = check_model(model, marks, first_file)
+    key_problems, key_versions = check_keys(model, marks, keys, name, first_file)
+    problems += key_problems
     src_trees = _src_trees(source, model, marks, problems, first_file)
     if problems:
         raise InvalidModels(problems)
     return LoadedDeployment(
-        name, dep, model, marks, src_trees, source.revision, source.label, str(source.repo.git_dir)
+        name,
+        dep,
+        model,
+        marks,
+        src_trees,
+        source.revision,
+        source.label,
+        str(source.repo.git_dir),
+        keys,
+        key_versions,
     )
 
 
