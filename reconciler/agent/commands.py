@@ -54,10 +54,12 @@ def stateful(req: dict[str, Any]) -> tuple[Deployment, str, Instance | None, Kin
     the instance if the request names one (a wrapper does its own), else a database."""
     dep = Deployment(req)
     service = name_field(req, "service")
-    inst = Instance(req_obj(req, "instance"), full=True) if "instance" in req else None
-    found = kind(inst) if inst is not None else TYPES["sqlite-database"]
+    if "instance" not in req:
+        return dep, service, None, TYPES["sqlite-database"]
+    inst = Instance(req_obj(req, "instance"), full=True)
+    found = kind(inst)
     if found.snapshot is None or found.restore is None:
-        bad(f"a {inst.type if inst else 'service'} keeps no state to snapshot or restore")
+        bad(f"{inst.key}: a {inst.type} keeps no state to snapshot or restore")
     return dep, service, inst, found
 
 

@@ -87,15 +87,9 @@ def status(dep: Deployment, inst: Instance) -> dict[str, Any]:
     return result
 
 
-def needs(inst: Instance | None, action: str) -> Instance:
-    if inst is None:
-        bad(f"a wrapper's {action} needs its 'instance'")
-    return inst
-
-
 def snapshot(dep: Deployment, service: str, inst: Instance | None, path: str) -> dict[str, Any]:
     """The wrapper writes its own snapshot to $RECONCILER_SNAPSHOT."""
-    inst = needs(inst, "snapshot")
+    assert inst is not None  # a wrapper is known by its instance
     dep.ensure()
     run(dep, inst, "snapshot", {"RECONCILER_SNAPSHOT": path})
     if not os.path.isfile(path):
@@ -105,4 +99,5 @@ def snapshot(dep: Deployment, service: str, inst: Instance | None, path: str) ->
 
 def restore(dep: Deployment, service: str, inst: Instance | None, source: str) -> dict[str, Any]:
     """The wrapper restores from $RECONCILER_SNAPSHOT itself."""
-    return run(dep, needs(inst, "restore"), "restore", {"RECONCILER_SNAPSHOT": source})
+    assert inst is not None  # a wrapper is known by its instance
+    return run(dep, inst, "restore", {"RECONCILER_SNAPSHOT": source})

@@ -384,6 +384,11 @@ def test_wrapper_and_package(state_dir: str, tmp_path: Path) -> None:
         ("lock", b'{"stateDir": "relative/dir", "owner": "a"}'),
         ("snapshot", b'{"stateDir": "/tmp/x", "deployment": "d", "service": "../etc"}'),
         ("status", b'{"stateDir": "/tmp/x", "deployment": "d", "instances": [{"key": 1}]}'),
+        (
+            "snapshot",
+            b'{"stateDir": "/tmp/x", "deployment": "d", "service": "p", "instance": '
+            b'{"key": "p@m1", "service": "p", "type": "package", "package": "/x"}}',
+        ),
     ],
 )
 def test_bad_requests_exit_2_without_traceback(command: str, raw: bytes) -> None:
