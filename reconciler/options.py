@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,8 +27,41 @@ class Options:
     key_env_prefix: str | None = None
 
     @property
+    def state_location(self) -> str:
+        """A SQLite file (the default) or a `postgresql://` URL (SPEC §11)."""
+        return self.state or os.environ.get("RECONCILER_STATE") or ".reconciler/state.db"
+
+    @property
+    def state_is_url(self) -> bool:
+        return self.state_location.startswith(("postgresql://", "postgres://"))
+
+    @property
     def state_path(self) -> Path:
-        return Path(self.state or os.environ.get("RECONCILER_STATE") or ".reconciler/state.db")
+        """The SQLite file; with PostgreSQL, a name under `state_root` for this host's
+        own lock files."""
+        if self.state_is_url:
+            return self.state_root / "postgresql"
+        return Path(self.state_location)
+
+    @property
+    def state_root(self) -> Path:
+        """Where the local store cache and `local` machines live: beside the SQLite file,
+        or `$RECONCILER_HOME` (default `.reconciler`) with PostgreSQL."""
+        if self.state_is_url:
+            return Path(os.environ.get("RECONCILER_HOME") or ".reconciler")
+        return self.state_path.parent
+
+    @property
+    def state_exists(self) -> bool:
+        """Whether anything was ever recorded here (a server is always there)."""
+        return self.state_is_url or self.state_path.exists()
+
+    @property
+    def state_label(self) -> str:
+        """The state for messages: a URL without its password."""
+        if not self.state_is_url:
+            return str(self.state_path)
+        return re.sub(r"://([^:/@]*):[^@/]*@", r"://\1:***@", self.state_location)
 
     @property
     def key_policy(self) -> KeyPolicy:

@@ -18,7 +18,7 @@ def run(opts: Options) -> int:
     db, name, record = load_record(opts)
     items: list[dict[str, Any]] = []
     if record is not None and db is not None:
-        items = drift(observe(db, record, opts.state_path.parent, paths=True))
+        items = drift(observe(db, record, opts.state_root, paths=True))
     if opts.format == "json":
         print(json.dumps({"deployment": name, "drift": bool(items), "items": items}, indent=2))
     elif record is None:

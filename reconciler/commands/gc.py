@@ -52,9 +52,9 @@ def run(opts: Options, keep: int, delete_state: bool, min_age: str) -> int:
     if keep < 1:
         raise UserError(f"--keep {keep}: keep at least the current generation (--keep 1)")
     with exclusive(opts.state_path, "gc"):
-        db = open_db(opts.state_path, write=True) if opts.state_path.exists() else None
+        db = open_db(opts.state_location, write=True) if opts.state_exists else None
         if db is None:
-            raise UserError(f"no state DB at {opts.state_path}: nothing was deployed from here")
+            raise UserError(f"no state DB at {opts.state_label}: nothing was deployed from here")
         name = recorded_deployment(opts, db)
         if unsettled(db, name):
             raise UserError(
@@ -63,7 +63,7 @@ def run(opts: Options, keep: int, delete_state: bool, min_age: str) -> int:
             )
         kept = newest_generations(db, name, keep)
         recorded = read_recorded(db, name)
-        store = LocalStore(opts.state_path.parent / "store")
+        store = LocalStore(opts.state_root / "store")
         results = asyncio.run(_on_machines(opts, db, recorded, kept, delete_state, grace, store))
         removed: dict[str | None, list[str]] = {}
         for r in results:
@@ -144,7 +144,7 @@ async def _on_machines(
 ) -> list[MachineGc]:
     agent = ensure_agent(store)
     connections = {m: have.connection for m, have in recorded.machines.items() if have.connection}
-    async with opened(connections, opts.state_path.parent, RecordedHostKeys(db)) as targets:
+    async with opened(connections, opts.state_root, RecordedHostKeys(db)) as targets:
 
         async def on(machine: str, command: str, request: dict[str, Any]) -> dict[str, Any]:
             return await call(targets[machine], agent.path, command, request)

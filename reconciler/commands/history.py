@@ -33,8 +33,8 @@ def run(opts: Options, with_git: bool) -> int:
     from reconciler.state.db import open_db
 
     check_format(opts, ("text", "json"))
-    db = open_db(opts.state_path, write=False)
-    with reading(opts.state_path):
+    db = open_db(opts.state_location, write=False)
+    with reading(opts.state_label):
         name = pick_recorded(db, opts.deployment)
         record = read_deployment(db, name) if db is not None and name else None
     attempts = record.attempts if record else []
@@ -119,7 +119,7 @@ def git_commits(opts: Options, name: str | None, attempts: list[AttemptRow]) -> 
     oldest commit ever attempted (all of it when that commit is not in the log)."""
     from reconciler.models.source import at_ref, is_remote, open_source
 
-    source = open_source(opts.repo, opts.path, opts.ref, False, opts.state_path.parent)
+    source = open_source(opts.repo, opts.path, opts.ref, False, opts.state_root)
     if opts.ref is None and name and (is_remote(opts.repo) or source.repo.bare):
         try:
             from reconciler.models.load import load_config

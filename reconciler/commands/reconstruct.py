@@ -40,17 +40,17 @@ def run(opts: Options) -> int:
     head, _ = load_one(opts)
     name = head.name
     with exclusive(opts.state_path, "reconstruct"):
-        db = open_db(opts.state_path, write=True)
+        db = open_db(opts.state_location, write=True)
         assert db is not None
         have = read_recorded(db, name)
         if have.generation is not None or have.instances:
             raise UserError(
-                f"the state DB {opts.state_path} already records {name} (generation "
+                f"the state DB {opts.state_label} already records {name} (generation "
                 f"{have.generation}); reconstruct rebuilds a lost record: give another --state"
             )
         machines = compile_deployment(head, have.allocations).machines
         targets = {
-            m: open_target(m, d.connection, opts.state_path.parent, RecordedHostKeys(db))
+            m: open_target(m, d.connection, opts.state_root, RecordedHostKeys(db))
             for m, d in sorted(machines.items())
         }
         found = asyncio.run(_read_all(name, targets))

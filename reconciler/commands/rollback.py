@@ -19,7 +19,7 @@ from reconciler.state.rows import generations
 
 def run(opts: Options, to: int | None, yes: bool) -> int:
     head, _ = load_one(opts)
-    db = open_db(opts.state_path, write=False) if opts.state_path.exists() else None
+    db = open_db(opts.state_location, write=False)
     by_number = {} if db is None else generations(db, head.name)
     if db is not None:
         db.close()
@@ -44,7 +44,7 @@ def run(opts: Options, to: int | None, yes: bool) -> int:
     at = dataclasses.replace(opts, ref=sha, deployment=head.name)
     code = apply.run(at, AttemptOptions(), yes=yes)
     if code == 0:
-        db = open_db(opts.state_path, write=True)
+        db = open_db(opts.state_location, write=True)
         assert db is not None
         paused = head.revision.sha if head.revision else None
         pause(db, head.name, paused)

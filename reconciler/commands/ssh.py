@@ -34,9 +34,9 @@ def run(opts: Options, machine: str, command: list[str]) -> int:
             f"no machine {machine} in deployment {loaded.name} (machines: {', '.join(names)})"
         )
     connection = have.connection if have and have.connection else want.connection  # type: ignore[union-attr]
-    db = open_db(opts.state_path, write=True) if opts.state_path.exists() else None
+    db = open_db(opts.state_location, write=True) if opts.state_exists else None
     host_keys = RecordedHostKeys(db) if db is not None else _NoKeys()
-    target = open_target(machine, connection, opts.state_path.parent, host_keys)
+    target = open_target(machine, connection, opts.state_root, host_keys)
     line = shlex.join(command) if command else None
     if isinstance(target, LocalTarget):
         os.makedirs(target.state_dir, exist_ok=True)
@@ -47,7 +47,7 @@ def run(opts: Options, machine: str, command: list[str]) -> int:
     assert isinstance(target, SshTarget)
     if line is not None:  # like the shell below, it starts in the machine's stateDir
         return asyncio.run(_stream(target, f"cd {shlex.quote(target.state_dir)} && {line}"))
-    return _interactive(target, opts.state_path.parent, host_keys)
+    return _interactive(target, opts.state_root, host_keys)
 
 
 async def _stream(target: SshTarget, line: str) -> int:

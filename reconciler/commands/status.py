@@ -22,8 +22,8 @@ def load_record(
     from reconciler.state.db import open_db
 
     check_format(opts, ("text", "json"))
-    db = open_db(opts.state_path, write=False)
-    with reading(opts.state_path):
+    db = open_db(opts.state_location, write=False)
+    with reading(opts.state_label):
         name = pick_recorded(db, opts.deployment)
         record = read_deployment(db, name) if db is not None and name else None
     return db, name, record
@@ -33,7 +33,7 @@ def run(opts: Options) -> int:
     db, name, record = load_record(opts)
     if record is None or db is None:
         return _nothing(opts, name)
-    obs = observe(db, record, opts.state_path.parent)
+    obs = observe(db, record, opts.state_root)
     data = status_json(obs)
     if opts.format == "json":
         print(json.dumps(data, indent=2))
@@ -52,8 +52,8 @@ def _nothing(opts: Options, name: str | None) -> int:
 
 def nothing_recorded(opts: Options, name: str | None) -> str:
     if name:
-        return f"Nothing of {name} is recorded in {opts.state_path}."
-    return f"Nothing is recorded in {opts.state_path}."
+        return f"Nothing of {name} is recorded in {opts.state_label}."
+    return f"Nothing is recorded in {opts.state_label}."
 
 
 def _print_status(data: dict[str, Any], obs: Observation) -> None:

@@ -164,7 +164,7 @@ class DeploymentLoop:
         o = self.opts
         argv = [sys.executable, "-m", "reconciler", "--repo", o.repo, "--ref", head]
         argv += ["--path", o.path] if o.path else []
-        argv += ["--state", str(o.state_path), "-d", self.name, "-q"]
+        argv += ["--state", o.state_location, "-d", self.name, "-q"]
         argv += ["apply", "--yes", "--format", "json"]
         self.child = await asyncio.create_subprocess_exec(
             *argv,
@@ -256,7 +256,7 @@ def _deployment_row(opts: Options, name: str) -> DeploymentRow | None:
     from reconciler.state.db import open_db
     from reconciler.state.rows import deployment_row
 
-    db = open_db(opts.state_path, write=False) if opts.state_path.exists() else None
+    db = open_db(opts.state_location, write=False)
     try:
         return deployment_row(db, name)
     finally:

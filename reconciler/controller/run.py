@@ -249,17 +249,17 @@ class Controller:
         from reconciler.state.db import open_db
         from reconciler.state.rows import read_deployment
 
-        db = open_db(self.opts.state_path, write=False) if self.opts.state_path.exists() else None
+        db = open_db(self.opts.state_location, write=False)
         try:
             record = read_deployment(db, d.name) if db is not None else None
             if db is None or record is None:
                 doc = nothing_json(d.name)
             else:
-                obs = await observe_async(db, record, self.opts.state_path.parent)
+                obs = await observe_async(db, record, self.opts.state_root)
                 drifted = [i.row.key for i in obs.instances if i.state in ("dead", "missing")]
                 if d.self_heal and drifted and not d.child and await self.heal(d, drifted):
                     record = read_deployment(db, d.name) or record
-                    obs = await observe_async(db, record, self.opts.state_path.parent)
+                    obs = await observe_async(db, record, self.opts.state_root)
                 doc = status_json(obs)
                 by_state: dict[str, int] = {}
                 for i in obs.instances:
@@ -283,10 +283,10 @@ class Controller:
         from reconciler.state.db import open_db
 
         async with self.apply_lock:
-            db = open_db(self.opts.state_path, write=True)
+            db = open_db(self.opts.state_location, write=True)
             assert db is not None
             try:
-                outcome = await heal(db, d.name, keys, self.opts.state_path.parent)
+                outcome = await heal(db, d.name, keys, self.opts.state_root)
             finally:
                 db.close()
         healed = outcome.report.get("healed", [])
@@ -310,7 +310,7 @@ class Controller:
         from reconciler.state.deployments import store_conditions
         from reconciler.state.rows import read_deployment
 
-        db = open_db(self.opts.state_path, write=True)
+        db = open_db(self.opts.state_location, write=True)
         assert db is not None
         try:
             record = read_deployment(db, d.name)
@@ -410,7 +410,7 @@ class ControllerView:
 
         if name not in self.controller.loops:
             return None
-        return history_rows(self.controller.opts.state_path, name)
+        return history_rows(self.controller.opts, name)
 
     def ready(self) -> tuple[bool, str]:
         loops = list(self.controller.loops.values())
@@ -425,14 +425,15 @@ class ControllerView:
         from reconciler.state.db import open_db
         from reconciler.state.rows import read_deployment
 
-        state = self.controller.opts.state_path
-        if deployment not in self.controller.loops or not state.exists():
+        opts = self.controller.opts
+        db = open_db(opts.state_location, write=False)
+        if deployment not in self.controller.loops or db is None:
             return None
-        db = open_db(state, write=False)
-        assert db is not None
         try:
             record = read_deployment(db, deployment)
-            return None if record is None else asyncio.run(log_tail(db, record, key, state.parent))
+            return (
+                None if record is None else asyncio.run(log_tail(db, record, key, opts.state_root))
+            )
         finally:
             db.close()
 

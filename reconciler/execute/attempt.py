@@ -103,7 +103,7 @@ class Attempt:
 
     @property
     def state_root(self) -> Path:
-        return self.opts.state_path.parent
+        return self.opts.state_root
 
     @property
     def scope(self) -> list[str]:
@@ -159,7 +159,7 @@ def apply_models(
     with exclusive(opts.state_path, "apply"):
         desired, recorded = compile_with_record(opts, loaded)
         db = _writer(opts)
-        store = LocalStore(opts.state_path.parent / "store")
+        store = LocalStore(opts.state_root / "store")
         a = Attempt(
             opts, options, say, progress, loaded, desired, recorded,
             plan_for(loaded, desired, recorded, options), db, store, ensure_agent(store),
@@ -196,7 +196,7 @@ def destroy_deployment(
             if not confirm(recorded):
                 return Outcome(Result.FAILED, Reason.DECLINED, "Nothing was changed.")
             empty = DesiredState(name, None, {}, {}, {}, {}, {})
-            store = LocalStore(opts.state_path.parent / "store")
+            store = LocalStore(opts.state_root / "store")
             a = Attempt(
                 opts, options, say, _no_progress, None, empty, recorded,
                 make_plan(empty, recorded), db, store, ensure_agent(store),
@@ -510,7 +510,7 @@ def _as_json(r: MachineTransfer) -> dict[str, Any]:
 
 
 def _writer(opts: Options) -> StateDB:
-    db = open_db(opts.state_path, write=True)
+    db = open_db(opts.state_location, write=True)
     assert db is not None  # a writer always gets a database
     return db
 

@@ -3,18 +3,23 @@ generations and failed attempts, newest first."""
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any
 
+from reconciler.options import Options
 from reconciler.state.db import open_db
 from reconciler.state.rows import AttemptRow, change_summary, read_deployment, reading
 
 
-def history_rows(state: Path, name: str) -> list[dict[str, Any]]:
+def history_rows(opts: Options, name: str) -> list[dict[str, Any]]:
     """What `history --format json` prints for one deployment (the controller's API)."""
-    db = open_db(state, write=False) if state.exists() else None
-    with reading(state):
-        record = read_deployment(db, name) if db is not None else None
+    db = open_db(opts.state_location, write=False)
+    if db is None:
+        return []
+    try:
+        with reading(opts.state_label):
+            record = read_deployment(db, name)
+    finally:
+        db.close()
     return [attempt_json(a) for a in record.attempts] if record else []
 
 

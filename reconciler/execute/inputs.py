@@ -21,7 +21,7 @@ from reconciler.state.recorded import RecordedState
 
 
 def open_models(opts: Options, worktree: bool = False) -> tuple[ModelSource, Config]:
-    source = open_source(opts.repo, opts.path, opts.ref, worktree, opts.state_path.parent)
+    source = open_source(opts.repo, opts.path, opts.ref, worktree, opts.state_root)
     return source, load_config(source)
 
 
@@ -49,11 +49,11 @@ def compile_with_record(
     from reconciler.desired.compile import compile_deployment
 
     recorded = RecordedState(deployment=loaded.name)
-    if opts.state_path.exists():
+    if opts.state_exists:
         from reconciler.state.db import open_db
         from reconciler.state.rows import read_recorded
 
-        db = open_db(opts.state_path, write=False)
+        db = open_db(opts.state_location, write=False)
         try:
             recorded = read_recorded(db, loaded.name)
         finally:

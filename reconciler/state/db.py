@@ -54,8 +54,10 @@ def schema_version(conn: sqlite3.Connection) -> int:
     return version
 
 
-def open_db(path: Path, write: bool) -> StateDB | None:
-    """The state DB at `path`; None when a reader finds no file (nothing recorded yet)."""
+def open_db(location: str | Path, write: bool) -> StateDB | None:
+    """The state DB at `location`; None when a reader finds no file (nothing recorded
+    yet)."""
+    path = Path(location)
     if not path.exists() and not write:
         return None
     old_umask = os.umask(0o077)  # the file and the -wal and -shm files sqlite makes: private

@@ -104,12 +104,12 @@ class DeploymentRecord:
 
 
 @contextmanager
-def reading(path: Path) -> Iterator[None]:
+def reading(label: str | Path) -> Iterator[None]:
     """SQLite errors while reading (a damaged or foreign file) become one clear error."""
     try:
         yield
     except sqlite3.Error as e:
-        raise UserError(f"{path}: cannot read the state DB: {e}") from None
+        raise UserError(f"{label}: cannot read the state DB: {e}") from None
 
 
 # --- deployments ----------------------------------------------------------------------
