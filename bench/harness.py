@@ -385,10 +385,6 @@ def host_veth(net: TestHostNetwork, host: TestHost) -> str:
     return net._state(host).veth
 
 
-def in_(pid: int, parents: set[int]) -> bool:
-    return (f := proc_fields(pid)) is not None and int(f[1]) in parents
-
-
 def sessions_cpu(net: TestHostNetwork, hosts: Sequence[TestHost]) -> float | None:
     """CPU seconds of every finished ssh session of the hosts (sshd, shells, tar, python3 …),
     as each sshd listener collected them (cutime + cstime); waits (up to 5 s) until no
@@ -399,7 +395,8 @@ def sessions_cpu(net: TestHostNetwork, hosts: Sequence[TestHost]) -> float | Non
         return None
     deadline = time.monotonic() + 5
     while time.monotonic() < deadline:
-        children = [int(n) for n in os.listdir("/proc") if n.isdigit() and in_(int(n), listeners)]
+        pids = [int(n) for n in os.listdir("/proc") if n.isdigit()]
+        children = [p for p in pids if (f := proc_fields(p)) and int(f[1]) in listeners]
         if not any(cmdline(pid).startswith(b"sshd") for pid in children):
             break
         time.sleep(0.02)
@@ -450,6 +447,11 @@ def last_attempt(state: Path, deployment: str, sha: str | None = None) -> Attemp
         ).fetchall()
     journal = [Step(a, t, json.loads(d) if d else {}, stamp(at)) for a, t, d, at in steps]
     return Attempt(stamp(row[1]), row[2], journal)
+
+
+def mirror_dir(state: Path, repo: str) -> Path:
+    """Where the controller keeps its mirror of a remote repository."""
+    return state.parent / "repos" / hashlib.sha256(repo.encode()).hexdigest()[:16]
 
 
 def agent_script() -> Path | None:

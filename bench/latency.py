@@ -536,7 +536,7 @@ async def _noop(sc: Scenario, calls: int, wrap: Path, log: Path) -> Noop:
     first_s = time.perf_counter() - t
     if first.result != "unchanged":
         raise RuntimeError(f"no-op: the first call {first.result}: {first.message}")
-    mirror = sc.state.parent / "repos" / hashlib.sha256(sc.repo.encode()).hexdigest()[:16]
+    mirror = h.mirror_dir(sc.state, sc.repo)
     watched = [mirror / "FETCH_HEAD", mirror / "packed-refs", mirror / "refs" / "heads" / "main"]
 
     def mtimes() -> dict[str, int]:

@@ -38,14 +38,6 @@ class Round:
     destroy_s: float
     calls: int  # API requests sent in the round (ec2)
 
-    def describe(self) -> str:
-        how = "one at a time" if self.workers == 1 else f"{self.workers} threads"
-        lat = f", {h.ms(self.latency)} ms per call" if self.what == "ec2" else ""
-        return (
-            f"{self.what} ×{self.count}, {how}{lat}: create {self.create_s:.2f} s, "
-            f"again {self.again_s:.2f} s, destroy {self.destroy_s:.2f} s"
-        )
-
 
 def timed(items: Sequence[Any], workers: int, work: Callable[[Any], Any]) -> float:
     start = time.perf_counter()
@@ -178,7 +170,7 @@ def run_ec2(machines: int, workers: int, latency: float, repeat: int, state: Pat
         for lat in sorted({0.0, latency}):
             for w in (1, workers):
                 runs = [ec2_round(state, fresh(url, ami), machines, w, lat) for _ in range(repeat)]
-                print("\n".join(f"# {r.describe()}" for r in runs), flush=True)
+                print("\n".join(f"# {r}" for r in runs), flush=True)
                 rounds.append(best(runs))
         return rounds
     finally:
@@ -296,7 +288,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             for w in (args.workers, 1):
                 runs = [container_round(base / f"c-w{w}-{i}", subnet, containers, w)
                         for i in range(repeat)]  # fmt: skip
-                print("\n".join(f"# {r.describe()}" for r in runs), flush=True)
+                print("\n".join(f"# {r}" for r in runs), flush=True)
                 made.append(best(runs))
     facts = h.machine_facts(*filter(None, [versions]))
     text = report(h.command_line("provision.py", argv), facts, version, repeat, ec2, made,

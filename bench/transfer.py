@@ -187,7 +187,7 @@ def content_tree(seed: int, root: Path, total: int, random_share: float) -> int:
             if kind == "text":
                 path = root / ("lib" if files % 3 else "share/doc") / f"mod{files:04d}.py"
                 start = rng.randrange(len(text))
-                data = (text[start : start + n] + text)[:n]
+                data = (text[start : start + n] + text[:n])[:n]
             else:
                 path = root / ("bin" if files % 4 == 0 else "data") / f"blob{files:04d}"
                 data = rng.randbytes(n)
