@@ -40,9 +40,9 @@ for one: bind to a private address then.
 **Webhook.** Without a webhook secret `/hooks/git` is 404. Before a byte of the body is
 read: no Content-Length is 411, over 5 MiB is 413, and a request with neither the right
 GitLab token nor a well-formed GitHub signature is 401. Only HOOK_READERS bodies are read
-at a time, each within HOOK_TIMEOUT (else 408), so unauthenticated bodies never hold
-more than HOOK_READERS × 5 MiB. A signature or token that is wrong is 401 and pokes
-nothing. GitHub's `ping` is 200; any other authentic event pokes the loops tracking the
+at a time (one more is 503 with Retry-After, rather than wait with its body buffered),
+each within HOOK_TIMEOUT (else 408), so unauthenticated bodies never hold more than
+HOOK_READERS × 5 MiB. A signature or token that is wrong is 401 and pokes nothing. GitHub's `ping` is 200; any other authentic event pokes the loops tracking the
 repositories it names (all of them when it names none we can read) and answers 202
 `{"poked": n}`.
 
@@ -311,11 +311,16 @@ class HttpServer:
         headers = dict(request.headers.items())
         if not webhook.may_be_authentic(headers, secret):
             return self._refused(request)
+        if self._hook_readers.locked():  # none may wait for a reader with its body buffered
+            busy = {"error": "too many webhook bodies in flight; retry in a few seconds"}
+            return _json(503, busy, [("Retry-After", str(int(HOOK_TIMEOUT)))])
         try:
-            async with asyncio.timeout(HOOK_TIMEOUT), self._hook_readers:
+            async with self._hook_readers, asyncio.timeout(HOOK_TIMEOUT):
                 body = await request.read()
         except TimeoutError:
             return _json(408, {"error": f"the body took longer than {HOOK_TIMEOUT:.0f} s"})
+        except (ConnectionError, HttpProcessingError):  # gone, or closed before the end
+            return _json(400, {"error": "the body is shorter than its Content-Length"})
         forge = webhook.verify(headers, body, secret)
         if forge is None:
             return self._refused(request)

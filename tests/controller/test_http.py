@@ -14,6 +14,7 @@ import hmac
 import http.client
 import json
 import logging
+import socket
 import threading
 import urllib.error
 import urllib.request
@@ -36,6 +37,7 @@ from reconciler.controller.http import (
     parse_listen,
 )
 from reconciler.controller.metrics import Metrics
+from reconciler.errors import UserError
 
 SAMPLES = Path(__file__).parent / "samples"
 TOKEN = "api-token-Zq9"
@@ -73,6 +75,7 @@ class FakeView:
     is_ready: tuple[bool, str] = (True, "every deployment reconciled once")
     pokes: list[list[str]] = field(default_factory=list)
     fail: bool = False
+    logs: dict[tuple[str, str], str] = field(default_factory=dict)
 
     def deployments(self) -> list[dict[str, Any]]:
         if self.fail:
@@ -84,6 +87,9 @@ class FakeView:
 
     def history(self, name: str) -> list[dict[str, Any]] | None:
         return self.histories.get(name, []) if name in self.statuses else None
+
+    def instance_log(self, deployment: str, key: str) -> str | None:
+        return self.logs.get((deployment, key))
 
     def ready(self) -> tuple[bool, str]:
         return self.is_ready
@@ -227,6 +233,21 @@ def test_a_failing_view_is_a_500_and_logged(caplog: pytest.LogCaptureFixture) ->
     assert "the view broke" in caplog.text
 
 
+def test_an_instances_log_is_served_as_plain_text() -> None:
+    view = sample_view()
+    view.logs[("local", "staff@m1")] = "starting staff\n<b>not html</b>\n"
+    with serving(view, api_token=TOKEN) as url:
+        path = "/api/deployments/local/instances/staff%40m1/log"
+        assert fetch(url + path).status == 401
+        reply = fetch(url + path, headers=bearer())
+        assert (reply.status, reply.text) == (200, "starting staff\n<b>not html</b>\n")
+        assert reply.headers["Content-Type"] == "text/plain; charset=utf-8"
+        assert reply.headers["X-Content-Type-Options"] == "nosniff"
+        missing = fetch(f"{url}/api/deployments/local/instances/nope@m1/log", headers=bearer())
+        assert missing.status == 404
+        assert "nope@m1" in missing.json()["error"]
+
+
 # --- the API token --------------------------------------------------------------------
 
 
@@ -300,6 +321,25 @@ def test_parse_listen_refuses(listen: str) -> None:
         parse_listen(listen)
 
 
+def test_a_busy_listen_address_is_a_message_saying_what_to_do() -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        server = HttpServer(sample_view(), HttpSettings(f"127.0.0.1:{port}"), Metrics())
+        with pytest.raises(UserError) as refused:
+            asyncio.run(server.start())
+    assert str(refused.value) == (
+        f"--listen 127.0.0.1:{port}: something else already listens there; "
+        "stop it, or choose a free address with --listen HOST:PORT"
+    )
+
+
+def test_a_malformed_listen_address_is_a_user_error() -> None:
+    with pytest.raises(UserError, match="expected host:port"):
+        HttpServer(sample_view(), HttpSettings("localhost"), Metrics())
+
+
 # --- the webhook ----------------------------------------------------------------------
 
 
@@ -337,6 +377,19 @@ def test_a_github_ping_is_answered_without_a_poke() -> None:
     with serving(view, webhook_secret=SECRET) as url:
         assert fetch(f"{url}/hooks/git", "POST", ping, signed(ping, event="ping")).status == 200
     assert view.pokes == []
+
+
+def test_a_signed_payload_too_deep_to_read_pokes_every_loop(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Like any signed payload we cannot read: the loops poll, nothing else is trusted."""
+    view = sample_view()
+    deep = b"[" * 200_000 + b"]" * 200_000
+    with caplog.at_level(logging.DEBUG), serving(view, webhook_secret=SECRET) as url:
+        reply = fetch(f"{url}/hooks/git", "POST", deep, signed(deep))
+    assert (reply.status, reply.json()) == (202, {"poked": 1})
+    assert view.pokes == [[]]
+    assert "Recursion" not in caplog.text and "Traceback" not in caplog.text
 
 
 def raw_post(url: str, headers: dict[str, str], body: bytes = b"") -> int:
