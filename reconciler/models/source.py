@@ -194,14 +194,25 @@ def mirror(url: str, cache_dir: Path) -> git.Repo:
             return git.Repo(target)
         repo.git.fetch("--prune", "origin", "+refs/heads/*:refs/heads/*")
     except git.GitCommandError as e:
-        detail = str(e.stderr or e).strip().replace(url, redact(url))
+        detail = redact(str(e.stderr or e).strip())
         raise UserError(f"{redact(url)}: cannot fetch: {detail}") from None
     return repo
 
 
-def redact(url: str) -> str:
-    """A URL fit for messages and logs: no user:password@ part."""
-    return re.sub(r"^([a-z+]+://)[^/@]*@", r"\1", url)
+_USERINFO = re.compile(r"\b([a-z][a-z0-9+.-]*://)[^/@\s'\"]*@", re.IGNORECASE)
+_QUERY = re.compile(r"\b([a-z][a-z0-9+.-]*://[^\s'\"?#]*\?)([^\s'\"#]*)", re.IGNORECASE)
+
+
+def redact(text: str) -> str:
+    """A URL, or a message quoting URLs (git's own), fit for messages and logs: no
+    user:password@ part and no query values (`?token=…`), where credentials travel."""
+    text = _USERINFO.sub(r"\1", text)
+    return _QUERY.sub(lambda m: m[1] + _hidden(m[2]), text)
+
+
+def _hidden(query: str) -> str:
+    pairs = (p.partition("=") for p in query.split("&"))
+    return "&".join(name + "=***" if eq else "***" for name, eq, _ in pairs)
 
 
 def _worktree_tree(repo: git.Repo) -> str:
