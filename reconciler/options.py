@@ -61,7 +61,7 @@ class Options:
         """The state for messages: a URL without its password."""
         if not self.state_is_url:
             return str(self.state_path)
-        return re.sub(r"://([^:/@]*):[^@/]*@", r"://\1:***@", self.state_location)
+        return without_password(self.state_location)
 
     @property
     def key_policy(self) -> KeyPolicy:
@@ -72,3 +72,10 @@ class Options:
     @property
     def colour(self) -> bool:
         return sys.stdout.isatty() and "NO_COLOR" not in os.environ
+
+
+def without_password(url: str) -> str:
+    """A database URL fit for messages: its password (`user:PASSWORD@`, `password=`)
+    replaced by `***`."""
+    url = re.sub(r"://([^:/@]*):[^@/]*@", r"://\1:***@", url)
+    return re.sub(r"([?&]password=)[^&]*", r"\1***", url)

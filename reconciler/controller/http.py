@@ -106,6 +106,10 @@ class View(Protocol):
         for an unknown deployment."""
         ...
 
+    def controllers(self) -> list[dict[str, Any]]:
+        """The controller replicas sharing the state (`/api/controllers`)."""
+        ...
+
     def instance_log(self, deployment: str, key: str) -> str | None:
         """The tail of an instance's log; None for an unknown deployment or instance."""
         ...
@@ -234,6 +238,12 @@ class HttpServer:
                 return _Route(("GET",), True, self._metrics)
             case ["api", "deployments"]:
                 return _Route(("GET",), True, lambda: self._call(self._listed))
+            case ["api", "controllers"]:
+                return _Route(
+                    ("GET",),
+                    True,
+                    lambda: self._call(lambda: _json(200, {"controllers": view.controllers()})),
+                )
             case ["api", "deployments", name]:
                 return _Route(
                     ("GET",), True, lambda: self._call(lambda: _found(view.deployment(name), name))

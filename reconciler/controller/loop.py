@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import json
+import os
 import random
 import signal
 import sys
@@ -23,6 +24,7 @@ from typing import TYPE_CHECKING, Any
 
 from reconciler.controller.git import GitError, Signers, branch_head, check_signature, is_ancestor
 from reconciler.errors import InvalidModels, UserError
+from reconciler.execute.attempt import FENCE_ENV
 from reconciler.execute.outcome import Outcome, Reason, Result
 from reconciler.options import Options
 
@@ -67,7 +69,7 @@ class DeploymentLoop:
     self_heal: bool
     allow_rewind: bool
     signers: Signers
-    apply_lock: asyncio.Lock  # one writer per state DB: applies and heals take turns
+    applies: asyncio.Semaphore  # a bound on the applies running at once (all deployments)
     wake: asyncio.Event = field(default_factory=asyncio.Event)
     head: str | None = None
     handled: str | None = None  # the head last acted on with a final result
@@ -80,6 +82,7 @@ class DeploymentLoop:
     applying: str | None = None  # the commit being applied now
     on_apply: Callable[[DeploymentLoop], None] | None = None  # says Reconciling at once
     passes: int = 0
+    fence: str | None = None  # the owner lease an apply started now must still hold
     observed: Observation | None = None  # the machines as last seen
     plan_text: str | None = None  # the plan of the head, as last evaluated
     last_plan: str | None = None  # the plan of the commit that last failed or was refused
@@ -142,7 +145,7 @@ class DeploymentLoop:
         if not self.auto_apply:
             self._ok(head)
             return PassResult("planned", time.monotonic() - started, message="autoApply is off")
-        async with self.apply_lock:
+        async with self.applies:
             self.applying = head
             if self.on_apply is not None:
                 self.on_apply(self)
@@ -166,8 +169,10 @@ class DeploymentLoop:
         argv += ["--path", o.path] if o.path else []
         argv += ["--state", o.state_location, "-d", self.name, "-q"]
         argv += ["apply", "--yes", "--format", "json"]
+        env = {**os.environ, FENCE_ENV: self.fence} if self.fence else None
         self.child = await asyncio.create_subprocess_exec(
             *argv,
+            env=env,
             stdin=asyncio.subprocess.DEVNULL,
             stdout=asyncio.subprocess.PIPE,
             stderr=asyncio.subprocess.PIPE,

@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any
 
 from reconciler.controller.git import GitError, Signers, branch_head, default_branch
 from reconciler.controller.loop import DeploymentLoop, PassResult, now_iso
+from reconciler.controller.ownership import Ownership
 from reconciler.errors import UserError
 from reconciler.models.source import is_remote, redact
 from reconciler.options import Options
@@ -43,6 +44,8 @@ class RunSettings:
     once: bool = False
     notify: tuple[str, ...] = ()
     notify_secret_file: Path | None = None
+    max_parallel_applies: int = 2 * (os.cpu_count() or 1)
+    lease_seconds: float = 30.0  # a replica's hold on the deployments it owns
 
 
 def read_secret(path: Path | None, what: str) -> str | None:
@@ -68,7 +71,8 @@ class Controller:
         self.notifier = Notifier(list(settings.notify), secret=secret)
         self.opts = settings.opts
         self.loops: dict[str, DeploymentLoop] = {}
-        self.apply_lock = asyncio.Lock()
+        self.applies = asyncio.Semaphore(settings.max_parallel_applies)
+        self.ownership = Ownership(self.opts, settings.lease_seconds)
         self.stop = asyncio.Event()
         self.metrics = Metrics()
         self.view = ControllerView(self)
@@ -104,13 +108,17 @@ class Controller:
         for sig in (signal.SIGTERM, signal.SIGINT):
             self.loop.add_signal_handler(sig, self.shutdown)
         watcher = self.watch_local_repo()
+        self.sync_ownership()
         try:
             if self.settings.once:
                 await asyncio.gather(*(self.one_pass(d) for d in list(self.loops.values())))
                 return 1 if self.failed else 0
+            keeping = asyncio.create_task(self.keep_ownership())
             await self.supervise()
+            keeping.cancel()
             return 0
         finally:
+            self.ownership.release_all()
             if watcher is not None:
                 watcher.stop()
             if server is not None:
@@ -164,7 +172,7 @@ class Controller:
                     opts=self.opts,
                     remote=self.remote,
                     signers=self.settings.signers,
-                    apply_lock=self.apply_lock,
+                    applies=self.applies,
                     on_apply=self.reconciling,
                     **settings,  # type: ignore[arg-type]
                 )
@@ -215,7 +223,33 @@ class Controller:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(d.wake.wait(), wait)
 
+    def sync_ownership(self) -> None:
+        """Claim, renew and give back deployments (SPEC §11); a newly owned one is
+        reconciled at once, and an apply for a lost one can record nothing more."""
+        busy = [n for n, d in self.loops.items() if d.applying]
+        claimed, lost = self.ownership.sync(self.loops, busy)
+        for name in claimed:
+            self.say(f"{name}: owned by this replica ({self.ownership.id})")
+            self.loops[name].poke()
+        for name in lost:
+            self.say(f"{name}: taken over by another replica")
+        for name, d in self.loops.items():
+            d.fence = self.ownership.fence(name)
+
+    async def keep_ownership(self) -> None:
+        while not self.stop.is_set():
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self.stop.wait(), self.settings.lease_seconds / 3)
+            if not self.stop.is_set():
+                try:
+                    await asyncio.to_thread(self.sync_ownership)
+                except UserError as e:
+                    self.say(f"cannot renew ownership: {e}")
+
     async def one_pass(self, d: DeploymentLoop) -> None:
+        if not self.ownership.owns(d.name):
+            await asyncio.to_thread(self.show_owned_elsewhere, d)
+            return
         outcome = await d.reconcile()
         if outcome.result != "idle":
             self.report(d, outcome)
@@ -276,17 +310,54 @@ class Controller:
                 db.close()
         doc["conditions"] = self.store_conditions(d)
         doc["controller"] = d.info()
+        doc["owner"] = {"replica": self.ownership.id, "thisReplica": True}
+        await asyncio.to_thread(self.share_status, d.name, doc)
+        self.view.put(d.name, doc)
+
+    def share_status(self, name: str, doc: dict[str, Any]) -> None:
+        from reconciler.state.db import open_db
+        from reconciler.state.deployments import store_status
+
+        db = open_db(self.opts.state_location, write=True)
+        assert db is not None
+        try:
+            store_status(db, name, {k: v for k, v in doc.items() if k != "owner"})
+        finally:
+            db.close()
+
+    def show_owned_elsewhere(self, d: DeploymentLoop) -> None:
+        """A deployment another replica owns: its owner's last document, and who that is."""
+        from reconciler.execute.observe import nothing_json
+        from reconciler.state import locks
+        from reconciler.state.db import open_db
+        from reconciler.state.deployments import stored_status
+
+        db = open_db(self.opts.state_location, write=False)
+        try:
+            doc = (stored_status(db, d.name) if db else None) or nothing_json(d.name)
+            lease = locks.current(db, locks.owner_lease(d.name)) if db else None
+        finally:
+            if db is not None:
+                db.close()
+        live = lease is not None and lease.live
+        doc["owner"] = {"replica": lease.holder if live and lease else None, "thisReplica": False}
+        d.passes += 1
         self.view.put(d.name, doc)
 
     async def heal(self, d: DeploymentLoop, keys: list[str]) -> bool:
+        from reconciler.execute.attempt import attempt_lease
         from reconciler.execute.heal import heal
         from reconciler.state.db import open_db
 
-        async with self.apply_lock:
+        async with self.applies:
             db = open_db(self.opts.state_location, write=True)
             assert db is not None
             try:
-                outcome = await heal(db, d.name, keys, self.opts.state_root)
+                with attempt_lease(db, d.name, "self-heal"):
+                    outcome = await heal(db, d.name, keys, self.opts.state_root)
+            except UserError as e:  # an apply holds it: heal on a later pass
+                self.say(f"{d.name}: self-heal waits: {e}")
+                return False
             finally:
                 db.close()
         healed = outcome.report.get("healed", [])
@@ -419,6 +490,36 @@ class ControllerView:
             return False, f"first pass not done yet: {', '.join(sorted(waiting))}"
         return True, "ok"
 
+    def controllers(self) -> list[dict[str, Any]]:
+        """The replicas sharing this state, with their last heartbeat and what they own."""
+        from reconciler.state import locks
+        from reconciler.state.db import open_db
+
+        db = open_db(self.controller.opts.state_location, write=False)
+        if db is None:
+            return []
+        try:
+            owners: dict[str, list[str]] = {}
+            for lease in locks.leases_with_prefix(db, "owner/"):
+                if lease.live:
+                    owners.setdefault(lease.holder, []).append(lease.name.split("/", 1)[1])
+            ttl = self.controller.settings.lease_seconds
+            return [
+                {
+                    "id": r.id,
+                    "host": r.host,
+                    "pid": r.pid,
+                    "startedAt": r.started_at,
+                    "heartbeatAt": r.heartbeat_at,
+                    "live": r.heartbeat > time.time() - ttl,
+                    "thisReplica": r.id == self.controller.ownership.id,
+                    "deployments": sorted(owners.get(r.id, [])),
+                }
+                for r in locks.replicas(db)
+            ]
+        finally:
+            db.close()
+
     def instance_log(self, deployment: str, key: str) -> str | None:
         """Called in one of the HTTP side's threads: the machine is asked from there."""
         from reconciler.execute.observe import log_tail
@@ -463,5 +564,7 @@ def _repo_key(url: str) -> str | None:
 def run(settings: RunSettings) -> int:
     from reconciler.state.db import exclusive
 
+    if settings.opts.state_is_url:  # replicas on a shared server coordinate by leases
+        return asyncio.run(Controller(settings).run())
     with exclusive(settings.opts.state_path, "controller", suffix="controller"):
         return asyncio.run(Controller(settings).run())

@@ -12,17 +12,20 @@ finishes.
 from __future__ import annotations
 
 import asyncio
+import os
 import shlex
 import signal
+import socket
 import time
-from collections.abc import Awaitable, Callable
-from contextlib import AbstractContextManager
+from collections.abc import Awaitable, Callable, Iterator
+from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass, field
 from enum import Enum
 from pathlib import Path
 from typing import Any
 
 from reconciler.desired.state import PROVISIONED_ENVS, DesiredState
+from reconciler.errors import UserError
 from reconciler.execute.agent import ensure_agent, ship
 from reconciler.execute.inputs import compile_with_record
 from reconciler.execute.outcome import AttemptError, Failed, Outcome, Reason, Result, Stalled
@@ -35,16 +38,23 @@ from reconciler.models.load import LoadedDeployment
 from reconciler.options import Options
 from reconciler.plan.diff import make_plan
 from reconciler.plan.types import Plan
+from reconciler.state import locks
 from reconciler.state.attempts import (
     finish_attempt,
     next_generation,
     record_generation,
     start_attempt,
 )
-from reconciler.state.db import StateDB, exclusive, open_db
+from reconciler.state.db import StateDB, open_db
 from reconciler.state.hostkeys import RecordedHostKeys
 from reconciler.state.journal import Journal
-from reconciler.state.machines import forget_machines, record_store_paths, record_transfer
+from reconciler.state.locks import Lease
+from reconciler.state.machines import (
+    forget_machines,
+    record_store_paths,
+    record_transfer,
+    reserve_allocations,
+)
 from reconciler.state.recorded import RecordedState
 from reconciler.state.rows import read_recorded, recorded_requests, unsettled
 from reconciler.store.build import BuildError, build_missing
@@ -52,6 +62,10 @@ from reconciler.store.local import LocalStore, PathInfo
 from reconciler.targets.base import Target
 from reconciler.targets.open import open_target
 from reconciler.text import plural
+
+ATTEMPT_LEASE_SECONDS = 60.0  # renewed every third of it while the attempt runs
+RESERVE_TRIES = 5
+FENCE_ENV = "RECONCILER_FENCE"  # name=holder:token of a lease every write must still hold
 
 
 class Next(Enum):
@@ -99,6 +113,7 @@ class Attempt:
     secrets: Secrets = field(default_factory=dict)
     requests: dict[str, dict[str, Any]] = field(default_factory=dict)
     half_made: list[tuple[str, str, str | None]] = field(default_factory=list)  # destroy
+    fences: list[Lease] = field(default_factory=list)  # every write checks they still hold
     outcome: Outcome | None = None
 
     @property
@@ -116,7 +131,7 @@ class Attempt:
 
     def finish(self, status: str, reason: str) -> None:
         if self.attempt is not None:
-            finish_attempt(self.db, self.attempt, status, reason)
+            finish_attempt(self.db, self.attempt, status, reason, self.fences)
 
     def open_targets(self, include_removed: bool) -> None:
         keys = RecordedHostKeys(self.db)
@@ -154,23 +169,25 @@ def apply_models(
     say: Callable[[str], None],
     progress: Callable[[], AbstractContextManager[Progress]],
 ) -> Outcome:
-    """Bring the deployment to the models `loaded` holds. Takes the state DB's lock and
-    plans again under it: another apply may have run since the caller's plan."""
-    with exclusive(opts.state_path, "apply"):
-        desired, recorded = compile_with_record(opts, loaded)
-        db = _writer(opts)
-        store = LocalStore(opts.state_root / "store")
-        a = Attempt(
-            opts, options, say, progress, loaded, desired, recorded,
-            plan_for(loaded, desired, recorded, options), db, store, ensure_agent(store),
-        )  # fmt: skip
-        steps: list[Step] = [provision, build, transfer, transition, record]
-        if not options.copy_only:
-            steps.insert(0, settle_first)
-        try:
+    """Bring the deployment to the models `loaded` holds. Takes the deployment's attempt
+    lease and plans again under it: another apply may have run since the caller's plan.
+    Applies of other deployments run meanwhile; their allocations cannot collide."""
+    db = _writer(opts)
+    try:
+        with attempt_lease(db, loaded.name, "apply") as lease:
+            desired, recorded = reserve(opts, loaded, db)
+            store = LocalStore(opts.state_root / "store")
+            a = Attempt(
+                opts, options, say, progress, loaded, desired, recorded,
+                plan_for(loaded, desired, recorded, options), db, store, ensure_agent(store),
+                fences=[lease, *inherited_fence(db)],
+            )  # fmt: skip
+            steps: list[Step] = [provision, build, transfer, transition, record]
+            if not options.copy_only:
+                steps.insert(0, settle_first)
             return asyncio.run(_interruptible(a, steps))
-        finally:
-            db.close()
+    finally:
+        db.close()
 
 
 def destroy_deployment(
@@ -184,11 +201,11 @@ def destroy_deployment(
     under the same leases and rollback; then its provisioned machines."""
     from reconciler.execute.provision import interrupted_creates
 
-    with exclusive(opts.state_path, "destroy"):
-        db = _writer(opts)
-        try:
+    db = _writer(opts)
+    try:
+        with attempt_lease(db, name, "destroy") as lease:
             recorded = read_recorded(db, name)
-            half_made = interrupted_creates(opts.state_path, name, set(recorded.machines))
+            half_made = interrupted_creates(opts, name, set(recorded.machines))
             if not recorded.instances and not recorded.machines and not half_made:
                 return Outcome(
                     Result.UNCHANGED, Reason.UNCHANGED, f"Nothing of {name} is deployed."
@@ -199,12 +216,54 @@ def destroy_deployment(
             store = LocalStore(opts.state_root / "store")
             a = Attempt(
                 opts, options, say, _no_progress, None, empty, recorded,
-                make_plan(empty, recorded), db, store, ensure_agent(store),
+                make_plan(empty, recorded), db, store, ensure_agent(store), fences=[lease],
             )  # fmt: skip
             a.half_made = list(half_made)
             return asyncio.run(_interruptible(a, [take_down, record_destroyed]))
-        finally:
-            db.close()
+    finally:
+        db.close()
+
+
+@contextmanager
+def attempt_lease(db: StateDB, deployment: str, what: str) -> Iterator[Lease]:
+    """One attempt per deployment at a time, whoever starts it (a person, a controller
+    replica's child); refused at once, naming the holder, when another holds it."""
+    holder = f"{what} (pid {os.getpid()} on {socket.gethostname()})"
+    lease = locks.claim(db, locks.attempt_lease(deployment), holder, ATTEMPT_LEASE_SECONDS)
+    if lease is None:
+        have = locks.current(db, locks.attempt_lease(deployment))
+        who = have.holder if have else "another process"
+        raise UserError(
+            f"deployment {deployment} is in use by {who}; wait for it to finish (one attempt "
+            "per deployment at a time)"
+        )
+    try:
+        yield lease
+    finally:
+        locks.release(db, lease)
+
+
+def inherited_fence(db: StateDB) -> list[Lease]:
+    """The controller replica's ownership of the deployment, when it started this apply:
+    once another replica has taken it over, nothing more is recorded from here."""
+    given = os.environ.get(FENCE_ENV, "")
+    name, _, rest = given.partition("=")
+    holder, _, token = rest.rpartition(":")
+    if not (name and holder and token.isdigit()):
+        return []
+    return [Lease(name, holder, int(token), 0.0)]
+
+
+def reserve(
+    opts: Options, loaded: LoadedDeployment, db: StateDB
+) -> tuple[DesiredState, RecordedState]:
+    """Compile, and record the new allocations in one short transaction; when another
+    deployment's apply took one of the values meanwhile, compile again around it."""
+    for _ in range(RESERVE_TRIES):
+        desired, recorded = compile_with_record(opts, loaded)
+        if not reserve_allocations(db, desired.deployment, desired.allocations):
+            return desired, recorded
+    raise Failed(Reason.ALLOCATION_RACE, "allocations kept colliding with concurrent applies")
 
 
 async def _interruptible(a: Attempt, steps: list[Step]) -> Outcome:
@@ -215,6 +274,7 @@ async def _interruptible(a: Attempt, steps: list[Step]) -> Outcome:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, task.cancel)
+    renewing = asyncio.create_task(_renew(a, task))
     try:
         for step in steps:
             got = await step(a)
@@ -232,9 +292,23 @@ async def _interruptible(a: Attempt, steps: list[Step]) -> Outcome:
     except AttemptError as e:
         return Outcome.of(e)
     finally:
+        renewing.cancel()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.remove_signal_handler(sig)
         await a.close_targets()
+
+
+async def _renew(a: Attempt, attempt: asyncio.Task[Outcome]) -> None:
+    """Keep the attempt lease; when it is lost, stop as if interrupted."""
+    lease = a.fences[0] if a.fences else None
+    while lease is not None:
+        await asyncio.sleep(ATTEMPT_LEASE_SECONDS / 3)
+        lease = locks.renew(a.db, lease, ATTEMPT_LEASE_SECONDS)
+        if lease is None:
+            a.say("error: the attempt lease was lost (another process took it over); stopping")
+            attempt.cancel()
+        else:
+            a.fences[0] = lease
 
 
 # --- the steps --------------------------------------------------------------------------
@@ -275,7 +349,7 @@ async def provision(a: Attempt) -> Next:
     replaced = [(c.name, c.target_env, None) for c in a.plan.machines if c.action == "replace"]
     if replaced:
         a.say(f"Destroying {', '.join(n for n, _, _ in replaced)} to replace them.")
-        errors = await destroy_all(a.opts.state_path, dep, replaced)
+        errors = await destroy_all(a.opts, dep, replaced)
         if errors:
             for name, error in sorted(errors.items()):
                 a.say(f"{name}: destroy failed: {error}")
@@ -286,9 +360,7 @@ async def provision(a: Attempt) -> Next:
         if m.target_env in PROVISIONED_ENVS and name in a.scope
     ]
     started = time.monotonic()
-    done = await provision_all(
-        a.opts.state_path, dep, wanted, a.desired.allocations.get("container-subnet")
-    )
+    done = await provision_all(a.opts, dep, wanted, a.desired.allocations.get("container-subnet"))
     for name, error in sorted(done.errors.items()):
         a.say(f"{name}: provisioning failed: {error}")
     if not a.opts.quiet and a.opts.format == "text":
@@ -322,7 +394,7 @@ async def build(a: Attempt) -> Next:
     assert a.loaded is not None
     if not a.options.copy_only:
         a.secrets = read_secrets(a.loaded, a.desired)
-        a.attempt = start_attempt(a.db, a.desired, a.plan.to_json())
+        a.attempt = start_attempt(a.db, a.desired, a.plan.to_json(), a.fences)
     needed = {p for m in a.scope for p in a.desired.machines[m].closure}
     try:
         a.infos, a.built = await build_missing(
@@ -401,14 +473,14 @@ async def record(a: Attempt) -> Next:
 
     assert a.attempt is not None
     present = {m: r.present for m, r in a.sent.items()}
-    number = record_generation(a.db, a.attempt, a.desired, present, a.requests)
+    number = record_generation(a.db, a.attempt, a.desired, present, a.requests, fences=a.fences)
     gone = [
         (c.name, c.target_env, a.recorded.machines[c.name].provider_id)
         for c in a.plan.machines
         if c.action == "destroy" and c.name in a.recorded.machines
     ]
     if gone:
-        errors = await destroy_all(a.opts.state_path, a.recorded.deployment, gone)
+        errors = await destroy_all(a.opts, a.recorded.deployment, gone)
         for name, _, _ in gone:
             if name in errors:
                 a.say(f"warning: {name}: destroy failed: {errors[name]}")
@@ -428,7 +500,7 @@ async def record(a: Attempt) -> Next:
 
 async def take_down(a: Attempt) -> Next:
     """destroy: the transition to nothing, then the deployment's folders on each machine."""
-    a.attempt = start_attempt(a.db, a.desired, a.plan.to_json())
+    a.attempt = start_attempt(a.db, a.desired, a.plan.to_json(), a.fences)
     a.open_targets(include_removed=True)
     await ship(a.targets.values(), a.store, a.agent)
     await transition(a)
@@ -445,7 +517,7 @@ async def record_destroyed(a: Attempt) -> Next:
 
     assert a.attempt is not None
     name = a.desired.deployment
-    number = record_generation(a.db, a.attempt, a.desired, {}, {})
+    number = record_generation(a.db, a.attempt, a.desired, {}, {}, fences=a.fences)
     provisioned: list[tuple[str, str, str | None]] = [
         (m.name, m.target_env, m.provider_id)
         for m in a.recorded.machines.values()
@@ -454,7 +526,7 @@ async def record_destroyed(a: Attempt) -> Next:
     provisioned += a.half_made
     destroyed: list[str] = []
     if provisioned and not a.options.keep_machines:
-        errors = await destroy_all(a.opts.state_path, name, provisioned)
+        errors = await destroy_all(a.opts, name, provisioned)
         for machine, error in sorted(errors.items()):
             a.say(f"{machine}: destroy failed: {error}")
         if errors:

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import time
 from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 
@@ -14,6 +15,9 @@ from reconciler.targets.base import TargetError
 
 LEASE_SECONDS = 60
 RENEW_EVERY = 20.0
+WAIT_FOR_HELD = 300.0  # how long an attempt waits for another's lease on a machine
+POLL_HELD = 0.2
+HELD = "lock failed: held by "  # the agent's answer while another owner's lease is live
 
 # (machine, agent command, request) → the agent's answer
 Call = Callable[[str, str, dict[str, Any]], Awaitable[dict[str, Any]]]
@@ -26,9 +30,20 @@ class Leases:
         self.call, self.state_dirs, self.owner = call, state_dirs, owner
         self.held: list[str] = []
 
-    async def take(self, machine: str) -> str | None:
-        """Lease one machine; returns the owner of an expired lease taken over."""
-        got = await self.call(machine, "lock", self._request(machine, ttl=LEASE_SECONDS))
+    async def take(self, machine: str, wait: float = 0.0) -> str | None:
+        """Lease one machine; returns the owner of an expired lease taken over. While
+        another live attempt (of another deployment on the same machine) holds it, wait
+        up to `wait` seconds: machines are always leased in name order, so waiting
+        cannot deadlock."""
+        deadline = time.monotonic() + wait
+        while True:
+            try:
+                got = await self.call(machine, "lock", self._request(machine, ttl=LEASE_SECONDS))
+                break
+            except AgentError as e:
+                if HELD not in e.message or time.monotonic() >= deadline:
+                    raise
+                await asyncio.sleep(POLL_HELD)
         self.held.append(machine)
         took_over = got.get("took_over")
         return str(took_over) if took_over else None

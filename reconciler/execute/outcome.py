@@ -39,6 +39,7 @@ class Reason(StrEnum):
     ROLLBACK_FAILED = "RollbackFailed"
     INTERRUPTED = "Interrupted"
     BLOCKED = "Blocked"
+    ALLOCATION_RACE = "AllocationRace"
     DECLINED = "Declined"
     # the controller's own
     APPLY_FAILED = "ApplyFailed"

@@ -21,7 +21,7 @@ from typing import Any
 
 from reconciler.desired.state import DesiredInstance, DesiredState
 from reconciler.execute.agent import AgentError, AgentSession
-from reconciler.execute.leases import Leases
+from reconciler.execute.leases import WAIT_FOR_HELD, Leases
 from reconciler.execute.outcome import Failed, Reason, Stalled
 from reconciler.execute.requests import activation_request, deployment_dir
 from reconciler.execute.undo import message, undo
@@ -88,7 +88,7 @@ class Transition:
         warnings = []
         for machine in sorted(self.targets):
             try:
-                took_over = await self.leases.take(machine)
+                took_over = await self.leases.take(machine, wait=WAIT_FOR_HELD)
             except (AgentError, TargetError) as e:
                 await self.unlock_all()
                 raise Failed(

@@ -6,20 +6,25 @@ from __future__ import annotations
 
 import json
 import uuid
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from reconciler.desired.state import DesiredState
 from reconciler.state.db import StateDB, execute_many, now, transaction
+from reconciler.state.locks import Lease, fence
 from reconciler.state.machines import upsert_allocations, upsert_paths
 
 
-def start_attempt(db: StateDB, desired: DesiredState, plan: Mapping[str, Any]) -> str:
+def start_attempt(
+    db: StateDB, desired: DesiredState, plan: Mapping[str, Any], fences: Sequence[Lease] = ()
+) -> str:
     """Record an attempt as running, before anything on a machine changes; its id owns
     the machines' locks and the journal entries."""
     dep, rev, stamp = desired.deployment, desired.revision, now()
     attempt = str(uuid.uuid4())
     with transaction(db):
+        for lease in fences:
+            fence(db, lease)
         db.execute(
             "INSERT INTO deployments (name, created_at) VALUES (?, ?) ON CONFLICT DO NOTHING",
             [dep, stamp],
@@ -46,9 +51,17 @@ def start_attempt(db: StateDB, desired: DesiredState, plan: Mapping[str, Any]) -
     return attempt
 
 
-def finish_attempt(db: StateDB, attempt: str, status: str, reason: str | None = None) -> None:
+def finish_attempt(
+    db: StateDB,
+    attempt: str,
+    status: str,
+    reason: str | None = None,
+    fences: Sequence[Lease] = (),
+) -> None:
     """A failed, rolled back or stalled attempt: recorded with its reason."""
     with transaction(db):
+        for lease in fences:
+            fence(db, lease)
         db.execute(
             "UPDATE attempts SET status = ?, reason = ?, finished_at = ? WHERE id = ?",
             [status, reason, now(), attempt],
@@ -62,6 +75,7 @@ def record_generation(
     present_paths: Mapping[str, Mapping[str, str]],
     requests: Mapping[str, Mapping[str, Any]],
     number: int | None = None,
+    fences: Sequence[Lease] = (),
 ) -> int:
     """The attempt succeeded: it becomes the deployment's next generation (returned).
 
@@ -73,6 +87,8 @@ def record_generation(
     rev = desired.revision
     stamp = now()
     with transaction(db):
+        for lease in fences:
+            fence(db, lease)
         number = number or next_generation(db, dep)
         db.execute(
             "UPDATE attempts SET generation = ?, status = 'succeeded', finished_at = ?, "

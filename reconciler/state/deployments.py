@@ -36,3 +36,21 @@ def pause(db: StateDB, name: str, sha: str | None) -> None:
     """Auto-apply pauses at this branch head (after a rollback); a new generation resumes it."""
     with transaction(db):
         db.execute("UPDATE deployments SET paused_at_sha = ? WHERE name = ?", [sha, name])
+
+
+def store_status(db: StateDB, name: str, doc: dict[str, Any]) -> None:
+    """The owner's status document, for the replicas that do not own the deployment."""
+    with transaction(db):
+        db.execute(
+            "INSERT INTO deployments (name, created_at, status_doc) VALUES (?, ?, ?) "
+            "ON CONFLICT (name) DO UPDATE SET status_doc = excluded.status_doc",
+            [name, now(), json.dumps(doc)],
+        )
+
+
+def stored_status(db: StateDB, name: str) -> dict[str, Any] | None:
+    row = next(db.query("SELECT status_doc FROM deployments WHERE name = ?", [name]), None)
+    if row is None or not row["status_doc"]:
+        return None
+    doc = json.loads(row["status_doc"])
+    return doc if isinstance(doc, dict) else None

@@ -166,3 +166,22 @@ def forget_removed_paths(db: StateDB, removed: Mapping[str | None, Iterable[str]
 def forget_store_paths(db: StateDB, paths: Iterable[str]) -> None:
     with transaction(db):
         execute_many(db, "DELETE FROM store_paths WHERE path = ?", ([p] for p in paths))
+
+
+HOST_WIDE = ("local-address/", "container-address/")  # values no two keys may share
+
+
+def reserve_allocations(db: StateDB, deployment: str, values: Mapping[str, str]) -> list[str]:
+    """Record a deployment's allocations in one short transaction, unless another key
+    already holds one of its host-wide values (a concurrent apply got there first):
+    then nothing is recorded, and the keys that collided are returned."""
+    with transaction(db):
+        taken = {
+            r["value"]: r["key"]
+            for r in db.query("SELECT key, value FROM allocations")
+            if r["key"].startswith(HOST_WIDE) and r["key"] not in values
+        }
+        clashes = sorted(k for k, v in values.items() if k.startswith(HOST_WIDE) and v in taken)
+        if not clashes:
+            upsert_allocations(db, deployment, values)
+    return clashes
