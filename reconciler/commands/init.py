@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import subprocess
@@ -29,6 +30,7 @@ def run(directory: Path, quiet: bool) -> int:
     with resources.as_file(template) as src:
         shutil.copytree(src, directory, dirs_exist_ok=True)
     (directory / "gitignore").rename(directory / ".gitignore")
+    _write_schemas(directory / "schemas")
     for exe in directory.glob("packages/*/bin/*"):
         exe.chmod(0o755)
     env = dict(os.environ)
@@ -49,6 +51,16 @@ def run(directory: Path, quiet: bool) -> int:
         print(f"Created a models repository in {directory} (deployment `local`, committed).")
         print(f"Next: cd {directory} && reconciler validate && reconciler plan")
     return 0
+
+
+def _write_schemas(folder: Path) -> None:
+    """The schemas the files' `yaml-language-server` modelines name, of this version."""
+    from reconciler.models.editor_schema import schema_for
+
+    folder.mkdir()
+    for target, name in (("model", "model"), ("reconciler.yaml", "reconciler")):
+        text = json.dumps(schema_for(target), indent=2) + "\n"
+        (folder / f"{name}.schema.json").write_text(text)
 
 
 def _git_identity_configured(cwd: Path) -> bool:

@@ -11,7 +11,10 @@ from pydantic import (
     BeforeValidator,
     ConfigDict,
     Field,
+    StrictBool,
+    StrictInt,
     StringConstraints,
+    WithJsonSchema,
     field_validator,
     model_validator,
 )
@@ -19,6 +22,7 @@ from pydantic import (
 NAME_PATTERN = r"^[a-z0-9][a-z0-9._-]{0,62}$"
 Name = Annotated[str, StringConstraints(pattern=NAME_PATTERN)]
 DEPLOYMENT_PATTERN = r"^[a-z0-9][a-z0-9-]{0,62}$"
+ENV_NAME_PATTERN = r"^[A-Za-z_][A-Za-z0-9_]*$"
 DeploymentName = Annotated[str, StringConstraints(pattern=DEPLOYMENT_PATTERN)]
 
 
@@ -42,20 +46,26 @@ _SYSTEM_DIRS = frozenset(
 )
 _VIRTUAL = frozenset({"dev", "proc", "sys", "etc", "boot"})
 
-_DURATION = re.compile(r"^(\d+(?:\.\d+)?)(ms|s|m|h)$")
+_DURATION = re.compile(r"[ \t]*([0-9]+(?:\.[0-9]+)?)(ms|s|m|h)[ \t]*")
 _UNIT_SECONDS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
 
 
 def parse_duration(value: Any) -> float:
     """'500ms', '30s', '5m', '1h' → seconds."""
     if isinstance(value, str):
-        m = _DURATION.match(value.strip())
+        m = _DURATION.fullmatch(value)
         if m:
             return float(m.group(1)) * _UNIT_SECONDS[m.group(2)]
     raise ValueError(f"{value!r} is not a duration; write a number with a unit: 500ms, 30s, 5m, 1h")
 
 
-Duration = Annotated[float, BeforeValidator(parse_duration)]
+DURATION_PATTERN = r"^[ \t]*[0-9]+(\.[0-9]+)?(ms|s|m|h)[ \t]*$"
+# What editors are told (models/editor_schema.py): the text validate reads, not the seconds
+Duration = Annotated[
+    float,
+    BeforeValidator(parse_duration),
+    WithJsonSchema({"type": "string", "pattern": DURATION_PATTERN, "examples": ["500ms", "30s"]}),
+]
 
 
 def _scalar_to_str(value: Any) -> Any:
@@ -66,7 +76,9 @@ def _scalar_to_str(value: Any) -> Any:
     return value
 
 
-EnvValue = Annotated[str, BeforeValidator(_scalar_to_str)]
+EnvValue = Annotated[
+    str, BeforeValidator(_scalar_to_str), WithJsonSchema({"type": ["string", "number", "boolean"]})
+]
 
 
 class Strict(BaseModel):
@@ -79,11 +91,11 @@ class Strict(BaseModel):
 class DeploymentConfig(Strict):
     models: list[RelPath] = Field(min_length=1)
     branch: str | None = None
-    autoApply: bool = True
-    selfHeal: bool = True
-    interval: Duration = 30.0
-    destroyMachines: bool = False
-    allowRewind: bool = False
+    autoApply: StrictBool = True
+    selfHeal: StrictBool = True
+    interval: Duration = Field(default=30.0, json_schema_extra={"default": "30s"})
+    destroyMachines: StrictBool = False
+    allowRewind: StrictBool = False
 
 
 class RootConfig(Strict):
@@ -95,7 +107,7 @@ class RootConfig(Strict):
 
 class SshSettings(Strict):
     host: str | None = None
-    port: int = Field(default=22, ge=1, le=65535)
+    port: StrictInt = Field(default=22, ge=1, le=65535)
     user: str = "root"
     identityFile: str | None = None
     hostKey: str | None = None
@@ -116,7 +128,7 @@ class Ec2Settings(Strict):
     keyPair: str | None = None
     securityGroups: list[str] = Field(default_factory=list)
     subnetId: str | None = None
-    rootVolumeSize: int | None = Field(default=None, ge=1)
+    rootVolumeSize: StrictInt | None = Field(default=None, ge=1)
     tags: dict[str, str] = Field(default_factory=dict)
 
 
@@ -136,7 +148,7 @@ class KeySpec(Strict):
 class DeploymentSettings(Strict):
     targetEnv: TargetEnv
     address: str | None = None
-    maxParallel: int = Field(default=4, ge=1)
+    maxParallel: StrictInt = Field(default=4, ge=1)
     stateDir: str | None = None
     compression: Literal["auto", "zstd", "gzip", "none"] = "auto"
     ssh: SshSettings | None = None
@@ -169,7 +181,7 @@ class ContainerSpec(Strict):
     """What services can be deployed into; its type defaults to its name."""
 
     type: ActivationType | None = None
-    portRange: tuple[int, int] | None = None
+    portRange: tuple[StrictInt, StrictInt] | None = None
     properties: dict[str, Any] = Field(default_factory=dict)
 
     @field_validator("portRange")
@@ -208,9 +220,9 @@ class PackageSpec(Strict):
 
 class HealthCheck(Strict):
     http: str | None = None
-    tcp: bool | None = None
+    tcp: StrictBool | None = None
     command: str | None = None
-    timeout: Duration = 10.0
+    timeout: Duration = Field(default=10.0, json_schema_extra={"default": "10s"})
 
     @model_validator(mode="after")
     def _one_kind(self) -> HealthCheck:
@@ -235,11 +247,19 @@ class ServiceSpec(Strict):
     type: ActivationType = "process"
     command: str | None = None
     user: str | None = None
-    port: Annotated[int | Literal["auto"] | None, BeforeValidator(_port_value)] = None
+    port: Annotated[
+        int | Literal["auto"] | None,
+        BeforeValidator(_port_value),
+        WithJsonSchema(
+            {"anyOf": [{"type": "integer", "minimum": 1, "maximum": 65535}, {"const": "auto"}]}
+        ),
+    ] = None
     dependsOn: list[Name] = Field(default_factory=list)
     connectsTo: list[Name] = Field(default_factory=list)
     activatesAfter: list[Name] = Field(default_factory=list)
-    env: dict[str, EnvValue] = Field(default_factory=dict)
+    env: dict[str, EnvValue] = Field(
+        default_factory=dict, json_schema_extra={"propertyNames": {"pattern": ENV_NAME_PATTERN}}
+    )
     healthCheck: HealthCheck | None = None
     properties: dict[str, Any] = Field(default_factory=dict)
 
@@ -247,7 +267,7 @@ class ServiceSpec(Strict):
     @classmethod
     def _env_names(cls, v: dict[str, str]) -> dict[str, str]:
         for key in v:
-            if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", key):
+            if not re.fullmatch(ENV_NAME_PATTERN, key):
                 raise ValueError(f"{key!r} is not a valid environment variable name")
         return v
 
@@ -261,7 +281,19 @@ def _entry(value: Any) -> Any:
     return {"target": value} if isinstance(value, str) else value
 
 
-DistributionEntry = Annotated[DistributionTarget, BeforeValidator(_entry)]
+DistributionEntry = Annotated[
+    DistributionTarget,
+    BeforeValidator(_entry),
+    # a machine's name is short for {target: name}
+    WithJsonSchema(
+        {
+            "anyOf": [
+                {"type": "string", "pattern": NAME_PATTERN},
+                DistributionTarget.model_json_schema(),
+            ]
+        }
+    ),
+]
 
 
 class ModelDocument(Strict):

@@ -1,9 +1,8 @@
 """For any YAML document shape, `validate` exits 0 or 1, and every problem it reports is a
 `file:line: …` line: never a traceback (issue 13).
 
-Documents are either random shapes over the model's own key vocabulary, or a valid model
-with one value anywhere replaced by a random one (the shape of most real mistakes). Each
-is written to a real repository and checked by the real command line, in this process.
+The documents (tests/models/documents.py) are written to a real repository and checked by
+the real command line, in this process.
 """
 
 from __future__ import annotations
@@ -19,80 +18,10 @@ from typing import Any
 import pytest
 import yaml
 from hypothesis import HealthCheck, given, settings
-from hypothesis import strategies as st
-from pydantic import BaseModel
 
 from reconciler.cli import main
-from reconciler.models import schema
+from tests.models.documents import RECONCILER_YAML, VALID, documents
 from tests.support import make_repo
-
-RECONCILER_YAML = "deployments:\n  app:\n    models: [models.yaml]\n"
-VALID: dict[str, Any] = {
-    "machines": {
-        "m1": {"deployment": {"targetEnv": "local"}, "containers": {"process": {}}},
-        "m2": {"deployment": {"targetEnv": "ssh", "ssh": {"host": "h"}}},
-    },
-    "packages": {"app": {"src": "pkgs/app", "deps": ["db"]}, "db": {"src": "pkgs/db"}},
-    "services": {
-        "db": {"package": "db", "type": "sqlite-database"},
-        "app": {
-            "package": "app",
-            "command": "bin/app",
-            "port": "auto",
-            "dependsOn": ["db"],
-            "env": {"LOG": "info"},
-            "healthCheck": {"tcp": True, "timeout": "5s"},
-        },
-    },
-    "distribution": {"db": ["m1"], "app": [{"target": "m1", "container": "process"}]},
-}
-
-
-def _field_names() -> list[str]:
-    models = [v for v in vars(schema).values() if isinstance(v, type) and issubclass(v, BaseModel)]
-    return sorted({name for m in models for name in m.model_fields})
-
-
-KEYS = [*_field_names(), "m1", "m2", "app", "db", "ghost", "process", "Bad Name", "1"]
-WORDS = ["auto", "30s", "local", "ssh", "process", "sqlite-database", "m1", "app", "db"]
-WORDS += ["bin/app", "pkgs/app", "/etc", "..", "", "0400", "[8000, 8999]", "~"]
-scalars = st.one_of(
-    st.none(),
-    st.booleans(),
-    st.integers(-2, 70_000),
-    st.floats(allow_nan=False, allow_infinity=False),
-    st.sampled_from(WORDS),
-    st.text(st.characters(blacklist_categories=("Cs",)), max_size=6),
-)
-values = st.recursive(
-    scalars,
-    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.sampled_from(KEYS), inner),
-    max_leaves=12,
-)
-TOP = ["description", "machines", "packages", "services", "distribution", "colour"]
-
-
-def _paths(data: Any, prefix: tuple[Any, ...] = ()) -> Iterator[tuple[Any, ...]]:
-    yield prefix
-    if isinstance(data, dict):
-        for k, v in data.items():
-            yield from _paths(v, (*prefix, k))
-    elif isinstance(data, list):
-        for i, v in enumerate(data):
-            yield from _paths(v, (*prefix, i))
-
-
-def _replace(data: Any, path: tuple[Any, ...], value: Any) -> Any:
-    if not path:
-        return value
-    copy = dict(data) if isinstance(data, dict) else list(data)
-    copy[path[0]] = _replace(data[path[0]], path[1:], value)
-    return copy
-
-
-mutated = st.builds(_replace, st.just(VALID), st.sampled_from(list(_paths(VALID))), values)
-shapes = st.dictionaries(st.sampled_from(TOP), values, max_size=5)
-documents = st.one_of(mutated, shapes, values)
 
 PROBLEM = re.compile(r"(models|reconciler)\.yaml:[1-9][0-9]*: \S.*")
 SUMMARY = re.compile(r"[0-9]+ problems?( in app)?; nothing was changed\.")
