@@ -9,10 +9,10 @@ import asyncio
 import json
 from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field
-from pathlib import Path
 
 from reconciler.desired.compile import provisioned_key
 from reconciler.desired.state import DesiredMachine
+from reconciler.options import Options
 from reconciler.provision import Provisioned, provisioner_for
 from reconciler.state import provisioning
 from reconciler.state.db import open_db
@@ -36,14 +36,17 @@ def reach(deployment: str, machine: str, target_env: str, p: Provisioned) -> dic
 
 
 async def provision_all(
-    state: Path, deployment: str, machines: Iterable[DesiredMachine], container_subnet: str | None
+    opts: Options,
+    deployment: str,
+    machines: Iterable[DesiredMachine],
+    container_subnet: str | None,
 ) -> Provisioning:
-    recorder = provisioning.SqliteRecorder.open(state, deployment)
+    recorder = provisioning.SqliteRecorder.open(opts.state_location, deployment)
     result = Provisioning()
     todo = list(machines)
     # one per environment: it keeps its clients and lookups across machines
     provisioners = {
-        env: provisioner_for(env, state.parent, container_subnet=container_subnet)
+        env: provisioner_for(env, opts.state_root, container_subnet=container_subnet)
         for env in {m.target_env for m in todo}
     }
 
@@ -58,7 +61,7 @@ async def provision_all(
         await asyncio.gather(*(one(m) for m in todo))
     finally:
         recorder.close()
-    db = open_db(state, write=True)
+    db = open_db(opts.state_location, write=True)
     assert db is not None
     for m in todo:
         if m.name in result.found:
@@ -76,13 +79,13 @@ async def provision_all(
 
 
 async def destroy_all(
-    state: Path, deployment: str, machines: Iterable[tuple[str, str, str | None]]
+    opts: Options, deployment: str, machines: Iterable[tuple[str, str, str | None]]
 ) -> dict[str, str]:
     """Destroy (name, target_env, provider_id) machines; errors by machine name."""
-    recorder = provisioning.SqliteRecorder.open(state, deployment)
+    recorder = provisioning.SqliteRecorder.open(opts.state_location, deployment)
     errors: dict[str, str] = {}
     todo = list(machines)
-    provisioners = {env: provisioner_for(env, state.parent) for env in {m[1] for m in todo}}
+    provisioners = {env: provisioner_for(env, opts.state_root) for env in {m[1] for m in todo}}
 
     async def one(name: str, env: str, provider_id: str | None) -> None:
         try:
@@ -95,7 +98,7 @@ async def destroy_all(
         await asyncio.gather(*(one(*m) for m in todo))
     finally:
         recorder.close()
-    db = open_db(state, write=True)
+    db = open_db(opts.state_location, write=True)
     assert db is not None
     for name, env, _ in todo:
         if name not in errors:
@@ -105,8 +108,9 @@ async def destroy_all(
 
 
 def interrupted_creates(
-    state: Path, deployment: str, known: set[str]
+    opts: Options, deployment: str, known: set[str]
 ) -> list[tuple[str, str, None]]:
     """Creates a killed process left without a recorded machine, as `destroy_all` takes
     them: found again by their token, since no provider id was recorded."""
-    return [(m, env, None) for m, env in provisioning.interrupted_creates(state, deployment, known)]
+    found = provisioning.interrupted_creates(opts.state_location, deployment, known)
+    return [(m, env, None) for m, env in found]

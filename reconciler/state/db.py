@@ -1,11 +1,16 @@
-"""Opening the state DB: created 0600, WAL, migrated only by writers and after a backup.
+"""Opening the state DB: a SQLite file (created 0600, WAL) or a PostgreSQL database
+(`postgres.py`), both migrated by the same named migrations, only by writers, never while
+an attempt is in flight; a binary older than the schema refuses it rather than guess.
 
-A command that only reads never migrates the file: it reads an in-memory migrated copy.
-A binary older than the file's schema refuses it rather than guess.
+A command that only reads never migrates: with SQLite it reads an in-memory migrated
+copy; with PostgreSQL, the migrations run in a transaction of its own session that is
+never committed (it holds their locks until the reader closes: upgrade the controller
+first). Before migrating, SQLite's file is copied beside it; a PostgreSQL migration is one
+transaction per step, so a failed one leaves nothing, and backups of the server are the
+operator's (`pg_dump` before upgrading).
 
 `StateDB` is all the rest of `state/` asks of a connection: named queries elsewhere in
-this folder are written against it in portable SQL, so another backend is one more
-module that opens a connection with these few methods.
+this folder are written against it in portable SQL with `?` parameters.
 """
 
 from __future__ import annotations
@@ -17,22 +22,48 @@ from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, NoReturn, Protocol
 
 import sqlite_utils
 
 from reconciler.errors import UserError
-from reconciler.state.migrations import MIGRATIONS
+from reconciler.state import migrations
+
+URL_SCHEMES = ("postgresql://", "postgres://")
 
 
 class StateDB(Protocol):
     """A connection to the state: rows as dicts, statements with `?` parameters."""
 
+    dialect: str  # "sqlite" or "postgresql": which statement a migration runs where they differ
+
     def query(self, sql: str, params: Sequence[Any] = ...) -> Iterator[dict[str, Any]]: ...
 
     def execute(self, sql: str, params: Sequence[Any] = ...) -> Any: ...
 
+    def begin(self) -> None:
+        """A write transaction; one writer at a time (see `transaction`)."""
+
+    def schema_version(self) -> int:
+        """How many migrations are applied."""
+
+    def set_schema_version(self, number: int) -> None: ...
+
     def close(self) -> None: ...
+
+
+class SqliteDB(sqlite_utils.Database):
+    dialect = "sqlite"
+
+    def begin(self) -> None:
+        self.execute("BEGIN IMMEDIATE")
+
+    def schema_version(self) -> int:
+        version: int = self.execute("PRAGMA user_version").fetchone()[0]
+        return version
+
+    def set_schema_version(self, number: int) -> None:
+        self.execute(f"PRAGMA user_version = {int(number)}")
 
 
 def now() -> str:
@@ -46,17 +77,14 @@ def execute_many(db: StateDB, sql: str, rows: Iterable[Sequence[Any]]) -> None:
 
 
 def current_version() -> int:
-    return len(MIGRATIONS)
-
-
-def schema_version(conn: sqlite3.Connection) -> int:
-    version: int = conn.execute("PRAGMA user_version").fetchone()[0]
-    return version
+    return len(migrations.MIGRATIONS)
 
 
 def open_db(location: str | Path, write: bool) -> StateDB | None:
-    """The state DB at `location`; None when a reader finds no file (nothing recorded
-    yet)."""
+    """The state DB at `location` (a file, or a `postgresql://` URL); None when a reader
+    finds nothing recorded yet (no file, an empty database)."""
+    if isinstance(location, str) and location.startswith(URL_SCHEMES):
+        return _open_postgres(location, write)
     path = Path(location)
     if not path.exists() and not write:
         return None
@@ -78,8 +106,9 @@ def open_db(location: str | Path, write: bool) -> StateDB | None:
 
 @contextmanager
 def transaction(db: StateDB) -> Iterator[None]:
-    """All or nothing: the connection runs in autocommit mode, so group writes here."""
-    db.execute("BEGIN IMMEDIATE")
+    """All or nothing: the connection runs in autocommit mode, so group writes here. One
+    writer at a time per state: what a transaction read is still so when it commits."""
+    db.begin()
     try:
         yield
     except BaseException:
@@ -111,76 +140,111 @@ def exclusive(path: Path, what: str, suffix: str = "lock") -> Iterator[None]:
         os.close(fd)
 
 
-def _open(path: Path, write: bool) -> sqlite_utils.Database:
+def _open(path: Path, write: bool) -> SqliteDB:
     # readers get a read-only connection: a command that only looks can never write
     where = str(path) if write else f"file:{path.resolve()}?mode=ro"
     conn = sqlite3.connect(
         where, timeout=30, isolation_level=None, check_same_thread=False, uri=not write
     )
     conn.execute("PRAGMA busy_timeout = 30000")
-    version = schema_version(conn)
+    db = SqliteDB(conn)
+    version = db.schema_version()
     if version > current_version():
         conn.close()
-        raise UserError(
-            f"{path}: written by a newer reconciler (schema {version}, this one knows "
-            f"{current_version()}); upgrade reconciler to use it"
-        )
+        _refuse_newer(str(path), version)
     if version < current_version():
         if write:
-            _migrate_file(conn, path, version)
+            if version > 0:
+                _refuse_if_in_flight(db, str(path))
+                _back_up(conn, path, version)
+            _apply(db, version)
         else:
-            conn = _migrated_copy(conn, version)
+            db = _migrated_copy(conn, version)
     if write:
-        conn.execute("PRAGMA journal_mode = WAL")
-        conn.execute("PRAGMA synchronous = FULL")
-    conn.execute("PRAGMA foreign_keys = ON")
-    return sqlite_utils.Database(conn)
+        db.execute("PRAGMA journal_mode = WAL")
+        db.execute("PRAGMA synchronous = FULL")
+    db.execute("PRAGMA foreign_keys = ON")
+    return db
 
 
-def _migrate_file(conn: sqlite3.Connection, path: Path, version: int) -> None:
-    if version > 0:
-        _refuse_if_in_flight(conn, path)
-        backup = path.with_name(f"{path.name}.v{version}.bak")
-        fd = os.open(backup, os.O_CREAT | os.O_WRONLY | os.O_TRUNC, 0o600)
-        os.close(fd)
-        with sqlite3.connect(backup) as dest:
-            conn.backup(dest)
-    _apply(conn, version)
+def _open_postgres(url: str, write: bool) -> StateDB | None:
+    from reconciler.state.postgres import connect  # psycopg only for a PostgreSQL state
+
+    db = connect(url, write)
+    version = db.schema_version()
+    if version > current_version():
+        db.close()
+        _refuse_newer(db.label, version)
+    if version < current_version():
+        if not write and version == 0:  # nothing was ever recorded here
+            db.close()
+            return None
+        if write:
+            if version > 0:
+                _refuse_if_in_flight(db, db.label)
+            _apply(db, version)
+        else:
+            db.begin_view()
+            for statement in _statements(version, db.dialect):
+                db.execute(statement)
+            db.execute("SET TRANSACTION READ ONLY")
+    return db
 
 
-def _migrated_copy(conn: sqlite3.Connection, version: int) -> sqlite3.Connection:
+def _back_up(conn: sqlite3.Connection, path: Path, version: int) -> None:
+    backup = path.with_name(f"{path.name}.v{version}.bak")
+    fd = os.open(backup, os.O_CREAT | os.O_WRONLY | os.O_TRUNC, 0o600)
+    os.close(fd)
+    with sqlite3.connect(backup) as dest:
+        conn.backup(dest)
+
+
+def _migrated_copy(conn: sqlite3.Connection, version: int) -> SqliteDB:
     memory = sqlite3.connect(":memory:", isolation_level=None, check_same_thread=False)
     conn.backup(memory)
     conn.close()
-    _apply(memory, version)
-    return memory
+    db = SqliteDB(memory)
+    _apply(db, version)
+    return db
 
 
-def _apply(conn: sqlite3.Connection, version: int) -> None:
-    for number, (name, statements) in enumerate(MIGRATIONS[version:], start=version + 1):
-        conn.execute("BEGIN IMMEDIATE")
-        if schema_version(conn) >= number:  # another process migrated meanwhile
-            conn.execute("ROLLBACK")
+def _statements(version: int, dialect: str) -> Iterator[str]:
+    """The statements of the migrations after `version`, as `dialect` runs them."""
+    for _, statements in migrations.MIGRATIONS[version:]:
+        yield from (migrations.for_dialect(s, dialect) for s in statements)
+
+
+def _apply(db: StateDB, version: int) -> None:
+    for number, (name, statements) in enumerate(migrations.MIGRATIONS[version:], start=version + 1):
+        db.begin()
+        if db.schema_version() >= number:  # another process migrated meanwhile
+            db.execute("ROLLBACK")
             continue
         try:
             for statement in statements:
-                conn.execute(statement)
-            conn.execute(
-                "INSERT INTO migrations (number, name, applied_at) "
-                "VALUES (?, ?, strftime('%Y-%m-%dT%H:%M:%fZ', 'now'))",
-                (number, name),
+                db.execute(migrations.for_dialect(statement, db.dialect))
+            db.execute(
+                "INSERT INTO migrations (number, name, applied_at) VALUES (?, ?, ?)",
+                [number, name, now()],
             )
-            conn.execute(f"PRAGMA user_version = {number}")
-            conn.execute("COMMIT")
+            db.set_schema_version(number)
+            db.execute("COMMIT")
         except BaseException:
-            conn.execute("ROLLBACK")
+            db.execute("ROLLBACK")
             raise
 
 
-def _refuse_if_in_flight(conn: sqlite3.Connection, path: Path) -> None:
-    running = conn.execute("SELECT count(*) FROM attempts WHERE status = 'running'").fetchone()[0]
-    if running:
+def _refuse_newer(label: str, version: int) -> NoReturn:
+    raise UserError(
+        f"{label}: written by a newer reconciler (schema {version}, this one knows "
+        f"{current_version()}); upgrade reconciler to use it"
+    )
+
+
+def _refuse_if_in_flight(db: StateDB, label: str) -> None:
+    row = next(db.query("SELECT count(*) AS n FROM attempts WHERE status = 'running'"))
+    if row["n"]:
         raise UserError(
-            f"{path}: an attempt is still in flight; settle it with the reconciler version that "
-            "started it before upgrading the state DB"
+            f"{label}: an attempt is still in flight; settle it with the reconciler version "
+            "that started it before upgrading the state DB"
         )

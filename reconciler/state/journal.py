@@ -15,12 +15,12 @@ class Journal:
 
     def begin(self, step: str, target: str | None, action: str, **detail: Any) -> int:
         with transaction(self.db):
-            cursor = self.db.execute(
+            [row] = self.db.query(
                 "INSERT INTO journal (attempt_id, step, target, action, status, detail, at) "
-                "VALUES (?, ?, ?, ?, 'started', ?, ?)",
+                "VALUES (?, ?, ?, ?, 'started', ?, ?) RETURNING id",
                 [self.attempt, step, target, action, json.dumps(detail), now()],
             )
-        return int(cursor.lastrowid or 0)
+        return int(row["id"])
 
     def end(self, entry: int, status: str = "done", **detail: Any) -> None:
         with transaction(self.db):

@@ -43,9 +43,9 @@ class SqliteRecorder:
         self._owned = False
 
     @classmethod
-    def open(cls, path: Path, deployment: str) -> SqliteRecorder:
-        """A recorder with its own connection to the state DB at `path`."""
-        db = open_db(path, write=True)
+    def open(cls, location: str | Path, deployment: str) -> SqliteRecorder:
+        """A recorder with its own connection to the state DB at `location`."""
+        db = open_db(location, write=True)
         assert db is not None  # a writer always gets a database
         recorder = cls(db, deployment)
         recorder._owned = True
@@ -80,13 +80,23 @@ class SqliteRecorder:
             return row.token
 
     def step(self, machine: str, state: str, provider_id: str | None = None, **detail: Any) -> None:
-        """No-op without a row (`token` makes it): there is nothing to say progress about."""
+        """No-op without a row (`token` makes it): there is nothing to say progress about.
+        Only this machine's thread writes its row, so reading it first is safe."""
         with self._lock:
+            row = self._row(machine)
+            if row is None:
+                return
             self.db.execute(
                 "UPDATE provisioning SET state = ?, provider_id = coalesce(?, provider_id), "
-                "detail = json_patch(detail, ?), updated_at = ? "
-                "WHERE deployment = ? AND machine = ?",
-                [state, provider_id, json.dumps(detail), now(), self.deployment, machine],
+                "detail = ?, updated_at = ? WHERE deployment = ? AND machine = ?",
+                [
+                    state,
+                    provider_id,
+                    json.dumps(merge_patch(row.detail, detail)),
+                    now(),
+                    self.deployment,
+                    machine,
+                ],
             )
 
     def forget(self, machine: str) -> None:
@@ -125,6 +135,20 @@ class SqliteRecorder:
         return _record(row) if row else None
 
 
+def merge_patch(target: Any, patch: Any) -> Any:
+    """RFC 7396 JSON merge patch (what SQLite's json_patch does): objects merge key by
+    key, a null removes the key, anything else replaces."""
+    if not isinstance(patch, dict):
+        return patch
+    merged = dict(target) if isinstance(target, dict) else {}
+    for key, value in patch.items():
+        if value is None:
+            merged.pop(key, None)
+        else:
+            merged[key] = merge_patch(merged.get(key), value)
+    return merged
+
+
 def _record(row: dict[str, Any]) -> ProvisioningRecord:
     return ProvisioningRecord(
         deployment=row["deployment"],
@@ -138,16 +162,22 @@ def _record(row: dict[str, Any]) -> ProvisioningRecord:
     )
 
 
-def interrupted_creates(path: Path, deployment: str, known: set[str]) -> list[tuple[str, str]]:
+def interrupted_creates(
+    location: str | Path, deployment: str, known: set[str]
+) -> list[tuple[str, str]]:
     """(machine, provider) of the deployment's machines that reached their provider but
     are not among `known` (the recorded machines): creates a killed process left behind,
     which destroy must find by their token (a row still `planned` never reached the
     provider)."""
-    db = open_db(path, write=False)
+    db = open_db(location, write=False)
     if db is None:
         return []
-    rows = db.query(
-        "SELECT machine, provider FROM provisioning WHERE deployment = ? AND state != 'planned'",
-        [deployment],
-    )
-    return [(r["machine"], r["provider"]) for r in rows if r["machine"] not in known]
+    try:
+        rows = db.query(
+            "SELECT machine, provider FROM provisioning WHERE deployment = ? "
+            "AND state != 'planned'",
+            [deployment],
+        )
+        return [(r["machine"], r["provider"]) for r in rows if r["machine"] not in known]
+    finally:
+        db.close()

@@ -1,0 +1,122 @@
+"""The PostgreSQL state backend (SPEC §11): the `StateDB` methods over psycopg 3.
+
+The named queries of `state/` are written once, with `?` parameters: they become `%s`
+here (a `?` inside a quoted literal is text and stays). The connection runs in autocommit
+mode with explicit transactions, as SQLite's does; a write transaction first takes one
+advisory lock of the database, so writers take turns exactly as SQLite's `BEGIN
+IMMEDIATE` makes them: a read-then-write transaction (an allocation, a lease) cannot be
+interleaved with another. A reader's session is read-only.
+
+The password comes from the URL, else the file `--state-password-file` names (passed on
+as `$RECONCILER_STATE_PASSWORD_FILE`, so the controller's applies find it too), else
+libpq's `PGPASSWORD` and `~/.pgpass`. It is never part of a message: errors name the URL
+without it.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Iterator, Sequence
+from functools import lru_cache
+from pathlib import Path
+from typing import Any
+
+import psycopg
+from psycopg import pq
+from psycopg.rows import dict_row
+
+from reconciler.errors import UserError
+from reconciler.options import without_password
+
+PASSWORD_FILE_ENV = "RECONCILER_STATE_PASSWORD_FILE"
+# pg_advisory_xact_lock key of "a writer of the reconciler state" (any fixed number)
+WRITERS = 0x7265636F6E63
+
+
+class PostgresDB:
+    """A connection to the state in a PostgreSQL database: rows as dicts."""
+
+    dialect = "postgresql"
+
+    def __init__(self, conn: psycopg.Connection[dict[str, Any]], label: str) -> None:
+        self.conn, self.label = conn, label
+
+    def query(self, sql: str, params: Sequence[Any] = ()) -> Iterator[dict[str, Any]]:
+        return iter(self.execute(sql, params).fetchall())
+
+    def execute(self, sql: str, params: Sequence[Any] = ()) -> psycopg.Cursor[dict[str, Any]]:
+        try:
+            return self.conn.execute(placeholders(sql), tuple(params))
+        except psycopg.OperationalError as e:  # the server went away, or refuses us
+            raise UserError(f"{self.label}: the state DB failed: {one_line(e)}") from None
+
+    def begin(self) -> None:
+        """A write transaction, once the writers before it are done."""
+        if self.conn.info.transaction_status != pq.TransactionStatus.IDLE:
+            raise RuntimeError("a transaction is already open on this connection")
+        self.execute("BEGIN")
+        self.execute("SELECT pg_advisory_xact_lock(?)", [WRITERS])
+
+    def begin_view(self) -> None:
+        """A transaction never committed: what a reader sees of an older schema is the
+        migrations run inside it, rolled back when it closes."""
+        self.execute("BEGIN READ WRITE")
+
+    def schema_version(self) -> int:
+        row = next(self.query("SELECT to_regclass('migrations') IS NOT NULL AS present"))
+        if not row["present"]:
+            return 0
+        return int(next(self.query("SELECT coalesce(max(number), 0) AS n FROM migrations"))["n"])
+
+    def set_schema_version(self, number: int) -> None:
+        """The `migrations` table is the record; nothing more to keep."""
+
+    def close(self) -> None:
+        self.conn.close()
+
+
+@lru_cache(maxsize=512)
+def placeholders(sql: str) -> str:
+    """`?` parameters as psycopg's `%s`, and `%` doubled (psycopg reads it as a marker);
+    a `?` inside a quoted literal or identifier is left as it is."""
+    parts = re.split(r"('(?:[^']|'')*'|\"(?:[^\"]|\"\")*\")", sql)
+    return "".join(
+        part.replace("%", "%%") if i % 2 else part.replace("%", "%%").replace("?", "%s")
+        for i, part in enumerate(parts)  # odd: a quoted part
+    )
+
+
+def connect(url: str, write: bool) -> PostgresDB:
+    """A connection to the database `url` names; a one-line error when the server cannot
+    be reached, refuses the password or has no such database."""
+    label = without_password(url)
+    try:
+        given = psycopg.conninfo.conninfo_to_dict(url)
+        extra: dict[str, Any] = {"connect_timeout": given.get("connect_timeout") or 10}
+        password = None if given.get("password") else _password_from_file(label)
+        if password is not None:
+            extra["password"] = password
+        if not write:  # a command that only looks can never write
+            extra["options"] = f"{given.get('options') or ''} -c default_transaction_read_only=on"
+        conn = psycopg.connect(url, autocommit=True, row_factory=dict_row, **extra)
+    except psycopg.Error as e:
+        raise UserError(f"{label}: cannot open the state DB: {one_line(e)}") from None
+    return PostgresDB(conn, label)
+
+
+def one_line(error: Exception) -> str:
+    """libpq's message on one line (it indents hints on lines of their own)."""
+    return re.sub(r"\s*\n\s*", "; ", str(error).strip()) or type(error).__name__
+
+
+def _password_from_file(label: str) -> str | None:
+    name = os.environ.get(PASSWORD_FILE_ENV)
+    if not name:
+        return None
+    try:
+        return Path(name).read_text().strip("\r\n")
+    except OSError as e:
+        raise UserError(
+            f"{name}: cannot read the state password file ({e.strerror or e}) for {label}"
+        ) from None
