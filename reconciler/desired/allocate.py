@@ -11,7 +11,7 @@ Pure: recorded allocations in, allocations out. Keys:
 from __future__ import annotations
 
 import ipaddress
-from collections.abc import Iterable, Mapping
+from collections.abc import Collection, Iterable, Mapping
 
 LOCAL_FIRST = ipaddress.IPv4Address("127.0.0.10")
 LOCAL_NET = ipaddress.IPv4Network("127.0.0.0/8")
@@ -25,10 +25,14 @@ class AllocationError(ValueError):
 
 
 def allocate_local_addresses(
-    deployment: str, machines: Iterable[str], recorded: Mapping[str, str]
+    deployment: str,
+    machines: Iterable[str],
+    recorded: Mapping[str, str],
+    host_taken: Collection[str] = (),
 ) -> dict[str, str]:
-    """Addresses for the given local machines; `recorded` holds every deployment's."""
-    taken = {v for k, v in recorded.items() if k.startswith("local-address/")}
+    """Addresses for the given local machines; `recorded` holds every deployment's of this
+    state, `host_taken` what the rest of the host uses (desired/host_addresses.py)."""
+    taken = {v for k, v in recorded.items() if k.startswith("local-address/")} | set(host_taken)
     out: dict[str, str] = {}
     pending = []
     for name in sorted(machines):

@@ -7,7 +7,7 @@ through service digests (SPEC §2.5), so a change cascades to exactly its depend
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from typing import Any
 
 from reconciler import BUILDER_VERSION
@@ -40,13 +40,16 @@ _SHORT = 48  # input values up to this long are shown as they are; longer ones a
 
 
 def compile_deployment(
-    loaded: LoadedDeployment, recorded_allocations: Mapping[str, str] | None = None
+    loaded: LoadedDeployment,
+    recorded_allocations: Mapping[str, str] | None = None,
+    host_taken: Collection[str] = (),
 ) -> DesiredState:
+    """`host_taken`: local addresses the rest of the host uses, never handed out anew."""
     recorded = recorded_allocations or {}
     doc = loaded.model
     packages = compile_packages(doc, loaded.src_trees)
     allocations: dict[str, str] = {}
-    addresses = _machine_addresses(loaded, recorded, allocations)
+    addresses = _machine_addresses(loaded, recorded, allocations, host_taken)
     placements = _placements(doc)
     ports = _ports(loaded, placements, recorded, allocations)
     locations = {
@@ -111,7 +114,10 @@ def compile_packages(
 
 
 def _machine_addresses(
-    loaded: LoadedDeployment, recorded: Mapping[str, str], allocations: dict[str, str]
+    loaded: LoadedDeployment,
+    recorded: Mapping[str, str],
+    allocations: dict[str, str],
+    host_taken: Collection[str],
 ) -> dict[str, str | None]:
     doc = loaded.model
     by_env: dict[str, list[str]] = {}
@@ -119,7 +125,8 @@ def _machine_addresses(
         if m.deployment.address is None:
             by_env.setdefault(m.deployment.targetEnv, []).append(name)
     if by_env.get("local"):
-        allocations.update(allocate_local_addresses(loaded.name, by_env["local"], recorded))
+        local = allocate_local_addresses(loaded.name, by_env["local"], recorded, host_taken)
+        allocations.update(local)
     if by_env.get("container"):
         allocations.update(allocate_container_addresses(loaded.name, by_env["container"], recorded))
     out: dict[str, str | None] = {}

@@ -1,0 +1,93 @@
+"""Local addresses are host-wide (SPEC §12, issue 13 item 13): a second state DB on the
+host never hands out an address another state claimed or another process listens on.
+Real files for the state DBs and the registry, real sockets."""
+
+from __future__ import annotations
+
+import json
+import socket
+from pathlib import Path
+
+import pytest
+
+from reconciler.desired.compile import compile_deployment
+from reconciler.desired.host_addresses import claim, listening_on_loopback, taken_on_host
+from tests.helpers import loaded
+
+MODEL = {
+    "machines": {"a": {}, "b": {}},
+    "packages": {"p": {"src": "p"}},
+    "services": {"s": {"package": "p", "type": "package"}},
+    "distribution": {"s": ["a", "b"]},
+}
+
+
+def addresses(state: Path, registry: Path, recorded: dict[str, str] | None = None) -> list[str]:
+    """What compiling MODEL against `state` hands machines a and b."""
+    desired = compile_deployment(loaded(MODEL), recorded or {}, taken_on_host(state, registry))
+    return [desired.machines[m].address or "" for m in ("a", "b")]
+
+
+@pytest.fixture
+def states(tmp_path: Path) -> tuple[Path, Path, Path]:
+    """Two state DB files (the demo's and the tests') and a registry folder."""
+    one, two = tmp_path / "demo" / "state.db", tmp_path / "tests" / "state.db"
+    for path in (one, two):
+        path.parent.mkdir()
+        path.write_bytes(b"")
+    return one, two, tmp_path / "registry"
+
+
+def test_a_second_state_skips_the_addresses_the_first_claimed(
+    states: tuple[Path, Path, Path],
+) -> None:
+    demo, tests, registry = states
+    first = addresses(demo, registry)
+    recorded = {"local-address/test/a": first[0], "local-address/test/b": first[1]}
+    assert claim(demo, "test", recorded, registry) == []
+    second = addresses(tests, registry)
+    assert set(first).isdisjoint(second), (first, second)
+    assert addresses(demo, registry, recorded) == first  # its own claims do not move it
+
+
+def test_an_address_another_process_listens_on_is_skipped(
+    states: tuple[Path, Path, Path],
+) -> None:
+    demo, _, registry = states
+    free = addresses(demo, registry)
+    with socket.socket() as sock:  # a process of the host (this one) takes machine a's
+        sock.bind((free[0], 0))
+        sock.listen()
+        assert free[0] in listening_on_loopback()
+        assert free[0] in taken_on_host(demo, registry)
+        now = addresses(demo, registry)
+    assert free[0] not in now, (free, now)
+    assert addresses(demo, registry) == free  # given back once nothing listens
+
+
+def test_a_claim_another_live_state_holds_is_refused_and_a_stale_one_replaced(
+    states: tuple[Path, Path, Path],
+) -> None:
+    demo, tests, registry = states
+    key = "local-address/test/a"
+    assert claim(demo, "test", {key: "127.0.0.77"}, registry) == []
+    assert claim(tests, "test", {key: "127.0.0.77"}, registry) == [key]  # a concurrent apply
+    demo.unlink()  # the demo's state is gone: its claim is stale
+    assert "127.0.0.77" not in taken_on_host(tests, registry)
+    assert claim(tests, "test", {key: "127.0.0.77"}, registry) == []
+    entry = json.loads((registry / "local-addresses" / "127.0.0.77").read_text())
+    assert entry == {"state": str(tests.resolve()), "key": key}
+
+
+def test_addresses_a_deployment_no_longer_has_are_given_back(
+    states: tuple[Path, Path, Path],
+) -> None:
+    demo, tests, registry = states
+    both = {"local-address/test/a": "127.0.0.80", "local-address/test/b": "127.0.0.81"}
+    claim(demo, "test", both, registry)
+    claim(demo, "other", {"local-address/other/a": "127.0.0.82"}, registry)
+    assert {"127.0.0.80", "127.0.0.81", "127.0.0.82"} <= taken_on_host(tests, registry)
+    claim(demo, "test", {"local-address/test/a": "127.0.0.80"}, registry)
+    taken = taken_on_host(tests, registry)
+    assert "127.0.0.81" not in taken
+    assert {"127.0.0.80", "127.0.0.82"} <= taken
