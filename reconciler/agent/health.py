@@ -59,25 +59,35 @@ def check(
     timeout: float,
     pgid: int,
 ) -> tuple[bool, str]:
-    """`probe`, and for an http or tcp check: the port is held by process group `pgid`."""
+    """`probe`, and for an http or tcp check: the port is held by process group `pgid`
+    (/proc/<pid>/net/tcp{,6} gives the listening sockets' inodes, /proc/<pid>/fd the
+    sockets each process holds)."""
     ok, why = probe(health, host, port, env, cwd, timeout)
-    if ok and port is not None and health.needs_port() and not listens(pgid, host, port):
-        return False, (
-            f"{host}:{port} answers, but another process holds that port, not this instance"
-        )
-    return ok, why
-
-
-def listens(pgid: int, host: str, port: int) -> bool:
-    """A process of group `pgid` has a socket listening on host:port (or on every address
-    at that port): /proc/<pid>/net/tcp{,6} gives the sockets' inodes, /proc/<pid>/fd the
-    sockets each process holds. The leader first: it is usually the one."""
+    if not ok or port is None or not health.needs_port():
+        return ok, why
     inodes = listening_inodes(pgid, host, port)
+    if listens(pgid, inodes):
+        return True, ""
+    holder = next((pid for pid in all_pids() if holds(pid, inodes)), None)
+    named = f" (pid {holder})" if holder is not None else ""
+    return False, f"{host}:{port} answers, but another process{named} holds that port"
+
+
+def listens(pgid: int, inodes: set[str]) -> bool:
+    """A process of group `pgid` holds one of the sockets `inodes`: the leader first, it
+    is usually the one."""
     if not inodes:
         return False
     return holds(pgid, inodes) or any(
         holds(pid, inodes) for pid in group_members(pgid) if pid != pgid
     )
+
+
+def all_pids() -> list[int]:
+    try:
+        return [int(entry) for entry in os.listdir("/proc") if entry.isdigit()]
+    except OSError:
+        return []
 
 
 def listening_inodes(pid: int, host: str, port: int) -> set[str]:

@@ -95,7 +95,7 @@ def test_a_port_answered_by_another_process_fails_activation(
     code, out = activate(state_dir, inst)
     assert code == 1, out
     assert out["error"].startswith("web@m1: the process exited with status 1")
-    assert "another process holds that port" in out["error"]
+    assert f"another process (pid {other.pid}) holds that port" in out["error"]
     assert "cannot listen: Address already in use" in out["log"]
     assert other.poll() is None  # the other process is not ours to stop
     assert not Path(state_dir, "deployments/d/instances/web/pid.json").exists()
@@ -104,13 +104,13 @@ def test_a_port_answered_by_another_process_fails_activation(
 def test_a_live_instance_that_never_binds_its_port_is_not_healthy(
     state_dir: str, tmp_path: Path, squatter: tuple[int, Any]
 ) -> None:
-    port, _ = squatter
+    port, other = squatter
     pkg = make_package(tmp_path, "web", {"bin/web": SLEEPER})  # alive, listens nowhere
     inst = process_instance(pkg, port, {"http": "/health", "timeout": 1})
     code, out = activate(state_dir, inst)
     assert code == 1
     assert "health check did not pass within 1 s" in out["error"]
-    assert f"127.0.0.1:{port} answers, but another process holds that port" in out["error"]
+    assert f"127.0.0.1:{port} answers, but another process (pid {other.pid})" in out["error"]
     pid = int(out["log"].split("pid=")[1].split()[0])
     assert wait_gone(pid)
 
