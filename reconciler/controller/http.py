@@ -42,8 +42,10 @@ read: no Content-Length is 411, over 5 MiB is 413, and a request with neither th
 GitLab token nor a well-formed GitHub signature is 401. Only HOOK_READERS bodies are read
 at a time (one more is 503 with Retry-After, rather than wait with its body buffered),
 each within HOOK_TIMEOUT (else 408), so unauthenticated bodies never hold more than
-HOOK_READERS × 5 MiB. A signature or token that is wrong is 401 and pokes nothing. GitHub's `ping` is 200; any other authentic event pokes the loops tracking the
-repositories it names (all of them when it names none we can read) and answers 202
+HOOK_READERS × 5 MiB. A signature or token that is wrong is 401 and pokes nothing.
+GitHub's `ping` is 200; any other authentic event pokes the loops tracking the
+repositories it names (all of them when it names none we can read, a payload nested too
+deep for the JSON parser included: it only ever triggers a poll) and answers 202
 `{"poked": n}`.
 
 Requests are not logged (probes and scrapes every few seconds would drown the log);

@@ -38,6 +38,7 @@ from reconciler.controller.http import (
 )
 from reconciler.controller.metrics import Metrics
 from reconciler.errors import UserError
+from tests.support import make_repo, run_cli
 
 SAMPLES = Path(__file__).parent / "samples"
 TOKEN = "api-token-Zq9"
@@ -331,6 +332,31 @@ def test_a_busy_listen_address_is_a_message_saying_what_to_do() -> None:
             asyncio.run(server.start())
     assert str(refused.value) == (
         f"--listen 127.0.0.1:{port}: something else already listens there; "
+        "stop it, or choose a free address with --listen HOST:PORT"
+    )
+
+
+@pytest.mark.slow
+def test_run_on_a_busy_listen_address_says_so_in_one_line(tmp_path: Path) -> None:
+    repo = make_repo(
+        tmp_path / "models",
+        {
+            "reconciler.yaml": "deployments:\n  web:\n    models: [models.yaml]\n",
+            "models.yaml": "machines:\n  m1: {deployment: {targetEnv: local}}\n",
+        },
+    )
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        listen = f"127.0.0.1:{taken.getsockname()[1]}"
+        state = str(tmp_path / "state.db")
+        done = run_cli(
+            "--repo", str(repo), "--state", state, "run", "--listen", listen, cwd=tmp_path
+        )
+    assert done.returncode == 1
+    assert "Traceback" not in done.stderr
+    assert done.stderr.strip().splitlines()[-1] == (
+        f"error: --listen {listen}: something else already listens there; "
         "stop it, or choose a free address with --listen HOST:PORT"
     )
 
