@@ -3,10 +3,8 @@ without following a link out of the package."""
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
-import shutil
 import time
 from typing import Any
 
@@ -103,26 +101,6 @@ def file_size(path: str) -> int:
 
 def utc_stamp(t: float) -> str:
     return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(t))
-
-
-def tree_size(path: str) -> int:
-    total = 0
-    for folder, _, files in os.walk(path):
-        for f in files:
-            with contextlib.suppress(OSError):
-                total += os.lstat(os.path.join(folder, f)).st_size
-    return total
-
-
-def remove_tree(path: str) -> None:
-    """Remove a folder, store paths included (they are read-only)."""
-    for folder, dirs, _ in os.walk(path):
-        os.chmod(folder, 0o755)
-        for d in dirs:
-            with contextlib.suppress(OSError):
-                if not os.path.islink(os.path.join(folder, d)):
-                    os.chmod(os.path.join(folder, d), 0o755)
-    shutil.rmtree(path, ignore_errors=True)
 
 
 def inside(package: str, relative: str) -> str:
