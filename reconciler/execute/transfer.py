@@ -13,6 +13,9 @@ from reconciler.store.local import LocalStore, PathInfo
 from reconciler.targets.base import Target, TargetError
 from reconciler.targets.store import choose_compression, present, receive
 
+# no link between them and this host to save bytes on: compression would only cost CPU
+ON_THIS_HOST = ("local", "container")
+
 
 class Progress(Protocol):
     def start(self, machine: str, paths: int, size: int) -> None: ...
@@ -81,7 +84,7 @@ async def transfer_machine(
     # two questions at once over the one connection: a round trip less
     have, compression = await asyncio.gather(
         present(target, expected),
-        choose_compression(target, machine.compression, local=machine.target_env == "local"),
+        choose_compression(target, machine.compression, local=machine.target_env in ON_THIS_HOST),
     )
     missing = sorted(set(expected) - have)
     result = MachineTransfer(machine.name, sent=missing, size=sum(infos[p].size for p in missing))

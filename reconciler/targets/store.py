@@ -99,7 +99,8 @@ async def present(target: Target, expected: dict[str, str]) -> set[str]:
 
 
 async def choose_compression(target: Target, setting: str, local: bool) -> str:
-    """auto: zstd when both ends have it, else none; never for a machine on this host."""
+    """auto: zstd when both ends have it, else none; never for a machine on this host
+    (`local`: no link to save bytes on)."""
     if setting != "auto":
         return setting
     if local:
