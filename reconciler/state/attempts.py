@@ -120,9 +120,9 @@ def record_generation(
         }
         # a provisioned machine no longer in the model stays recorded until destroyed
         wanted = list(desired.machines)
+        still = f" OR name IN ({', '.join('?' * len(wanted))})" if wanted else ""  # not IN ()
         db.execute(
-            "DELETE FROM machines WHERE deployment = ? AND (provider_id IS NULL OR name IN "
-            f"({', '.join('?' * len(wanted))}))",
+            f"DELETE FROM machines WHERE deployment = ? AND (provider_id IS NULL{still})",
             [dep, *wanted],
         )
         execute_many(
