@@ -186,8 +186,7 @@ async def _send_through(
         packed_r, packed_w = os.pipe()
         sending_r, sending_w = os.pipe()
         for fd in (packed_r, sending_r):
-            with contextlib.suppress(OSError):
-                fcntl.fcntl(fd, fcntl.F_SETPIPE_SZ, _PIPE_SIZE)
+            _widen(fd)
         try:
             packer = await _start(_pack_argv(root, members, compression), stdout=packed_w)
             try:
@@ -244,6 +243,14 @@ def _relay(source: int, sink: int, report: Callable[[int], None]) -> int:
         os.close(source)
         os.close(sink)
     return sent
+
+
+def _widen(pipe: int) -> None:
+    """Room for a whole splice in the pipe (Linux; elsewhere it stays as it is)."""
+    resize = getattr(fcntl, "F_SETPIPE_SZ", None)
+    if resize is not None:
+        with contextlib.suppress(OSError):
+            fcntl.fcntl(pipe, resize, _PIPE_SIZE)
 
 
 def _move(source: int, sink: int) -> int:
