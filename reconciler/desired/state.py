@@ -128,6 +128,16 @@ class DesiredInstance:
 
 
 @dataclass(frozen=True)
+class RolloutPolicy:
+    """How a service's instances are replaced (SPEC §9): at most `max_unavailable` (a
+    count, or a percentage of the service's instances) down at once, each new one
+    healthy for `min_ready` seconds before the next batch."""
+
+    max_unavailable: str = "25%"
+    min_ready: float = 0.0
+
+
+@dataclass(frozen=True)
 class DesiredState:
     deployment: str
     revision: Revision | None
@@ -138,3 +148,5 @@ class DesiredState:
     service_order: dict[str, tuple[str, ...]]
     digests: dict[str, str]
     allocations: dict[str, str] = field(default_factory=dict)
+    rollouts: dict[str, RolloutPolicy] = field(default_factory=dict)  # by service
+    move_state: frozenset[str] = frozenset()  # process/wrapper services moved with their state

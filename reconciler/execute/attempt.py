@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import re
 import shlex
 import signal
 import socket
@@ -229,9 +230,13 @@ def attempt_lease(db: StateDB, deployment: str, what: str) -> Iterator[Lease]:
     """One attempt per deployment at a time, whoever starts it (a person, a controller
     replica's child); refused at once, naming the holder, when another holds it."""
     holder = f"{what} (pid {os.getpid()} on {socket.gethostname()})"
-    lease = locks.claim(db, locks.attempt_lease(deployment), holder, ATTEMPT_LEASE_SECONDS)
+    name = locks.attempt_lease(deployment)
+    lease = locks.claim(db, name, holder, ATTEMPT_LEASE_SECONDS)
+    have = locks.current(db, name)
+    if lease is None and have is not None and _died_here(have.holder):
+        # killed on this host (kill -9, a crash): no need to wait for its lease to expire
+        lease = locks.take_over(db, have, holder, ATTEMPT_LEASE_SECONDS)
     if lease is None:
-        have = locks.current(db, locks.attempt_lease(deployment))
         who = have.holder if have else "another process"
         raise UserError(
             f"deployment {deployment} is in use by {who}; wait for it to finish (one attempt "
@@ -241,6 +246,18 @@ def attempt_lease(db: StateDB, deployment: str, what: str) -> Iterator[Lease]:
         yield lease
     finally:
         locks.release(db, lease)
+
+
+def _died_here(holder: str) -> bool:
+    """Whether a lease's holder was a process of this host that is gone."""
+    found = re.search(r"\(pid (\d+) on ([^)]+)\)$", holder)
+    if found is None or found.group(2) != socket.gethostname():
+        return False
+    try:
+        state = Path(f"/proc/{found.group(1)}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (OSError, IndexError):
+        return True
+    return state in ("Z", "X")
 
 
 def inherited_fence(db: StateDB) -> list[Lease]:
@@ -559,6 +576,7 @@ def _transition(a: Attempt, secrets: Secrets) -> Transition:
         generation=next_generation(a.db, a.desired.deployment),
         old_requests=recorded_requests(a.db, a.desired.deployment),
         secrets=secrets,
+        say=a.say if a.opts.format == "text" and not a.opts.quiet else None,
     )
 
 

@@ -24,6 +24,7 @@ from reconciler.execute.agent import AgentError, AgentSession
 from reconciler.execute.leases import WAIT_FOR_HELD, Leases
 from reconciler.execute.outcome import Failed, Reason, Stalled
 from reconciler.execute.requests import activation_request, deployment_dir
+from reconciler.execute.rollout import activate_services
 from reconciler.execute.undo import message, undo
 from reconciler.plan.types import Plan
 from reconciler.state.journal import Journal
@@ -43,16 +44,29 @@ class Transition:
     generation: int  # the number the attempt becomes when it succeeds
     old_requests: Mapping[str, dict[str, Any]]  # recorded instances' activation requests
     secrets: Mapping[str, Mapping[str, tuple[bytes, str]]]  # machine → key → (value, mode)
-    activated: list[str] = field(default_factory=list)
-    deactivated: list[str] = field(default_factory=list)
-    switched: list[str] = field(default_factory=list)
+    # what was done, in order: ("deactivate" | "activate", key) or ("switch", machine)
+    done: list[tuple[str, str]] = field(default_factory=list)
+    rolling: dict[str, tuple[int, int]] = field(default_factory=dict)  # service → batch, of
+    say: Callable[[str], None] | None = None  # progress for a person (rollout batches)
     locked_wrappers: list[str] = field(default_factory=list)
     activating: set[str] = field(default_factory=set)  # started, not yet answered
     sessions: dict[str, AgentSession] = field(default_factory=dict)
     _leases: Leases | None = None
+    _slots: dict[str, asyncio.Semaphore] = field(default_factory=dict)
 
     def state_dir(self, machine: str) -> str:
         return self.targets[machine].state_dir
+
+    def machine_slot(self, machine: str) -> asyncio.Semaphore:
+        """At most maxParallel activations and deactivations at once on a machine."""
+        if machine not in self._slots:
+            m = self.desired.machines.get(machine)
+            self._slots[machine] = asyncio.Semaphore(m.max_parallel if m else 1)
+        return self._slots[machine]
+
+    def report(self, text: str) -> None:
+        if self.say is not None:
+            self.say(text)
 
     @property
     def leases(self) -> Leases:
@@ -136,7 +150,7 @@ class Transition:
         await self.deactivate_obsolete()
         await self.move_state(requests)
         await self.switch_profiles()
-        await self.activate_new(requests)
+        await activate_services(self, requests)
         return requests
 
     async def upload_keys(self) -> None:
@@ -151,8 +165,22 @@ class Transition:
                 await target.write_file(f"{folder}/{name}", value, mode)
                 self.journal.end(entry)
 
+    async def deactivate(self, key: str) -> None:
+        inst = self.recorded.instances[key]
+        request = self.old_requests.get(key) or _minimal_request(
+            self, key, inst.machine, inst.service, inst.type, inst.package_path
+        )
+        async with self.machine_slot(inst.machine):
+            entry = self.journal.begin("transition", inst.machine, "deactivate", instance=key)
+            await self.agent_call(inst.machine, "deactivate", request)
+            self.journal.end(entry)
+            self.done.append(("deactivate", key))
+
     async def deactivate_obsolete(self) -> None:
-        order = self.plan.deactivation_order
+        """Old instances in reverse dependency order, but those a rollout replaces and
+        the stateless ones that stop only once their service runs elsewhere."""
+        later = {k for r in self.plan.rollouts for k in r.keys} | set(self.plan.deactivate_after)
+        order = [k for k in self.plan.deactivation_order if k not in later]
         old = self.recorded.instances
         # X waits for every deactivating instance of a service that depends on X's service
         dependents: dict[str, set[str]] = {}
@@ -164,17 +192,7 @@ class Transition:
             for key in order
         }
 
-        async def deactivate(key: str) -> None:
-            inst = old[key]
-            request = self.old_requests.get(key) or _minimal_request(
-                self, key, inst.machine, inst.service, inst.type, inst.package_path
-            )
-            entry = self.journal.begin("transition", inst.machine, "deactivate", instance=key)
-            await self.agent_call(inst.machine, "deactivate", request)
-            self.journal.end(entry)
-            self.deactivated.append(key)
-
-        await self._run_dag(order, waits, lambda k: old[k].machine, deactivate)
+        await self._run_dag(order, waits, self.deactivate)
 
     async def move_state(self, requests: Mapping[str, dict[str, Any]]) -> None:
         for move in self.plan.moves:
@@ -230,7 +248,7 @@ class Transition:
             )
             await self.agent_call(name, "switch-profile", self._profile(name))
             self.journal.end(entry)
-            self.switched.append(name)
+            self.done.append(("switch", name))
 
         done = await asyncio.gather(
             *(switch(n) for n in sorted(self.desired.machines)), return_exceptions=True
@@ -239,58 +257,23 @@ class Transition:
             if isinstance(failed, BaseException):
                 raise failed
 
-    async def activate_new(self, requests: Mapping[str, dict[str, Any]]) -> None:
-        order = self.plan.activation_order
-        new = self.desired.instances
-        waits = {
-            key: {
-                k
-                for k in order
-                if new[k].service in self.desired.service_order.get(new[key].service, ())
-            }
-            for key in order
-        }
-
-        async def activate(key: str) -> None:
-            entry = self.journal.begin(
-                "transition", new[key].machine, "activate", instance=key, request=requests[key]
-            )
-            self.activating.add(key)
-            await self.agent_call(new[key].machine, "activate", dict(requests[key]))
-            self.journal.end(entry)
-            self.activated.append(key)
-            self.activating.discard(key)
-
-        await self._run_dag(order, waits, lambda k: new[k].machine, activate)
-
     async def _run_dag(
         self,
         nodes: list[str],
         waits: Mapping[str, set[str]],
-        machine_of: Callable[[str], str],
         action: Callable[[str], Awaitable[None]],
     ) -> None:
-        """Each node after the ones it waits for; at most maxParallel per machine; the
-        first failure stops everything not yet started, and is raised."""
+        """Each node after the ones it waits for (the action keeps to maxParallel per
+        machine); the first failure stops everything not yet started, and is raised."""
         done = {n: asyncio.Event() for n in nodes}
-        limits: dict[str, asyncio.Semaphore] = {}
         failures: list[BaseException] = []
-
-        def limit(machine: str) -> asyncio.Semaphore:
-            if machine not in limits:
-                m = self.desired.machines.get(machine)
-                limits[machine] = asyncio.Semaphore(m.max_parallel if m else 1)
-            return limits[machine]
 
         async def one(node: str) -> None:
             try:
                 for other in waits.get(node, ()):
                     await done[other].wait()
-                if failures:
-                    return
-                async with limit(machine_of(node)):
-                    if not failures:
-                        await action(node)
+                if not failures:
+                    await action(node)
             except Exception as e:
                 failures.append(e)
             finally:
@@ -303,24 +286,30 @@ class Transition:
     # --- step 6: rollback ---------------------------------------------------------------
 
     async def rollback(self) -> list[str]:
-        """Undo what was done, newest first; returns what could not be undone."""
+        """Undo what was done, newest first — a rollout batch by batch, in reverse;
+        returns what could not be undone."""
         problems: list[str] = []
         # an activation interrupted half-way may have started its process: stop it too
-        for key in [*sorted(self.activating), *reversed(self.activated)]:
-            inst = self.desired.instances[key]
-            request = activation_request(self.desired, key, self.state_dir(inst.machine))
-            await self._undo(problems, inst.machine, "deactivate", request, key)
-        for key in reversed(self.deactivated):
-            old = self.old_requests.get(key)
-            if old is None:
-                problems.append(f"{key}: no recorded activation request to restore it from")
-                continue
-            await self._undo(problems, self.recorded.instances[key].machine, "activate", old, key)
-        for machine in reversed(self.switched):
-            previous = self._previous_profile(machine)
-            if previous is not None:
-                await self._undo(problems, machine, "switch-profile", previous, machine)
+        for key in sorted(self.activating):
+            await self._undo_activation(problems, key)
+        for action, subject in reversed(self.done):
+            if action == "activate":
+                await self._undo_activation(problems, subject)
+            elif action == "deactivate":
+                old = self.old_requests.get(subject)
+                if old is None:
+                    problems.append(f"{subject}: no recorded activation request to restore it from")
+                    continue
+                machine = self.recorded.instances[subject].machine
+                await self._undo(problems, machine, "activate", old, subject)
+            elif (previous := self._previous_profile(subject)) is not None:
+                await self._undo(problems, subject, "switch-profile", previous, subject)
         return problems
+
+    async def _undo_activation(self, problems: list[str], key: str) -> None:
+        inst = self.desired.instances[key]
+        request = activation_request(self.desired, key, self.state_dir(inst.machine))
+        await self._undo(problems, inst.machine, "deactivate", request, key)
 
     async def _undo(
         self, problems: list[str], machine: str, command: str, request: dict[str, Any], what: str

@@ -17,6 +17,7 @@ from reconciler.desired.state import (
     DesiredState,
 )
 from reconciler.models.graph import topological_order
+from reconciler.plan.rollout import deactivate_after, rollouts
 from reconciler.plan.types import (
     InstanceChange,
     MachineChange,
@@ -58,6 +59,8 @@ def make_plan(
     deactivate = [c.key for c in instances if c.action in ("deactivate", "replace")]
     activate = [c.key for c in instances if c.action in ("activate", "replace")]
     return Plan(
+        rollouts=rollouts(desired, recorded, instances),
+        deactivate_after=deactivate_after(desired, recorded, instances),
         deployment=desired.deployment,
         revision=desired.revision.sha if desired.revision else None,
         base_revision=recorded.revision,

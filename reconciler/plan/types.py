@@ -53,6 +53,22 @@ class StateMove:
 
 
 @dataclass(frozen=True)
+class Rollout:
+    """A service whose instances are replaced in place in batches (SPEC §9)."""
+
+    service: str
+    keys: tuple[str, ...]  # replaced in place, in machine-name order
+    batch_size: int  # maxUnavailable, resolved against the service's instances
+    min_ready: float  # seconds a new instance stays healthy before the next batch
+
+    @property
+    def batches(self) -> list[tuple[str, ...]]:
+        return [
+            self.keys[i : i + self.batch_size] for i in range(0, len(self.keys), self.batch_size)
+        ]
+
+
+@dataclass(frozen=True)
 class Plan:
     deployment: str
     revision: str | None
@@ -66,6 +82,9 @@ class Plan:
     deactivation_order: list[str]
     activation_order: list[str]
     blockers: list[str] = field(default_factory=list)
+    rollouts: list[Rollout] = field(default_factory=list)
+    # stateless instances moving away: stopped only once their service runs elsewhere
+    deactivate_after: list[str] = field(default_factory=list)
 
     def count(self, action: str) -> int:
         return sum(1 for c in self.instances if c.action == action)

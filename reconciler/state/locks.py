@@ -69,6 +69,21 @@ def claim(db: StateDB, name: str, holder: str, ttl: float) -> Lease | None:
         return Lease(name, holder, token, expires)
 
 
+def take_over(db: StateDB, dead: Lease, holder: str, ttl: float) -> Lease | None:
+    """Take a live lease whose holder is known to be gone; None when it changed hands
+    meanwhile."""
+    expires = time.time() + ttl
+    with transaction(db):
+        if not held(db, dead):
+            return None
+        db.execute(
+            "UPDATE leases SET holder = ?, token = ?, expires_at = ?, claimed_at = ? "
+            "WHERE name = ? AND token = ?",
+            [holder, dead.token + 1, expires, now(), dead.name, dead.token],
+        )
+    return Lease(dead.name, holder, dead.token + 1, expires)
+
+
 def renew(db: StateDB, lease: Lease, ttl: float) -> Lease | None:
     """Extend a lease still held with its token; None when it was lost."""
     expires = time.time() + ttl
