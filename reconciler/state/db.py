@@ -17,7 +17,9 @@ from __future__ import annotations
 
 import fcntl
 import os
+import re
 import sqlite3
+import sys
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from datetime import UTC, datetime
@@ -74,6 +76,18 @@ def now() -> str:
 def execute_many(db: StateDB, sql: str, rows: Iterable[Sequence[Any]]) -> None:
     for row in rows:
         db.execute(sql, row)
+
+
+def database_errors() -> tuple[type[Exception], ...]:
+    """What a backend raises for a failed statement (psycopg's only once it is loaded)."""
+    psycopg = sys.modules.get("psycopg")
+    return (sqlite3.Error,) if psycopg is None else (sqlite3.Error, psycopg.Error)
+
+
+def one_line(error: Exception) -> str:
+    """A database's message on one line (libpq puts hints and context on lines of their
+    own)."""
+    return re.sub(r"\s*\n\s*", "; ", str(error).strip()) or type(error).__name__
 
 
 def current_version() -> int:

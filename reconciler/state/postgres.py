@@ -28,6 +28,7 @@ from psycopg.rows import dict_row
 
 from reconciler.errors import UserError
 from reconciler.options import without_password
+from reconciler.state.db import one_line
 
 PASSWORD_FILE_ENV = "RECONCILER_STATE_PASSWORD_FILE"
 # pg_advisory_xact_lock key of "a writer of the reconciler state" (any fixed number)
@@ -103,11 +104,6 @@ def connect(url: str, write: bool) -> PostgresDB:
     except psycopg.Error as e:
         raise UserError(f"{label}: cannot open the state DB: {one_line(e)}") from None
     return PostgresDB(conn, label)
-
-
-def one_line(error: Exception) -> str:
-    """libpq's message on one line (it indents hints on lines of their own)."""
-    return re.sub(r"\s*\n\s*", "; ", str(error).strip()) or type(error).__name__
 
 
 def _password_from_file(label: str) -> str | None:

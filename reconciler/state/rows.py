@@ -8,7 +8,6 @@ the same rows. Pure reads; nothing here writes.
 from __future__ import annotations
 
 import json
-import sqlite3
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -16,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from reconciler.errors import UserError
-from reconciler.state.db import StateDB
+from reconciler.state.db import StateDB, database_errors, one_line
 from reconciler.state.recorded import RecordedInstance, RecordedMachine, RecordedState
 
 
@@ -105,11 +104,12 @@ class DeploymentRecord:
 
 @contextmanager
 def reading(label: str | Path) -> Iterator[None]:
-    """SQLite errors while reading (a damaged or foreign file) become one clear error."""
+    """Database errors while reading (a damaged or foreign file or database) become one
+    clear error."""
     try:
         yield
-    except sqlite3.Error as e:
-        raise UserError(f"{label}: cannot read the state DB: {e}") from None
+    except database_errors() as e:
+        raise UserError(f"{label}: cannot read the state DB: {one_line(e)}") from None
 
 
 # --- deployments ----------------------------------------------------------------------

@@ -14,13 +14,14 @@ from pathlib import Path
 import pytest
 
 from reconciler.errors import UserError
+from reconciler.options import without_password
 from reconciler.plan.diff import make_plan
 from reconciler.state import migrations
 from reconciler.state.attempts import record_generation, start_attempt
 from reconciler.state.db import StateDB, current_version, exclusive, open_db, transaction
 from reconciler.state.journal import Journal, entries
 from reconciler.state.postgres import connect, placeholders
-from reconciler.state.rows import read_recorded
+from reconciler.state.rows import read_recorded, reading, recorded_deployments
 from tests.helpers import chain_model, compiled
 from tests.postgres import PASSWORD, Database
 
@@ -219,6 +220,17 @@ def test_writers_take_turns(location: str) -> None:
         first.execute("INSERT INTO deployments (name, created_at) VALUES ('d', 'now')")
     thread.join(timeout=30)
     assert seen == [1]
+
+
+def test_a_damaged_state_is_one_clear_error_for_readers(location: str) -> None:
+    db = writer(location)
+    db.execute("ALTER TABLE deployments RENAME TO something_else")
+    reader = open_db(location, write=False)
+    assert reader is not None
+    damaged = pytest.raises(UserError, match=r"cannot read the state DB: .*deployments")
+    with damaged as e, reading(without_password(location)):
+        recorded_deployments(reader)
+    assert "\n" not in str(e.value) and PASSWORD not in str(e.value)
 
 
 def test_statements_keep_question_marks_and_percents_that_are_text() -> None:
