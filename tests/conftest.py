@@ -1,3 +1,6 @@
+from pathlib import Path
+
+import pytest
 from hypothesis import HealthCheck, settings
 
 # Shared, noisy machines: judge properties, never speed.
@@ -6,8 +9,16 @@ settings.register_profile(
 )
 settings.load_profile("default")
 
-# SSH test hosts (real sshd in network namespaces): see tests/testhosts.py
+# A real PostgreSQL server for the second state backend (tests/postgres.py), and SSH test
+# hosts (real sshd in network namespaces: tests/testhosts.py)
+from tests.postgres import postgres_db, postgres_server, state_location  # noqa: E402, F401
 from tests.testhosts import ssh_hosts, ssh_hosts_factory, ssh_network_factory  # noqa: E402, F401
 
-# A real PostgreSQL server for the second state backend: see tests/postgres.py
-from tests.postgres import postgres_db, postgres_server  # noqa: E402, F401
+
+@pytest.fixture(autouse=True)
+def host_registry(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """Each test its own host-wide address registry (desired/host_addresses.py): the
+    state DBs of earlier tests must not push its machines to other addresses."""
+    registry = tmp_path / "host-registry"
+    monkeypatch.setenv("RECONCILER_HOST_REGISTRY", str(registry))
+    return registry

@@ -3,7 +3,10 @@ cluster made by `initdb` in a temporary folder and started by `pg_ctl`, listenin
 Unix socket in that folder (no password: the tests' own connections) and on a loopback
 port (password required: what the CLI is given). Started once per session; each test gets
 a database of its own. As root, the server runs as the `postgres` user (or `nobody`),
-which owns the folder; the tests skip where PostgreSQL is not installed."""
+which owns the folder; the tests skip where PostgreSQL is not installed.
+
+A test that takes `state_location` runs on both backends: a SQLite file, and a database
+of its own on this server."""
 
 from __future__ import annotations
 
@@ -165,6 +168,15 @@ class Database:
     def socket_url(self) -> str:
         """Over the Unix socket (trusted: no password)."""
         return f"postgresql://{USER}@/{self.name}?host={self.server.folder}&port={self.server.port}"
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def state_location(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """Where a state DB is (or will be): a file path, or a postgresql:// URL."""
+    if request.param == "sqlite":
+        return str(tmp_path / "state.db")
+    db: Database = request.getfixturevalue("postgres_db")
+    return db.url
 
 
 @pytest.fixture

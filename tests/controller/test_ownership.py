@@ -1,12 +1,11 @@
-"""Controller replicas sharing one state (SPEC §11): each deployment is owned by one
-replica at a time, the deployments spread evenly over the live replicas, a replica that
-stops renewing loses its deployments when their leases expire, and what it would record
-after that is refused by the fencing token."""
+"""Controller replicas sharing one state (SPEC §11), on SQLite and on PostgreSQL: each
+deployment is owned by one replica at a time, the deployments spread evenly over the live
+replicas, a replica that stops renewing loses its deployments when their leases expire,
+and what it would record after that is refused by the fencing token."""
 
 from __future__ import annotations
 
 import time
-from pathlib import Path
 
 import pytest
 
@@ -19,7 +18,7 @@ NAMES = ["a", "b", "c", "d", "e"]
 TTL = 1.5
 
 
-def replica(state: Path) -> Ownership:
+def replica(state: str) -> Ownership:
     return Ownership(Options(state=str(state)), ttl=TTL)
 
 
@@ -27,8 +26,8 @@ def owned(*replicas: Ownership) -> list[set[str]]:
     return [{n for n in r.owned if r.owns(n)} for r in replicas]
 
 
-def test_deployments_spread_over_live_replicas_and_move_when_one_dies(tmp_path: Path) -> None:
-    state = tmp_path / "state.db"
+def test_deployments_spread_over_live_replicas_and_move_when_one_dies(state_location: str) -> None:
+    state = state_location
     first, second = replica(state), replica(state)
     first.sync(NAMES)
     assert owned(first) == [set(NAMES)]  # alone: it owns everything
@@ -54,8 +53,8 @@ def test_deployments_spread_over_live_replicas_and_move_when_one_dies(tmp_path: 
     db.close()
 
 
-def test_a_replica_that_stops_gives_its_deployments_back_at_once(tmp_path: Path) -> None:
-    state = tmp_path / "state.db"
+def test_a_replica_that_stops_gives_its_deployments_back_at_once(state_location: str) -> None:
+    state = state_location
     first, second = replica(state), replica(state)
     first.sync(NAMES)
     first.release_all()
@@ -63,8 +62,8 @@ def test_a_replica_that_stops_gives_its_deployments_back_at_once(tmp_path: Path)
     assert sorted(claimed) == NAMES  # no waiting for the leases to expire
 
 
-def test_a_deployment_being_applied_is_not_given_back(tmp_path: Path) -> None:
-    state = tmp_path / "state.db"
+def test_a_deployment_being_applied_is_not_given_back(state_location: str) -> None:
+    state = state_location
     first, second = replica(state), replica(state)
     first.sync(NAMES)
     second.sync(NAMES)

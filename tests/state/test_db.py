@@ -28,8 +28,8 @@ from tests.postgres import PASSWORD, Database
 NOTES = ("add-notes", ["CREATE TABLE notes (text TEXT)"])
 
 
-def writer(location: str) -> StateDB:
-    db = open_db(location, write=True)
+def writer(state_location: str) -> StateDB:
+    db = open_db(state_location, write=True)
     assert db is not None  # a writer always gets a database
     return db
 
@@ -46,52 +46,52 @@ def count(db: StateDB, table: str) -> int:
     return int(next(db.query(f"SELECT count(*) AS n FROM {table}"))["n"])
 
 
-def test_a_reader_finds_nothing_and_creates_nothing(location: str) -> None:
-    assert open_db(location, write=False) is None
-    if location.startswith("postgresql://"):
-        assert tables(connect(location, write=False)) == set()
+def test_a_reader_finds_nothing_and_creates_nothing(state_location: str) -> None:
+    assert open_db(state_location, write=False) is None
+    if state_location.startswith("postgresql://"):
+        assert tables(connect(state_location, write=False)) == set()
     else:
-        assert not Path(location).exists()
+        assert not Path(state_location).exists()
 
 
-def test_a_writer_creates_the_current_schema_with_its_named_migrations(location: str) -> None:
-    db = writer(location)
+def test_a_writer_creates_the_current_schema_with_its_named_migrations(state_location: str) -> None:
+    db = writer(state_location)
     assert db.schema_version() == current_version()
     assert [r["name"] for r in db.query("SELECT name FROM migrations ORDER BY number")] == [
         name for name, _ in migrations.MIGRATIONS
     ]
     assert {"deployments", "attempts", "journal", "provisioning"} <= tables(db)
-    again = writer(location)  # and opening it again changes nothing
+    again = writer(state_location)  # and opening it again changes nothing
     assert count(again, "migrations") == current_version()
 
 
-def test_a_newer_schema_is_refused(location: str) -> None:
-    db = writer(location)
+def test_a_newer_schema_is_refused(state_location: str) -> None:
+    db = writer(state_location)
     future = current_version() + 1
     db.execute("INSERT INTO migrations VALUES (?, 'future', 'now')", [future])
     db.set_schema_version(future)
     db.close()
     for write in (False, True):
         with pytest.raises(UserError, match="written by a newer reconciler"):
-            open_db(location, write=write)
+            open_db(state_location, write=write)
 
 
 def test_readers_never_migrate_and_writers_do(
-    location: str, monkeypatch: pytest.MonkeyPatch
+    state_location: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    writer(location).close()
+    writer(state_location).close()
     monkeypatch.setattr(migrations, "MIGRATIONS", [*migrations.MIGRATIONS, NOTES])
 
-    reader = open_db(location, write=False)
+    reader = open_db(state_location, write=False)
     assert reader is not None and "notes" in tables(reader)  # a migrated view
     reader.close()
     monkeypatch.setattr(migrations, "MIGRATIONS", migrations.MIGRATIONS[:-1])
-    unchanged = writer(location)  # without the new migration, the old binary opens it still
+    unchanged = writer(state_location)  # without the new migration, the old binary opens it still
     assert "notes" not in tables(unchanged)
     unchanged.close()
 
     monkeypatch.setattr(migrations, "MIGRATIONS", [*migrations.MIGRATIONS, NOTES])
-    upgraded = writer(location)
+    upgraded = writer(state_location)
     assert "notes" in tables(upgraded)
     assert upgraded.schema_version() == current_version()
     assert next(upgraded.query("SELECT max(number) AS n FROM migrations"))["n"] == len(
@@ -99,9 +99,9 @@ def test_readers_never_migrate_and_writers_do(
     )
 
 
-def test_a_reader_cannot_write(location: str) -> None:
-    writer(location).close()
-    reader = open_db(location, write=False)
+def test_a_reader_cannot_write(state_location: str) -> None:
+    writer(state_location).close()
+    reader = open_db(state_location, write=False)
     assert reader is not None
     with pytest.raises(Exception, match=r"read-only|readonly"):
         reader.execute("INSERT INTO deployments (name, created_at) VALUES ('d', 'now')")
@@ -121,9 +121,9 @@ def test_a_sqlite_writer_backs_up_the_file_before_migrating(
 
 
 def test_migration_is_refused_while_an_attempt_is_in_flight(
-    location: str, monkeypatch: pytest.MonkeyPatch
+    state_location: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    db = writer(location)
+    db = writer(state_location)
     db.execute("INSERT INTO deployments (name, created_at) VALUES ('d', 'now')")
     db.execute(
         "INSERT INTO attempts (id, deployment, started_at, status) "
@@ -132,26 +132,26 @@ def test_migration_is_refused_while_an_attempt_is_in_flight(
     db.close()
     monkeypatch.setattr(migrations, "MIGRATIONS", [*migrations.MIGRATIONS, NOTES])
     with pytest.raises(UserError, match="in flight"):
-        open_db(location, write=True)
+        open_db(state_location, write=True)
 
 
 def test_a_failed_migration_leaves_the_schema_as_it_was(
-    location: str, monkeypatch: pytest.MonkeyPatch
+    state_location: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    writer(location).close()
+    writer(state_location).close()
     broken = ("broken", ["CREATE TABLE half (x TEXT)", "CREATE TABLE deployments (x TEXT)"])
     monkeypatch.setattr(migrations, "MIGRATIONS", [*migrations.MIGRATIONS, broken])
     with pytest.raises(Exception, match="already exists"):
-        open_db(location, write=True)
+        open_db(state_location, write=True)
     monkeypatch.setattr(migrations, "MIGRATIONS", migrations.MIGRATIONS[:-1])
-    db = writer(location)
+    db = writer(state_location)
     assert "half" not in tables(db)
     assert db.schema_version() == current_version()
 
 
-def test_a_recorded_generation_plans_as_no_change(location: str) -> None:
+def test_a_recorded_generation_plans_as_no_change(state_location: str) -> None:
     desired = compiled(chain_model(length=3))
-    db = writer(location)
+    db = writer(state_location)
     present = {m: dict.fromkeys(desired.machines[m].closure, "h") for m in desired.machines}
     number = record_generation(db, start_attempt(db, desired, {}), desired, present, {})
     assert number == 1
@@ -164,9 +164,9 @@ def test_a_recorded_generation_plans_as_no_change(location: str) -> None:
     assert record_generation(db, start_attempt(db, again, {}), again, present, {}) == 2
 
 
-def test_recorded_allocations_survive_and_keep_ports(location: str) -> None:
+def test_recorded_allocations_survive_and_keep_ports(state_location: str) -> None:
     desired = compiled(chain_model(length=2, machines=1))
-    db = writer(location)
+    db = writer(state_location)
     record_generation(db, start_attempt(db, desired, {}), desired, {}, {})
     recorded = read_recorded(db, desired.deployment)
     assert recorded.allocations["local-address/test/m0"] == "127.0.0.10"
@@ -176,9 +176,9 @@ def test_recorded_allocations_survive_and_keep_ports(location: str) -> None:
     }
 
 
-def test_the_journal_keeps_entries_in_the_order_written(location: str) -> None:
+def test_the_journal_keeps_entries_in_the_order_written(state_location: str) -> None:
     desired = compiled(chain_model(length=1, machines=1))
-    db = writer(location)
+    db = writer(state_location)
     attempt = start_attempt(db, desired, {})
     journal = Journal(db, attempt)
     first = journal.begin("transition", "m0", "activate", key="s0@m0")
@@ -193,19 +193,19 @@ def test_the_journal_keeps_entries_in_the_order_written(location: str) -> None:
     ]
 
 
-def test_a_failed_write_leaves_no_trace(location: str) -> None:
-    db = writer(location)
+def test_a_failed_write_leaves_no_trace(state_location: str) -> None:
+    db = writer(state_location)
     with pytest.raises(RuntimeError), transaction(db):
         db.execute("INSERT INTO deployments (name, created_at) VALUES ('d', 'now')")
         raise RuntimeError("disk full")
     assert count(db, "deployments") == 0
 
 
-def test_writers_take_turns(location: str) -> None:
+def test_writers_take_turns(state_location: str) -> None:
     """What a transaction read is still so when it commits: a second writer's transaction
     starts only after the first's ends (an allocation read-then-written is never taken
     twice)."""
-    first, second = writer(location), writer(location)
+    first, second = writer(state_location), writer(state_location)
     seen: list[int] = []
 
     def other() -> None:
@@ -222,13 +222,13 @@ def test_writers_take_turns(location: str) -> None:
     assert seen == [1]
 
 
-def test_a_damaged_state_is_one_clear_error_for_readers(location: str) -> None:
-    db = writer(location)
+def test_a_damaged_state_is_one_clear_error_for_readers(state_location: str) -> None:
+    db = writer(state_location)
     db.execute("ALTER TABLE deployments RENAME TO something_else")
-    reader = open_db(location, write=False)
+    reader = open_db(state_location, write=False)
     assert reader is not None
     damaged = pytest.raises(UserError, match=r"cannot read the state DB: .*deployments")
-    with damaged as e, reading(without_password(location)):
+    with damaged as e, reading(without_password(state_location)):
         recorded_deployments(reader)
     assert "\n" not in str(e.value) and PASSWORD not in str(e.value)
 
