@@ -29,6 +29,8 @@ def clean_env(**extra: str) -> dict[str, str]:
     """The environment for git and the CLI: no user/system git config, no colours, no
     inherited RECONCILER_STATE."""
     env = {k: v for k, v in os.environ.items() if not k.startswith(("GIT_", "RECONCILER_"))}
+    if "RECONCILER_HOST_REGISTRY" in os.environ:  # the test's own (tests/conftest.py)
+        env["RECONCILER_HOST_REGISTRY"] = os.environ["RECONCILER_HOST_REGISTRY"]
     env.update(GIT_IDENTITY)
     env.update(
         {

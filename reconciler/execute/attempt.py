@@ -25,10 +25,11 @@ from enum import Enum
 from pathlib import Path
 from typing import Any
 
+from reconciler.desired.host_addresses import claim
 from reconciler.desired.state import PROVISIONED_ENVS, DesiredState
 from reconciler.errors import UserError
 from reconciler.execute.agent import ensure_agent, ship
-from reconciler.execute.inputs import compile_with_record
+from reconciler.execute.inputs import compile_with_record, registry_owner
 from reconciler.execute.outcome import AttemptError, Failed, Outcome, Reason, Result, Stalled
 from reconciler.execute.recover import settle
 from reconciler.execute.requests import deployment_dir
@@ -278,7 +279,10 @@ def reserve(
     deployment's apply took one of the values meanwhile, compile again around it."""
     for _ in range(RESERVE_TRIES):
         desired, recorded = compile_with_record(opts, loaded)
-        if not reserve_allocations(db, desired.deployment, desired.allocations):
+        if reserve_allocations(db, desired.deployment, desired.allocations):
+            continue
+        # and host-wide: another state DB on this host must not hand out the same address
+        if not claim(registry_owner(opts), desired.deployment, desired.allocations):
             return desired, recorded
     raise Failed(Reason.ALLOCATION_RACE, "allocations kept colliding with concurrent applies")
 

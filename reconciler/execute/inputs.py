@@ -6,6 +6,7 @@ from __future__ import annotations
 import gc
 from collections.abc import Iterator
 from contextlib import contextmanager
+from pathlib import Path
 
 from reconciler.desired.state import DesiredState
 from reconciler.models.load import (
@@ -47,6 +48,7 @@ def compile_with_record(
 ) -> tuple[DesiredState, RecordedState]:
     """Compile against the recorded allocations; returns (desired, recorded state)."""
     from reconciler.desired.compile import compile_deployment
+    from reconciler.desired.host_addresses import taken_on_host
 
     recorded = RecordedState(deployment=loaded.name)
     if opts.state_exists:
@@ -59,7 +61,13 @@ def compile_with_record(
         finally:
             if db is not None:
                 db.close()
-    return compile_deployment(loaded, recorded.allocations), recorded
+    taken = taken_on_host(registry_owner(opts))
+    return compile_deployment(loaded, recorded.allocations, host_taken=taken), recorded
+
+
+def registry_owner(opts: Options) -> Path:
+    """What names this state in the host-wide address registry (desired/host_addresses)."""
+    return opts.state_root if opts.state_is_url else opts.state_path
 
 
 @contextmanager
