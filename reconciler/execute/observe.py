@@ -14,6 +14,7 @@ import contextlib
 import os
 import shlex
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -319,6 +320,7 @@ def status_json(obs: Observation) -> dict[str, Any]:
                 "commit": (obs.machines[m.name].manifest or {}).get("commit"),
                 "providerId": m.provider_id,
                 "providerState": m.provider_state,
+                **_health(record, m.name),
             }
             for m in record.machines
         ],
@@ -327,6 +329,22 @@ def status_json(obs: Observation) -> dict[str, Any]:
             for i in obs.instances
         ],
     }
+
+
+def _health(record: DeploymentRecord, machine: str) -> dict[str, Any]:
+    """Failover's view of a machine (SPEC §10): failed, and since when."""
+    h = record.health.get(machine)
+    return {
+        "failed": bool(h and h.failed_since),
+        "failedSince": _iso(h.failed_since) if h else None,
+        "unreachableSince": _iso(h.unreachable_since) if h else None,
+    }
+
+
+def _iso(stamp: float | None) -> str | None:
+    if stamp is None:
+        return None
+    return datetime.fromtimestamp(stamp, UTC).isoformat(timespec="seconds").replace("+00:00", "Z")
 
 
 def nothing_json(name: str | None) -> dict[str, Any]:

@@ -5,6 +5,7 @@ what gc removed."""
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Iterable, Mapping
 from typing import Any
 
@@ -185,3 +186,42 @@ def reserve_allocations(db: StateDB, deployment: str, values: Mapping[str, str])
         if not clashes:
             upsert_allocations(db, deployment, values)
     return clashes
+
+
+def note_reachability(
+    db: StateDB, deployment: str, seen: Mapping[str, bool], after: float
+) -> tuple[list[str], list[str]]:
+    """After an observation (machine → reachable): a machine unreachable for longer than
+    `after` seconds becomes failed, a failed one that answers again is no longer.
+    Returns (newly failed, recovered)."""
+    failed: list[str] = []
+    recovered: list[str] = []
+    clock = time.time()
+    with transaction(db):
+        known = {
+            r["machine"]: (r["unreachable_since"], r["failed_since"])
+            for r in db.query(
+                "SELECT machine, unreachable_since, failed_since FROM machine_health "
+                "WHERE deployment = ?",
+                [deployment],
+            )
+        }
+        for machine, reachable in sorted(seen.items()):
+            since, failed_since = known.get(machine, (None, None))
+            if reachable:
+                if failed_since is not None:
+                    recovered.append(machine)
+                since = failed_since = None
+            else:
+                since = since if since is not None else clock
+                if failed_since is None and clock - since > after:
+                    failed_since = clock
+                    failed.append(machine)
+            db.execute(
+                "INSERT INTO machine_health (deployment, machine, unreachable_since, "
+                "failed_since) VALUES (?, ?, ?, ?) ON CONFLICT (deployment, machine) DO UPDATE "
+                "SET unreachable_since = excluded.unreachable_since, "
+                "failed_since = excluded.failed_since",
+                [deployment, machine, since, failed_since],
+            )
+    return failed, recovered

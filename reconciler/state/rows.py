@@ -90,6 +90,7 @@ class DeploymentRecord:
     paths: dict[str, dict[str, str]] = field(default_factory=dict)  # machine → path → hash
     conditions: list[dict[str, Any]] = field(default_factory=list)  # as the controller left them
     service_order: dict[str, tuple[str, ...]] = field(default_factory=dict)  # what needs what
+    health: dict[str, MachineHealth] = field(default_factory=dict)  # failover's, by machine
 
     @property
     def generation(self) -> AttemptRow | None:
@@ -279,6 +280,33 @@ def machine_paths(db: StateDB, deployment: str) -> dict[str, dict[str, str]]:
     return paths
 
 
+@dataclass(frozen=True)
+class MachineHealth:
+    unreachable_since: float | None
+    failed_since: float | None
+
+
+def machine_health(db: StateDB, deployment: str) -> dict[str, MachineHealth]:
+    """What failover knows of each machine (SPEC §10): empty without failover."""
+    return {
+        r["machine"]: MachineHealth(r["unreachable_since"], r["failed_since"])
+        for r in db.query(
+            "SELECT machine, unreachable_since, failed_since FROM machine_health "
+            "WHERE deployment = ?",
+            [deployment],
+        )
+    }
+
+
+def failed_machines(db: StateDB | None, deployment: str) -> dict[str, float]:
+    """Machines recorded as failed, with since when (seconds since the epoch)."""
+    if db is None:
+        return {}
+    return {
+        m: h.failed_since for m, h in machine_health(db, deployment).items() if h.failed_since
+    }
+
+
 def allocations(db: StateDB) -> dict[str, str]:
     """Every allocated value of every deployment (they are host-wide: addresses, subnets)."""
     return {r["key"]: r["value"] for r in db.query("SELECT key, value FROM allocations")}
@@ -360,6 +388,7 @@ def read_deployment(db: StateDB, name: str) -> DeploymentRecord | None:
         paths=machine_paths(db, name),
         conditions=row.conditions,
         service_order=row.service_order,
+        health=machine_health(db, name),
     )
 
 
