@@ -15,6 +15,7 @@ this folder are written against it in portable SQL with `?` parameters.
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import os
 import re
@@ -126,9 +127,16 @@ def transaction(db: StateDB) -> Iterator[None]:
     try:
         yield
     except BaseException:
-        db.execute("ROLLBACK")
+        _roll_back(db)
         raise
     db.execute("COMMIT")
+
+
+def _roll_back(db: StateDB) -> None:
+    """What went wrong is the error to see, not that the rollback failed too (the server
+    went away; SQLite already rolled back)."""
+    with contextlib.suppress(Exception):
+        db.execute("ROLLBACK")
 
 
 @contextmanager
@@ -244,7 +252,7 @@ def _apply(db: StateDB, version: int) -> None:
             db.set_schema_version(number)
             db.execute("COMMIT")
         except BaseException:
-            db.execute("ROLLBACK")
+            _roll_back(db)
             raise
 
 

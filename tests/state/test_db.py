@@ -303,3 +303,21 @@ def test_the_password_comes_from_the_password_file_when_the_url_has_none(
     monkeypatch.setenv("RECONCILER_STATE_PASSWORD_FILE", str(tmp_path / "missing"))
     with pytest.raises(UserError, match="cannot read the state password file"):
         open_db(url, write=True)
+
+
+def test_a_server_gone_mid_transaction_is_one_line_and_records_nothing(
+    postgres_db: Database,
+) -> None:
+    db = writer(postgres_db.url)
+    with pytest.raises(UserError) as e, transaction(db):
+        db.execute("INSERT INTO deployments (name, created_at) VALUES ('d', 'now')")
+        postgres_db.server.admin(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+            f"WHERE datname = '{postgres_db.name}' AND pid <> pg_backend_pid()"
+        )
+        db.execute("INSERT INTO deployments (name, created_at) VALUES ('e', 'now')")
+    assert str(e.value).startswith(
+        f"postgresql://reconciler:***@127.0.0.1:{postgres_db.server.port}/"
+    )
+    assert "the state DB failed" in str(e.value) and "\n" not in str(e.value)
+    assert count(writer(postgres_db.url), "deployments") == 0
