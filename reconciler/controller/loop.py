@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, Any
 
 from reconciler.controller.git import GitError, Signers, branch_head, check_signature, is_ancestor
 from reconciler.errors import InvalidModels, UserError
-from reconciler.execute.attempt import FENCE_ENV
+from reconciler.execute.attempt import FENCE_ENV, REASON_ENV
 from reconciler.execute.outcome import Outcome, Reason, Result
 from reconciler.options import Options
 
@@ -83,6 +83,9 @@ class DeploymentLoop:
     on_apply: Callable[[DeploymentLoop], None] | None = None  # says Reconciling at once
     passes: int = 0
     fence: str | None = None  # the owner lease an apply started now must still hold
+    failover_after: float | None = None  # SPEC §10: seconds unreachable before failed
+    reason: str | None = None  # set by failover: apply the same commit again, for this
+    applied_for: str | None = None  # the reason of the last apply, once it succeeded
     observed: Observation | None = None  # the machines as last seen
     plan_text: str | None = None  # the plan of the head, as last evaluated
     last_plan: str | None = None  # the plan of the commit that last failed or was refused
@@ -103,6 +106,8 @@ class DeploymentLoop:
             return self._fail("failed", Reason.HEAD_UNAVAILABLE, str(e), started, retry=False)
         if head != self.head:  # a new commit cancels waiting on a stuck one
             self.head, self.failures, self.backoff_until = head, 0, 0.0
+        if self.reason and head == self.handled:  # failover: the same commit, again
+            self.handled = None
         if head == self.handled:
             return PassResult("idle", time.monotonic() - started)
         if self.failures and time.monotonic() < self.backoff_until:
@@ -150,9 +155,11 @@ class DeploymentLoop:
             if self.on_apply is not None:
                 self.on_apply(self)
             try:
+                reason = self.reason
                 outcome = await self._apply(head)
             finally:
                 self.applying = None
+            self.applied_for = reason if outcome.ok else None
         if outcome.ok:
             self._ok(head)
             seconds = time.monotonic() - started
@@ -169,7 +176,11 @@ class DeploymentLoop:
         argv += ["--path", o.path] if o.path else []
         argv += ["--state", o.state_location, "-d", self.name, "-q"]
         argv += ["apply", "--yes", "--format", "json"]
-        env = {**os.environ, FENCE_ENV: self.fence} if self.fence else None
+        env = {**os.environ}
+        if self.fence:
+            env[FENCE_ENV] = self.fence
+        if self.reason:  # why this attempt (failover): recorded with the generation
+            env[REASON_ENV] = self.reason
         self.child = await asyncio.create_subprocess_exec(
             *argv,
             env=env,
@@ -199,7 +210,7 @@ class DeploymentLoop:
 
     def _ok(self, head: str) -> None:
         self.handled, self.failures, self.backoff_until = head, 0, 0.0
-        self.last_error, self.stalled, self.last_plan = None, None, None
+        self.last_error, self.stalled, self.last_plan, self.reason = None, None, None, None
 
     def _fail(
         self, result: str, reason: Reason, message: str, started: float, retry: bool = True

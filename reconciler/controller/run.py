@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from reconciler.controller.failover import after_observation
 from reconciler.controller.git import GitError, Signers, branch_head, default_branch
 from reconciler.controller.loop import DeploymentLoop, PassResult, now_iso
 from reconciler.controller.ownership import Ownership
@@ -165,6 +166,7 @@ class Controller:
                 "auto_apply": dep.autoApply,
                 "self_heal": dep.selfHeal,
                 "allow_rewind": dep.allowRewind,
+                "failover_after": _failover_after(dep),
             }
             if loop is None:
                 self.loops[name] = DeploymentLoop(
@@ -268,6 +270,9 @@ class Controller:
             self.metrics.transferred(d.name, outcome.transferred)
         if outcome.result == "applied":
             self.metrics.applied(d.name, time.time(), committed=outcome.committed)
+        if outcome.result == "applied" and d.applied_for:
+            self.notifier.send(Event(d.name, "failed-over", reason="Failover", commit=d.head,
+                                     message=d.applied_for))  # fmt: skip
         if outcome.result == "failed":
             reason = d.stalled[0] if d.stalled else None
             self.notifier.send(
@@ -305,6 +310,8 @@ class Controller:
                     {"reachable": reachable, "unreachable": len(obs.machines) - reachable},
                 )
                 d.observed = obs
+                for line in after_observation(self.opts, d, obs):
+                    self.say(f"{d.name}: {line}")
         finally:
             if db is not None:
                 db.close()
@@ -543,6 +550,12 @@ class ControllerView:
         if repo_urls and ours and ours not in {_repo_key(u) for u in repo_urls}:
             return 0
         return self.controller.poke_all()
+
+
+def _failover_after(dep: Any) -> float | None:
+    """`failover: {after}` of a deployment in reconciler.yaml (off when absent)."""
+    failover = getattr(dep, "failover", None)
+    return None if failover is None else float(failover.after)
 
 
 def _git_dir(opts: Options) -> str:

@@ -45,6 +45,7 @@ from reconciler.state.attempts import (
     finish_attempt,
     next_generation,
     record_generation,
+    set_reason,
     start_attempt,
 )
 from reconciler.state.db import StateDB, open_db
@@ -68,6 +69,7 @@ from reconciler.text import plural
 ATTEMPT_LEASE_SECONDS = 60.0  # renewed every third of it while the attempt runs
 RESERVE_TRIES = 5
 FENCE_ENV = "RECONCILER_FENCE"  # name=holder:token of a lease every write must still hold
+REASON_ENV = "RECONCILER_ATTEMPT_REASON"  # why the controller started this attempt
 
 
 class Next(Enum):
@@ -124,7 +126,9 @@ class Attempt:
 
     @property
     def scope(self) -> list[str]:
-        return self.options.scope or sorted(self.desired.machines)
+        """The machines worked on: as asked, but never a failed one (SPEC §10)."""
+        names = self.options.scope or sorted(self.desired.machines)
+        return [m for m in names if m not in self.recorded.failed]
 
     def replan(self) -> None:
         assert self.loaded is not None
@@ -143,6 +147,8 @@ class Attempt:
                 self.targets[name] = open_target(name, connection, self.state_root, keys)
         for name, have in self.recorded.machines.items():  # removed machines: to take down
             if include_removed and name not in self.targets and have.connection:
+                if name in self.recorded.failed:
+                    continue
                 self.targets[name] = open_target(name, have.connection, self.state_root, keys)
 
     async def close_targets(self) -> None:
@@ -494,7 +500,14 @@ async def record(a: Attempt) -> Next:
 
     assert a.attempt is not None
     present = {m: r.present for m, r in a.sent.items()}
-    number = record_generation(a.db, a.attempt, a.desired, present, a.requests, fences=a.fences)
+    number = record_generation(
+        a.db, a.attempt, a.desired, present, a.requests, fences=a.fences, carried=a.plan.lost
+    )
+    why = os.environ.get(REASON_ENV)
+    if why:  # e.g. "failover: m1 unreachable since …": history says why this generation
+        set_reason(a.db, a.attempt, why)
+    for key in a.plan.lost:
+        a.say(f"warning: {key} is on a failed machine: left as it is (lost until it answers)")
     gone = [
         (c.name, c.target_env, a.recorded.machines[c.name].provider_id)
         for c in a.plan.machines

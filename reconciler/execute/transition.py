@@ -155,6 +155,8 @@ class Transition:
 
     async def upload_keys(self) -> None:
         for machine, keys in sorted(self.secrets.items()):
+            if machine not in self.targets:  # a failed machine is not touched
+                continue
             folder = f"{deployment_dir(self.state_dir(machine), self.desired.deployment)}/keys"
             target = self.targets[machine]
             await target.check(
@@ -251,7 +253,8 @@ class Transition:
             self.done.append(("switch", name))
 
         done = await asyncio.gather(
-            *(switch(n) for n in sorted(self.desired.machines)), return_exceptions=True
+            *(switch(n) for n in sorted(self.desired.machines) if n in self.targets),
+            return_exceptions=True,
         )
         for failed in done:
             if isinstance(failed, BaseException):

@@ -17,6 +17,7 @@ from reconciler.desired.state import (
     DesiredState,
 )
 from reconciler.models.graph import topological_order
+from reconciler.plan.failover import without_failed
 from reconciler.plan.rollout import deactivate_after, rollouts
 from reconciler.plan.types import (
     InstanceChange,
@@ -58,7 +59,7 @@ def make_plan(
     instances = _instance_changes(desired, recorded, relocations)
     deactivate = [c.key for c in instances if c.action in ("deactivate", "replace")]
     activate = [c.key for c in instances if c.action in ("activate", "replace")]
-    return Plan(
+    plan = Plan(
         rollouts=rollouts(desired, recorded, instances),
         deactivate_after=deactivate_after(desired, recorded, instances),
         deployment=desired.deployment,
@@ -84,6 +85,7 @@ def make_plan(
         ),
         blockers=blockers,
     )
+    return without_failed(plan, recorded.failed)  # a failed machine is not touched
 
 
 def _machine_changes(

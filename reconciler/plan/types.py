@@ -85,6 +85,7 @@ class Plan:
     rollouts: list[Rollout] = field(default_factory=list)
     # stateless instances moving away: stopped only once their service runs elsewhere
     deactivate_after: list[str] = field(default_factory=list)
+    lost: list[str] = field(default_factory=list)  # instances on failed machines, untouched
 
     def count(self, action: str) -> int:
         return sum(1 for c in self.instances if c.action == action)
@@ -98,7 +99,7 @@ class Plan:
             self.transfers
             or self.profiles
             or self.moves
-            or any(c.action != "keep" for c in self.instances)
+            or any(c.action not in ("keep", "lost") for c in self.instances)
             or any(m.action not in ("keep", "obsolete") for m in self.machines)
         )
 

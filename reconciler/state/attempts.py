@@ -76,8 +76,12 @@ def record_generation(
     requests: Mapping[str, Mapping[str, Any]],
     number: int | None = None,
     fences: Sequence[Lease] = (),
+    carried: Sequence[str] = (),
 ) -> int:
     """The attempt succeeded: it becomes the deployment's next generation (returned).
+
+    `carried`: instances recorded before that stay recorded as they were (on a failed
+    machine nothing was touched: the next generation takes them down once it answers).
 
     `present_paths` maps machine → {store path: content hash} now on that target;
     `requests` maps instance key → the activation request it runs with (for rollback).
@@ -147,6 +151,13 @@ def record_generation(
                 for m in desired.machines.values()
             ),
         )
+        kept = [
+            r
+            for key in carried
+            for r in db.query(
+                "SELECT * FROM instances WHERE deployment = ? AND key = ?", [dep, key]
+            )
+        ]
         db.execute("DELETE FROM instances WHERE deployment = ?", [dep])
         execute_many(
             db,
@@ -167,8 +178,16 @@ def record_generation(
                     json.dumps(requests.get(i.key)),
                 ]
                 for i in desired.instances.values()
+                if i.key not in carried
             ),
         )
+        for row in kept:
+            columns = list(row)
+            db.execute(
+                f"INSERT INTO instances ({', '.join(columns)}) "
+                f"VALUES ({', '.join('?' * len(columns))})",
+                [row[c] for c in columns],
+            )
         upsert_paths(db, dep, present_paths)
         db.execute("DELETE FROM allocations WHERE deployment = ?", [dep])
         upsert_allocations(db, dep, desired.allocations)

@@ -44,3 +44,4 @@ class RecordedState:
     service_order: dict[str, tuple[str, ...]] = field(default_factory=dict)
     allocations: dict[str, str] = field(default_factory=dict)
     path_sizes: dict[str, int] = field(default_factory=dict)  # store path → bytes, once built
+    failed: frozenset[str] = frozenset()  # machines failover recorded as failed (SPEC §10)

@@ -367,6 +367,7 @@ def read_recorded(db: StateDB | None, deployment: str) -> RecordedState:
         service_order=row.service_order,
         allocations=taken,
         path_sizes=sizes,
+        failed=frozenset(failed_machines(db, deployment)),
     )
 
 
