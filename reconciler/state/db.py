@@ -15,14 +15,13 @@ this folder are written against it in portable SQL with `?` parameters.
 
 from __future__ import annotations
 
-import contextlib
 import fcntl
 import os
 import re
 import sqlite3
 import sys
 from collections.abc import Iterable, Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, NoReturn, Protocol
@@ -135,7 +134,7 @@ def transaction(db: StateDB) -> Iterator[None]:
 def _roll_back(db: StateDB) -> None:
     """What went wrong is the error to see, not that the rollback failed too (the server
     went away; SQLite already rolled back)."""
-    with contextlib.suppress(Exception):
+    with suppress(Exception):
         db.execute("ROLLBACK")
 
 

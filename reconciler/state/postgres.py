@@ -57,7 +57,11 @@ class PostgresDB:
         if self.conn.info.transaction_status != pq.TransactionStatus.IDLE:
             raise RuntimeError("a transaction is already open on this connection")
         self.execute("BEGIN")
-        self.execute("SELECT pg_advisory_xact_lock(?)", [WRITERS])
+        try:
+            self.execute("SELECT pg_advisory_xact_lock(?)", [WRITERS])
+        except BaseException:  # interrupted while waiting its turn: no transaction left open
+            self.conn.execute("ROLLBACK")
+            raise
 
     def begin_view(self) -> None:
         """A transaction never committed: what a reader sees of an older schema is the
