@@ -17,12 +17,15 @@ from reconciler.desired.allocate import (
     allocate_local_addresses,
     allocate_ports,
 )
+from reconciler.desired.placement import Explicit, Machine, Placement, Policy, place
 from reconciler.desired.state import (
     PROVISIONED_ENVS,
+    STATEFUL_TYPES,
     DesiredInstance,
     DesiredMachine,
     DesiredState,
     Received,
+    RolloutPolicy,
     StorePackage,
     canonical_json,
     location_of,
@@ -34,7 +37,7 @@ from reconciler.models.graph import topological_order
 from reconciler.models.keys import version_key, versions_for
 from reconciler.models.load import LoadedDeployment
 from reconciler.models.merge import locate
-from reconciler.models.schema import ModelDocument, SshSettings
+from reconciler.models.schema import DistributionPolicy, ModelDocument, SshSettings
 
 _SHORT = 48  # input values up to this long are shown as they are; longer ones as a hash
 
@@ -43,14 +46,20 @@ def compile_deployment(
     loaded: LoadedDeployment,
     recorded_allocations: Mapping[str, str] | None = None,
     host_taken: Collection[str] = (),
+    *,
+    failed_machines: frozenset[str] = frozenset(),
 ) -> DesiredState:
-    """`host_taken`: local addresses the rest of the host uses, never handed out anew."""
+    """`host_taken`: local addresses the rest of the host uses, never handed out anew.
+    `failed_machines`: machines left out of placement by policy (SPEC §10 failover)."""
     recorded = recorded_allocations or {}
     doc = loaded.model
     packages = compile_packages(doc, loaded.src_trees)
     allocations: dict[str, str] = {}
     addresses = _machine_addresses(loaded, recorded, allocations, host_taken)
-    placements = _placements(doc)
+    by_policy = _policy_placement(loaded, recorded, failed_machines)
+    for svc, placed in by_policy.machines.items():
+        allocations[placement_key(loaded.name, svc)] = canonical_json(list(placed))
+    placements = _placements(doc, by_policy)
     ports = _ports(loaded, placements, recorded, allocations)
     locations = {
         name: location_of(m.deployment.targetEnv, m.deployment.stateDir, m.deployment.ssh)
@@ -75,6 +84,19 @@ def compile_deployment(
         service_order=order,
         digests=digests,
         allocations=allocations,
+        rollouts={
+            svc: RolloutPolicy(s.rollout.maxUnavailable, s.rollout.minReady)
+            for svc, s in doc.services.items()
+            if svc in deployed
+        },
+        move_state=frozenset(s for s, spec in doc.services.items() if spec.moveState),
+        placed_by_policy=frozenset(
+            f"{svc}@{m}" for svc, machines in by_policy.machines.items() for m in machines
+        ),
+        placement_reasons=by_policy.reasons,
+        notes=by_policy.notes,
+        blockers=by_policy.blockers,
+        failed_machines=failed_machines,
     )
 
 
@@ -148,20 +170,78 @@ def _machine_addresses(
 
 
 # (service, machine, container) in distribution order
-Placement = tuple[str, str, str]
+Located = tuple[str, str, str]
 
 
-def _placements(doc: ModelDocument) -> list[Placement]:
-    return [
-        (svc, e.target, e.container or doc.services[svc].type)
-        for svc, entries in doc.distribution.items()
-        for e in entries
+def placement_key(deployment: str, service: str) -> str:
+    """Where the machines a policy placed a service on are recorded, among the
+    allocations: kept with every generation and read back by the next compile."""
+    return f"placement/{deployment}/{service}"
+
+
+def _placements(doc: ModelDocument, by_policy: Placement) -> list[Located]:
+    out: list[Located] = []
+    for svc, entry in doc.distribution.items():
+        if isinstance(entry, DistributionPolicy):
+            container = entry.container or doc.services[svc].type
+            out += [(svc, m, container) for m in by_policy.machines[svc]]
+        else:
+            out += [(svc, e.target, e.container or doc.services[svc].type) for e in entry]
+    return out
+
+
+def _policy_placement(
+    loaded: LoadedDeployment, recorded: Mapping[str, str], failed: frozenset[str]
+) -> Placement:
+    doc = loaded.model
+    failover = loaded.config.failover
+    from_snapshot = failover is not None and failover.stateful == "latest-snapshot"
+    machines = [
+        Machine(
+            name,
+            m.properties,
+            m.capacity,
+            {c: container_type(c, spec.type) or "" for c, spec in m.containers.items()},
+        )
+        for name, m in doc.machines.items()
     ]
+    explicit: list[Explicit] = []
+    policies: list[Policy] = []
+    last: dict[str, list[str]] = {}
+    for svc, entry in doc.distribution.items():
+        s = doc.services[svc]
+        port = s.port if isinstance(s.port, int) else None
+        if not isinstance(entry, DistributionPolicy):
+            explicit += [Explicit(svc, e.target, s.requires, port) for e in entry]
+            continue
+        uses = (*s.dependsOn, *s.connectsTo)
+        policies.append(
+            Policy(
+                service=svc,
+                service_type=s.type,
+                replicas=entry.replicas,
+                container=entry.container or s.type,
+                select=entry.select,
+                spread=entry.spread,
+                requires=s.requires,
+                port=port,
+                beside=tuple(
+                    d
+                    for d in uses
+                    if d in doc.distribution and doc.services[d].type == "sqlite-database"
+                ),
+                stays_on_failed=(s.type in STATEFUL_TYPES or s.moveState) and not from_snapshot,
+            )
+        )
+        value = recorded.get(placement_key(loaded.name, svc))
+        if value is not None:
+            last[svc] = json.loads(value)
+    return place(policies, machines, explicit, last, failed)
 
 
 def _ports(
     loaded: LoadedDeployment,
-    placements: list[Placement],
+    placements: list[Located],
     recorded: Mapping[str, str],
     allocations: dict[str, str],
 ) -> dict[str, int]:
@@ -189,11 +269,11 @@ def _instances(
     packages: dict[str, StorePackage],
     addresses: Mapping[str, str | None],
     machine_locations: Mapping[str, str],
-    placements: list[Placement],
+    placements: list[Located],
     ports: Mapping[str, int],
     machine_keys: Mapping[str, dict[str, Any]],
 ) -> tuple[dict[str, DesiredInstance], dict[str, str]]:
-    by_service: dict[str, list[Placement]] = {}
+    by_service: dict[str, list[Located]] = {}
     for p in placements:
         by_service.setdefault(p[0], []).append(p)
     deps_only = {s: doc.services[s].dependsOn for s in by_service}
@@ -203,7 +283,9 @@ def _instances(
         cached = received_cache.get((dep, machine))
         if cached:
             return cached
-        places = sorted(by_service[dep], key=lambda p: p[1] != machine)  # own machine first
+        places = sorted(by_service.get(dep, []), key=lambda p: p[1] != machine)  # own first
+        if not places:  # a policy that placed nothing: the plan is blocked
+            return Received("(not placed)", None, None, ())
         dep_type = doc.services[dep].type
         hosts = []
         for _, m, _ in places:

@@ -150,3 +150,11 @@ class DesiredState:
     allocations: dict[str, str] = field(default_factory=dict)
     rollouts: dict[str, RolloutPolicy] = field(default_factory=dict)  # by service
     move_state: frozenset[str] = frozenset()  # process/wrapper services moved with their state
+    # placement by policy (SPEC §10): the instances it placed, why each one of them (and
+    # each it took away from a machine, by its recorded key) is where it is, what the plan
+    # must say (fewer replicas than asked, state left on a failed machine) or refuse
+    placed_by_policy: frozenset[str] = frozenset()
+    placement_reasons: dict[str, str] = field(default_factory=dict)
+    notes: tuple[str, ...] = ()
+    blockers: tuple[str, ...] = ()
+    failed_machines: frozenset[str] = frozenset()  # left out of placement

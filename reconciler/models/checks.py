@@ -5,12 +5,20 @@ from __future__ import annotations
 
 from collections import defaultdict
 from collections.abc import Iterable, Mapping
+from typing import Any
 
 from reconciler.errors import Problem
 from reconciler.models.graph import find_cycle
 from reconciler.models.merge import locate
 from reconciler.models.problems import dotted
-from reconciler.models.schema import ACTIVATION_TYPES, ModelDocument, ServiceSpec, env_prefix
+from reconciler.models.schema import (
+    ACTIVATION_TYPES,
+    DistributionPolicy,
+    MachineSpec,
+    ModelDocument,
+    ServiceSpec,
+    env_prefix,
+)
 from reconciler.models.source import within_tree
 from reconciler.models.yamlmarks import Marks
 
@@ -32,6 +40,21 @@ def container_type(name: str, declared: str | None) -> str | None:
     return declared or (name if name in ACTIVATION_TYPES else None)
 
 
+def matches_select(properties: Mapping[str, Any], select: Mapping[str, Any]) -> bool:
+    """Every selected property equals the machine's (a boolean only equals a boolean)."""
+    for key, want in select.items():
+        have = properties.get(key)
+        if have != want or isinstance(have, bool) != isinstance(want, bool):
+            return False
+    return True
+
+
+def offers(machine: MachineSpec, container: str, service_type: str) -> bool:
+    """Whether the machine has this container, of the service's type."""
+    c = machine.containers.get(container)
+    return c is not None and container_type(container, c.type) == service_type
+
+
 def check_model(doc: ModelDocument, marks: Marks, default_file: str) -> list[Problem]:
     r = _Report(marks, default_file)
     for section in ("machines", "packages", "services"):
@@ -40,6 +63,8 @@ def check_model(doc: ModelDocument, marks: Marks, default_file: str) -> list[Pro
     _check_packages(r, doc)
     _check_services(r, doc)
     _check_distribution(r, doc)
+    _check_policies(r, doc)
+    _check_capacity(r, doc)
     return r.problems
 
 
@@ -154,12 +179,16 @@ def _check_env(r: _Report, name: str, s: ServiceSpec) -> None:
 def _check_distribution(r: _Report, doc: ModelDocument) -> None:
     placed: dict[str, set[str]] = {}
     ports: dict[tuple[str, int], list[str]] = defaultdict(list)
+    by_policy: set[str] = set()
     for svc, entries in doc.distribution.items():
         if svc not in doc.services:
             r.add(("distribution", svc), _unknown("service", svc, doc.services))
             continue
         s = doc.services[svc]
         placed[svc] = set()
+        if isinstance(entries, DistributionPolicy):
+            by_policy.add(svc)
+            continue
         for i, e in enumerate(entries):
             path = ("distribution", svc, i)
             machine = doc.machines.get(e.target)
@@ -193,19 +222,94 @@ def _check_distribution(r: _Report, doc: ModelDocument) -> None:
             for i, dep in enumerate(getattr(s, field)):
                 if dep not in doc.services:
                     continue
-                if not placed.get(dep):
+                if not placed.get(dep) and dep not in by_policy:
                     r.add(
                         ("services", svc, field, i),
                         f"{svc} needs {dep}, which is not deployed anywhere; "
                         f"add {dep} to the distribution",
                     )
-                elif doc.services[dep].type == "sqlite-database":
+                elif doc.services[dep].type != "sqlite-database" or svc in by_policy:
+                    continue  # placement puts a policy's instances beside its databases
+                elif dep in by_policy:
+                    r.add(
+                        ("services", svc, field, i),
+                        f"sqlite-database {dep} is placed by policy, so {svc}'s machines cannot "
+                        f"be sure to hold it; place {svc} by policy too, or list {dep}'s machines",
+                    )
+                else:
                     for m in sorted(machines - placed[dep]):
                         r.add(
                             ("services", svc, field, i),
                             f"sqlite-database {dep} is not on {m}, where {svc} runs; a SQLite "
                             f"database is only usable on its own machine (distribute {dep} to {m})",
                         )
+
+
+def _check_policies(r: _Report, doc: ModelDocument) -> None:
+    """What a policy asks must exist: a machine it selects, offering its container, with
+    the property it spreads over."""
+    for svc, policy in doc.distribution.items():
+        if not isinstance(policy, DistributionPolicy) or svc not in doc.services:
+            continue
+        s = doc.services[svc]
+        path = ("distribution", svc)
+        selectable = {
+            name: m
+            for name, m in doc.machines.items()
+            if matches_select(m.properties, policy.select)
+        }
+        if not selectable:
+            wanted = ", ".join(f"{k}: {v!r}" for k, v in policy.select.items())
+            r.add(
+                (*path, "select"),
+                f"no machine has the properties {{{wanted}}}; change select or a "
+                "machine's properties",
+            )
+            continue
+        cname = policy.container or s.type
+        if not any(offers(m, cname, s.type) for m in selectable.values()):
+            r.add(
+                (*path, "container") if policy.container else path,
+                f"no machine that select matches ({', '.join(sorted(selectable))}) offers a "
+                f"{cname} container for {s.type} service {svc}",
+            )
+        if policy.spread is not None and not any(
+            policy.spread in m.properties for m in selectable.values()
+        ):
+            # an error, not a warning: a misspelt spread would silently place without spreading
+            r.add(
+                (*path, "spread"),
+                f"no machine that select matches has the property {policy.spread!r} to spread "
+                "over; name a property those machines have, or remove spread",
+            )
+
+
+def _check_capacity(r: _Report, doc: ModelDocument) -> None:
+    """Every required name has a capacity somewhere, and explicit instances fit theirs."""
+    declared = {name for m in doc.machines.values() for name in m.capacity}
+    for svc, s in doc.services.items():
+        for name in s.requires:
+            if name not in declared:
+                r.add(
+                    ("services", svc, "requires", name),
+                    f"no machine has a capacity named {name!r}, so nothing would count it; "
+                    f"add capacity: {{{name}: …}} to the machines or remove it",
+                )
+    used: dict[tuple[str, str], float] = defaultdict(float)
+    for svc, entries in doc.distribution.items():
+        if isinstance(entries, DistributionPolicy) or svc not in doc.services:
+            continue
+        for e in entries:
+            for name, amount in doc.services[svc].requires.items():
+                used[(e.target, name)] += amount
+    for (machine, name), amount in sorted(used.items()):
+        m = doc.machines.get(machine)
+        if m is not None and name in m.capacity and amount > m.capacity[name]:
+            r.add(
+                ("machines", machine, "capacity", name),
+                f"the services distributed to {machine} require {name} {amount:g}, more than "
+                f"its capacity {m.capacity[name]:g}; raise it or distribute fewer there",
+            )
 
 
 def _unknown(kind: str, name: str, known: Mapping[str, object]) -> str:

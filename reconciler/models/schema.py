@@ -10,10 +10,12 @@ from pydantic import (
     BaseModel,
     BeforeValidator,
     ConfigDict,
+    Discriminator,
     Field,
     StrictBool,
     StrictInt,
     StringConstraints,
+    Tag,
     WithJsonSchema,
     field_validator,
     model_validator,
@@ -81,11 +83,62 @@ EnvValue = Annotated[
 ]
 
 
+PERCENT_PATTERN = r"^([1-9][0-9]?|100)%$"
+
+
+def _max_unavailable(value: Any) -> Any:
+    """A count ≥ 1 or a percentage 1-100 %, kept as the text rollout reads ("3", "25%")."""
+    if isinstance(value, int) and not isinstance(value, bool) and value >= 1:
+        return str(value)
+    if isinstance(value, str) and re.fullmatch(PERCENT_PATTERN, value):
+        return value
+    raise ValueError(
+        f"maxUnavailable must be a number of instances (1 or more) or a percentage from 1% "
+        f"to 100%; got {value!r}"
+    )
+
+
+MaxUnavailable = Annotated[
+    str,
+    BeforeValidator(_max_unavailable),
+    WithJsonSchema(
+        {
+            "anyOf": [
+                {"type": "integer", "minimum": 1},
+                {"type": "string", "pattern": PERCENT_PATTERN},
+            ],
+            "examples": [1, "25%"],
+        }
+    ),
+]
+
+
+def _amount(value: Any) -> Any:
+    if isinstance(value, int | float) and not isinstance(value, bool) and value >= 0:
+        return value
+    raise ValueError(f"expected a number, 0 or more; got {value!r}")
+
+
+# capacity and requires: numbers of any unit, never negative
+Amount = Annotated[
+    int | float, BeforeValidator(_amount), WithJsonSchema({"type": "number", "minimum": 0})
+]
+Scalar = str | int | float | bool
+
+
 class Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", populate_by_name=False)
 
 
 # --- reconciler.yaml ---------------------------------------------------------------
+
+
+class FailoverSpec(Strict):
+    """SPEC §10: a machine unreachable longer than `after` is failed and left out of
+    placement; `latest-snapshot` lets stateful services fail over from their latest one."""
+
+    after: Duration
+    stateful: Literal["latest-snapshot"] | None = None
 
 
 class DeploymentConfig(Strict):
@@ -96,6 +149,7 @@ class DeploymentConfig(Strict):
     interval: Duration = Field(default=30.0, json_schema_extra={"default": "30s"})
     destroyMachines: StrictBool = False
     allowRewind: StrictBool = False
+    failover: FailoverSpec | None = None  # absent: off
 
 
 class RootConfig(Strict):
@@ -207,6 +261,7 @@ class MachineSpec(Strict):
     packages: list[Name] = Field(default_factory=list)
     containers: dict[Name, ContainerSpec] = Field(default_factory=dict)
     deployment: DeploymentSettings
+    capacity: dict[str, Amount] = Field(default_factory=dict)  # what policies may place here
 
 
 # --- packages and services -------------------------------------------------------------
@@ -242,6 +297,13 @@ def _port_value(value: Any) -> Any:
     raise ValueError(f"port must be a number from 1 to 65535, or auto; got {value!r}")
 
 
+class RolloutSpec(Strict):
+    """SPEC §9: replaced in batches of `maxUnavailable`, each healthy for `minReady`."""
+
+    maxUnavailable: MaxUnavailable = Field(default="25%")
+    minReady: Duration = Field(default=0.0, json_schema_extra={"default": "0s"})
+
+
 class ServiceSpec(Strict):
     package: Name
     type: ActivationType = "process"
@@ -262,6 +324,9 @@ class ServiceSpec(Strict):
     )
     healthCheck: HealthCheck | None = None
     properties: dict[str, Any] = Field(default_factory=dict)
+    rollout: RolloutSpec = Field(default_factory=RolloutSpec)
+    requires: dict[str, Amount] = Field(default_factory=dict)  # against machines' capacity
+    moveState: StrictBool = False  # process/wrapper: its state folder moves with it
 
     @field_validator("env")
     @classmethod
@@ -296,6 +361,31 @@ DistributionEntry = Annotated[
 ]
 
 
+class DistributionPolicy(Strict):
+    """SPEC §10: the reconciler picks the machines."""
+
+    replicas: StrictInt = Field(ge=1)
+    select: dict[str, Scalar] = Field(default_factory=dict)  # machine properties to equal
+    spread: str | None = None  # a machine property: instances go to distinct values first
+    container: Name | None = None
+
+
+def _list_or_policy(value: Any) -> str | None:
+    return "list" if isinstance(value, list) else "policy" if isinstance(value, dict) else None
+
+
+# a list of machines (SPEC §2.6), or a policy; told apart by shape so an error speaks of
+# the form that was written
+DistributionSpec = Annotated[
+    Annotated[list[DistributionEntry], Tag("list")] | Annotated[DistributionPolicy, Tag("policy")],
+    Discriminator(
+        _list_or_policy,
+        custom_error_type="distribution",
+        custom_error_message="expected a list of machines, or a policy such as {replicas: 2}",
+    ),
+]
+
+
 class ModelDocument(Strict):
     """The merged model of one deployment (and the shape of every model file)."""
 
@@ -303,7 +393,7 @@ class ModelDocument(Strict):
     machines: dict[Name, MachineSpec] = Field(default_factory=dict)
     packages: dict[Name, PackageSpec] = Field(default_factory=dict)
     services: dict[Name, ServiceSpec] = Field(default_factory=dict)
-    distribution: dict[Name, list[DistributionEntry]] = Field(default_factory=dict)
+    distribution: dict[Name, DistributionSpec] = Field(default_factory=dict)
 
 
 def env_prefix(name: str) -> str:
