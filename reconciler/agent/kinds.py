@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any, NamedTuple, Optional
 
-from . import package, process, sqlite, wrapper
+from . import folder, package, process, sqlite, wrapper
 from .request import Instance, bad
 
 if TYPE_CHECKING:
@@ -26,7 +26,10 @@ class Kind(NamedTuple):
 
 
 TYPES: dict[str, Kind] = {
-    "process": Kind(process.activate, process.deactivate, process.status, None, None),
+    # a process keeps no state of its own; with moveState its state folder moves
+    "process": Kind(
+        process.activate, process.deactivate, process.status, folder.snapshot, folder.restore
+    ),
     "sqlite-database": Kind(
         sqlite.activate, sqlite.deactivate, sqlite.status, sqlite.snapshot, sqlite.restore
     ),

@@ -205,7 +205,11 @@ class Transition:
             # a wrapper snapshots and restores itself: it is asked with its own request
             old = self.old_requests.get(f"{move.service}@{move.source}", {}).get("instance")
             new = requests[f"{move.service}@{move.target}"]["instance"]
-            wrapper = self.desired.instances[f"{move.service}@{move.target}"].type == "wrapper"
+            # a wrapper snapshots itself, a process (moveState) its state folder
+            wrapper = self.desired.instances[f"{move.service}@{move.target}"].type in (
+                "wrapper",
+                "process",
+            )
             snap = await self.agent_call(
                 move.source,
                 "snapshot",
