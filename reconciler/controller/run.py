@@ -286,6 +286,7 @@ class Controller:
         the conditions with their transition times."""
         from reconciler.execute.observe import nothing_json, observe_async, status_json
         from reconciler.state.db import open_db
+        from reconciler.state.journal import rollout_progress
         from reconciler.state.rows import read_deployment
 
         db = open_db(self.opts.state_location, write=False)
@@ -300,6 +301,8 @@ class Controller:
                     record = read_deployment(db, d.name) or record
                     obs = await observe_async(db, record, self.opts.state_root)
                 doc = status_json(obs)
+                if d.applying:
+                    self.show_rollouts(d, doc, rollout_progress(db, d.name))
                 by_state: dict[str, int] = {}
                 for i in obs.instances:
                     by_state[i.state] = by_state.get(i.state, 0) + 1
@@ -320,6 +323,29 @@ class Controller:
         doc["owner"] = {"replica": self.ownership.id, "thisReplica": True}
         await asyncio.to_thread(self.share_status, d.name, doc)
         self.view.put(d.name, doc)
+
+    def show_rollouts(
+        self, d: DeploymentLoop, doc: dict[str, Any], progress: dict[str, dict[str, Any]]
+    ) -> None:
+        """A rollout in flight (SPEC §9), on each instance of the page and in the metrics:
+        the batches before the current one are ready, the current one is replacing (or
+        ready once done), the rest wait."""
+        replaced = to_replace = 0
+        for service, p in progress.items():
+            size = len(p["instances"])
+            replaced += (p["batch"] - 1) * size + (size if p["done"] else 0)
+            to_replace += p["batches"] * size
+            ordered = sorted(
+                (i for i in doc["instances"] if i["service"] == service),
+                key=lambda i: (i["machine"], i["key"]),
+            )
+            for n, inst in enumerate(ordered):
+                batch = n // size + 1
+                phase = "ready" if batch < p["batch"] else "waiting"
+                if batch == p["batch"]:
+                    phase = "ready" if p["done"] else "replacing"
+                inst["rollout"] = {"batch": batch, "batches": p["batches"], "phase": phase}
+        self.metrics.rollout(d.name, replaced, to_replace)
 
     def share_status(self, name: str, doc: dict[str, Any]) -> None:
         from reconciler.state.db import open_db

@@ -42,3 +42,23 @@ def entries(db: StateDB, attempt: str, step: str) -> list[dict[str, Any]]:
             [attempt, step],
         )
     ]
+
+
+def rollout_progress(db: StateDB, deployment: str) -> dict[str, dict[str, Any]]:
+    """The running attempt's rollouts (SPEC §9), by service: the batch it is at, of how
+    many, its instances and whether that batch is done; empty when none is running."""
+    progress: dict[str, dict[str, Any]] = {}
+    for r in db.query(
+        "SELECT j.status, j.detail FROM journal j JOIN attempts a ON a.id = j.attempt_id "
+        "WHERE a.deployment = ? AND a.status = 'running' AND j.action = 'rollout-batch' "
+        "ORDER BY j.id",
+        [deployment],
+    ):
+        d = json.loads(r["detail"])
+        progress[d["service"]] = {
+            "batch": d["batch"],
+            "batches": d["batches"],
+            "instances": d["instances"],
+            "done": r["status"] == "done",
+        }
+    return progress
