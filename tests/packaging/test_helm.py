@@ -1,8 +1,9 @@
 """The Helm chart in helm/reconciler: it lints (also --strict), renders with the default
 values and with the values files in helm/reconciler/ci/, every rendered manifest is valid
 for Kubernetes (strict schema validation with kubernetes-validate), and it runs what a
-user expects: one controller with its state on a volume, probes, a Service on 8430, a
-non-root pod, and the secrets where the controller's flags say they are.
+user expects: one controller with its state on a volume, or several sharing a PostgreSQL
+state (SPEC §11), probes, a Service on 8430, a non-root pod, and the secrets where the
+controller's flags say they are; the real CLI accepts the arguments the chart renders.
 
 helm comes from scripts/fetch-helm (cached in .cache/helm; set HELM to use another);
 these tests skip only when it cannot be downloaded.
@@ -14,6 +15,7 @@ import base64
 import os
 import re
 import subprocess
+import sys
 from collections.abc import Callable
 from pathlib import Path, PurePosixPath
 from typing import Any
@@ -27,6 +29,7 @@ CHART = ROOT / "helm" / "reconciler"
 CI_VALUES = sorted((CHART / "ci").glob("*-values.yaml"))
 EXISTING = CHART / "ci" / "existing-secrets-values.yaml"
 INLINE = CHART / "ci" / "inline-secrets-values.yaml"
+POSTGRES = CHART / "ci" / "postgresql-values.yaml"
 
 PORT = 8430
 STATE_DIR = "/var/lib/reconciler"
@@ -146,8 +149,14 @@ def statefulset(docs: list[Doc]) -> Doc:
     return sts
 
 
+def workload(docs: list[Doc]) -> Doc:
+    """The controller's StatefulSet or Deployment: there is exactly one."""
+    (only,) = of_kind(docs, "StatefulSet") + of_kind(docs, "Deployment")
+    return only
+
+
 def pod_spec(docs: list[Doc]) -> Doc:
-    spec: Doc = statefulset(docs)["spec"]["template"]["spec"]
+    spec: Doc = workload(docs)["spec"]["template"]["spec"]
     return spec
 
 
@@ -189,8 +198,25 @@ def test_one_statefulset_with_one_replica(render: Render) -> None:
         assert statefulset(docs)["spec"]["replicas"] == 1
 
 
-def test_replicas_cannot_be_raised(render: Render) -> None:
-    assert statefulset(render(sets=("replicas=3", "replicaCount=3")))["spec"]["replicas"] == 1
+def test_replicas_is_not_a_value(render: Render) -> None:
+    assert statefulset(render(sets=("replicas=3",)))["spec"]["replicas"] == 1
+
+
+def test_more_replicas_without_a_shared_state_are_refused(
+    helm: str, helm_env: dict[str, str]
+) -> None:
+    """Two controllers on one SQLite volume cannot work: the chart says what to set."""
+    for values in ([], [EXISTING], [INLINE]):
+        args: list[str | Path] = ["template", "rel", CHART, "--set", "replicaCount=3"]
+        args += [item for file in values for item in ("--values", file)]
+        done = run_helm(helm, helm_env, *args)
+        assert done.returncode == 1
+        assert "replicaCount is 3" in done.stderr, done.stderr
+        assert "set state.url (or state.existingSecret) to a PostgreSQL state" in done.stderr
+    done = run_helm(helm, helm_env, "template", "rel", CHART, "--set", "replicaCount=0")
+    assert done.returncode == 1 and "run at least 1 controller" in done.stderr, done.stderr
+    done = run_helm(helm, helm_env, "template", "rel", CHART, "--set", "state.url=/data/state.db")
+    assert done.returncode == 1 and "state.url must be a postgresql:// URL" in done.stderr
 
 
 def test_state_on_a_volume_claim_template(render: Render) -> None:
@@ -403,3 +429,114 @@ def test_every_value_is_documented() -> None:
 def test_everything_goes_into_the_release_namespace(render: Render) -> None:
     for doc in render(INLINE) + render(EXISTING):
         assert doc["metadata"]["namespace"] == "ops", doc["metadata"]["name"]
+
+
+# --- several controllers on a PostgreSQL state (SPEC §11) ----------------------------
+
+
+def env_of(docs: list[Doc]) -> dict[str, Doc]:
+    return {e["name"]: e for e in container(docs)["env"]}
+
+
+def test_replicas_on_postgresql_run_as_a_deployment(render: Render) -> None:
+    docs = render(POSTGRES)
+    assert not of_kind(docs, "StatefulSet")
+    (deployment,) = of_kind(docs, "Deployment")
+    assert deployment["spec"]["replicas"] == 3
+    # The URL from its Secret, as the variable the CLI reads; not on the command line.
+    ref = env_of(docs)["RECONCILER_STATE"]["valueFrom"]["secretKeyRef"]
+    assert (ref["name"], ref["key"]) == ("reconciler-state", "url")
+    assert flag(docs, "--state") is None
+    # The password is a file, for the controller and (by the variable) its applies.
+    password = flag(docs, "--state-password-file")
+    assert password is not None
+    assert file_source(docs, password) == ("secret", "reconciler-state", "password", 0o400)
+    assert env_of(docs)["RECONCILER_STATE_PASSWORD_FILE"]["value"] == password
+    # No claim: the store cache and the mirror are each replica's own, in an emptyDir.
+    volumes = {v["name"]: v for v in pod_spec(docs)["volumes"]}
+    mounts = {m["mountPath"]: m["name"] for m in container(docs)["volumeMounts"]}
+    assert "emptyDir" in volumes[mounts[STATE_DIR]]
+    assert env_of(docs)["RECONCILER_HOME"]["value"] == STATE_DIR
+    # Every replica serves the page and the API: one Service to all, no headless one.
+    (service,) = of_kind(docs, "Service")
+    pod_labels = deployment["spec"]["template"]["metadata"]["labels"]
+    assert service["spec"]["selector"].items() <= pod_labels.items()
+
+
+def test_an_inline_state_url_and_password_stay_out_of_the_pod_spec(render: Render) -> None:
+    url, password = "postgresql://reconciler@pg.db.svc:5432/reconciler", "pg-test-password"
+    docs = render(sets=(f"state.url={url}", f"state.password={password}"))
+    (deployment,) = of_kind(docs, "Deployment")
+    assert deployment["spec"]["replicas"] == 1, "one replica on PostgreSQL: a Deployment too"
+    spec = yaml.safe_dump(deployment)
+    assert url not in spec and password not in spec
+    (secret,) = of_kind(docs, "Secret")
+    data = {k: base64.b64decode(v).decode() for k, v in secret["data"].items()}
+    ref = env_of(docs)["RECONCILER_STATE"]["valueFrom"]["secretKeyRef"]
+    assert (ref["name"], data[ref["key"]]) == (secret["metadata"]["name"], url)
+    password_file = flag(docs, "--state-password-file")
+    assert password_file is not None
+    kind, source, key, _ = file_source(docs, password_file)
+    assert (kind, source, data[key]) == ("secret", secret["metadata"]["name"], password)
+    assert "checksum/secret" in deployment["spec"]["template"]["metadata"]["annotations"]
+    for doc in docs:
+        kubernetes_validate.validate(doc, KUBE_VERSIONS[-1], strict=True)
+    # A URL that carries its password needs no file.
+    docs = render(sets=("state.url=postgresql://u:pw@pg/db",))
+    assert flag(docs, "--state-password-file") is None
+    assert "RECONCILER_STATE_PASSWORD_FILE" not in env_of(docs)
+
+
+def test_keys_come_from_the_operators_secrets(render: Render) -> None:
+    docs = render(POSTGRES)
+    args = container(docs)["args"]
+    folder = flag(docs, "--keys-dir")
+    assert folder is not None and args.index("--keys-dir") < args.index("run")
+    volumes = {v["name"]: v for v in pod_spec(docs)["volumes"]}
+    (mount,) = [m for m in container(docs)["volumeMounts"] if m["mountPath"] == folder]
+    assert mount["readOnly"] is True
+    assert volumes[mount["name"]]["secret"]["secretName"] == "reconciler-keys"
+    assert flag(docs, "--key-env-prefix") == "ACME_KEY_"
+    # Also as variables: the applies the controller starts, and `kubectl exec`, see them.
+    assert env_of(docs)["RECONCILER_KEYS_DIR"]["value"] == folder
+    assert env_of(docs)["RECONCILER_KEYS_ENV_PREFIX"]["value"] == "ACME_KEY_"
+    (env_from,) = container(docs)["envFrom"]
+    assert env_from == {"secretRef": {"name": "reconciler-key-env"}, "prefix": "ACME_KEY_"}
+    # Without values: no key folder, and the CLI's default prefix.
+    docs = render()
+    assert flag(docs, "--keys-dir") is None and flag(docs, "--key-env-prefix") is None
+    assert "envFrom" not in container(docs)
+    assert not {"RECONCILER_KEYS_DIR", "RECONCILER_KEYS_ENV_PREFIX"} & env_of(docs).keys()
+    docs = render(sets=("keyEnvSecret=more-keys",))
+    assert container(docs)["envFrom"][0]["prefix"] == "RECONCILER_KEY_"
+
+
+def test_notifications_and_parallel_applies(render: Render) -> None:
+    docs = render(POSTGRES)
+    args = container(docs)["args"]
+    notify = [args[i + 1] for i, arg in enumerate(args) if arg == "--notify"]
+    assert notify == ["https://hooks.example.com/reconciler", "$(SLACK_WEBHOOK_URL)"]
+    assert args.index("run") < args.index("--notify")
+    secret = flag(docs, "--notify-secret-file")
+    assert secret is not None
+    assert file_source(docs, secret)[:3] == ("secret", "reconciler-notify", "secret")
+    assert flag(docs, "--max-parallel-applies") == "4"
+    docs = render()
+    for absent in ("--notify", "--notify-secret-file", "--max-parallel-applies"):
+        assert flag(docs, absent) is None, absent
+
+
+@pytest.mark.parametrize("values", [None, *CI_VALUES], ids=lambda v: v.name if v else "defaults")
+def test_the_cli_accepts_the_rendered_arguments(render: Render, values: Path | None) -> None:
+    """Every option the chart passes exists, in its place (global options before `run`):
+    the real `reconciler` parses them all before printing the help."""
+    docs = render(values) if values else render()
+    args = [re.sub(r"\$\((\w+)\)", "value-of-\\1", arg) for arg in container(docs)["args"]]
+    done = subprocess.run(
+        [sys.executable, "-m", "reconciler", *args, "--help"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 0, done.stderr
+    assert "Usage: reconciler run" in done.stdout

@@ -73,7 +73,60 @@ when there is something to put in it.
 {{- $ssh := and (not .Values.ssh.existingSecret) (or .Values.ssh.privateKey .Values.ssh.knownHosts) }}
 {{- $webhook := and (not .Values.webhook.existingSecret) .Values.webhook.secret }}
 {{- $token := and (not .Values.apiToken.existingSecret) .Values.apiToken.token }}
-{{- if or $ssh $webhook $token }}true{{ end }}
+{{- $state := and (not .Values.state.existingSecret) .Values.state.url }}
+{{- $notify := and (not .Values.notify.existingSecret) .Values.notify.secret }}
+{{- if or $ssh $webhook $token $state $notify }}true{{ end }}
+{{- end }}
+
+{{/*
+The values no rendering can work with: refused with what to set instead.
+*/}}
+{{- define "reconciler.checkValues" -}}
+{{- if not (or .Values.repo.url .Values.repo.existingSecret) }}
+{{- fail "Set repo.url (the models repository) or repo.existingSecret (a Secret holding it)." }}
+{{- end }}
+{{- $replicas := int .Values.replicaCount }}
+{{- if lt $replicas 1 }}
+{{- fail (printf "replicaCount is %v: run at least 1 controller." .Values.replicaCount) }}
+{{- end }}
+{{- if and (gt $replicas 1) (not (include "reconciler.state.shared" .)) }}
+{{- fail (printf "replicaCount is %d, but the SQLite state on a volume is for one controller: set state.url (or state.existingSecret) to a PostgreSQL state the replicas share, or replicaCount: 1." $replicas) }}
+{{- end }}
+{{- with .Values.state.url }}
+{{- if not (regexMatch "^postgres(ql)?://" .) }}
+{{- fail "state.url must be a postgresql:// URL (leave it empty for SQLite on the volume)." }}
+{{- end }}
+{{- end }}
+{{- end }}
+
+{{/* The state: "true" when it is a PostgreSQL server the replicas share. */}}
+{{- define "reconciler.state.shared" -}}
+{{- if or .Values.state.url .Values.state.existingSecret }}true{{ end }}
+{{- end }}
+{{- define "reconciler.state.secretName" -}}
+{{- default (include "reconciler.secretName" .) .Values.state.existingSecret }}
+{{- end }}
+{{- define "reconciler.state.urlKey" -}}
+{{- if .Values.state.existingSecret }}{{ .Values.state.existingSecretKey }}{{ else }}state-url{{ end }}
+{{- end }}
+{{/* The password's key in that Secret; "" when there is no password to mount. */}}
+{{- define "reconciler.state.passwordKey" -}}
+{{- if .Values.state.existingSecret }}{{ .Values.state.existingSecretPasswordKey }}
+{{- else if .Values.state.password }}state-password{{ end }}
+{{- end }}
+{{- define "reconciler.stateFile" -}}{{ include "reconciler.stateDir" . }}/state.db{{- end }}
+{{- define "reconciler.statePasswordFile" -}}/etc/reconciler/state/password{{- end }}
+{{- define "reconciler.keysDir" -}}/etc/reconciler/keys{{- end }}
+
+{{/* Notifications: the signing secret's Secret name and key, when configured. */}}
+{{- define "reconciler.notify.enabled" -}}
+{{- if or .Values.notify.existingSecret .Values.notify.secret }}true{{ end }}
+{{- end }}
+{{- define "reconciler.notify.secretName" -}}
+{{- default (include "reconciler.secretName" .) .Values.notify.existingSecret }}
+{{- end }}
+{{- define "reconciler.notify.secretKey" -}}
+{{- if .Values.notify.existingSecret }}{{ .Values.notify.existingSecretKey }}{{ else }}notify-secret{{ end }}
 {{- end }}
 
 {{/* SSH: the Secret holding the private key and known hosts, and which of them exist. */}}
@@ -143,11 +196,39 @@ when there is something to put in it.
 - --deployment
 - {{ . | quote }}
 {{- end }}
+{{- if include "reconciler.state.shared" . }}
+{{- /* The URL comes as $RECONCILER_STATE from its Secret, not on the command line. */}}
+{{- if include "reconciler.state.passwordKey" . }}
+- --state-password-file
+- {{ include "reconciler.statePasswordFile" . }}
+{{- end }}
+{{- else }}
 - --state
-- {{ include "reconciler.stateDir" . }}/state.db
+- {{ include "reconciler.stateFile" . }}
+{{- end }}
+{{- if .Values.keysDir.existingSecret }}
+- --keys-dir
+- {{ include "reconciler.keysDir" . }}
+{{- end }}
+{{- with .Values.keyEnvPrefix }}
+- --key-env-prefix
+- {{ . | quote }}
+{{- end }}
 - run
 - --listen
 - {{ include "reconciler.listen" . | quote }}
+{{- with .Values.controller.maxParallelApplies }}
+- --max-parallel-applies
+- {{ . | int | quote }}
+{{- end }}
+{{- range .Values.notify.urls }}
+- --notify
+- {{ . | quote }}
+{{- end }}
+{{- if include "reconciler.notify.enabled" . }}
+- --notify-secret-file
+- /etc/reconciler/notify/secret
+{{- end }}
 {{- if include "reconciler.webhook.enabled" . }}
 - --webhook-secret-file
 - /etc/reconciler/webhook/secret
