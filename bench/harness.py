@@ -459,7 +459,7 @@ def agent_script() -> Path | None:
     which a machine runs with python3."""
     package = measured_package() / "agent"
     if package.is_dir():
-        from reconciler.execute.agent import archive
+        from reconciler.execute.agent_client import archive
 
         OUT_DIR.mkdir(exist_ok=True)
         (OUT_DIR / "agent.pyz").write_bytes(archive(package))

@@ -1,6 +1,6 @@
 """The agent: the program that runs ON EACH TARGET MACHINE, one JSON request in, one JSON
 answer out (see `protocol`). Shipped there as one zip archive that the target's python3
-runs (`reconciler.execute.agent` builds and ships it).
+runs (`reconciler.execute.agent_client` builds and ships it).
 
 Constraints: python 3.9+ on the target (checked by vermin in `make lint`), the standard
 library only, imports only from this package (relative), Linux (/proc).

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from reconciler.errors import UserError
-from reconciler.execute.agent import AgentError, call, ensure_agent, ship
+from reconciler.execute.agent_client import AgentError, call, ensure_agent, ship
 from reconciler.execute.leases import Leases
 from reconciler.models.schema import parse_duration
 from reconciler.options import Options

@@ -15,7 +15,7 @@ from typing import Any
 from reconciler.desired.compile import compile_deployment
 from reconciler.desired.state import DesiredState
 from reconciler.errors import UserError
-from reconciler.execute.agent import answer_of, ask
+from reconciler.execute.agent_client import answer_of, ask
 from reconciler.execute.inputs import load_one
 from reconciler.execute.requests import activation_request
 from reconciler.options import Options

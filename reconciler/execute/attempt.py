@@ -28,7 +28,7 @@ from typing import Any
 from reconciler.desired.host_addresses import claim
 from reconciler.desired.state import PROVISIONED_ENVS, DesiredState
 from reconciler.errors import UserError
-from reconciler.execute.agent import ensure_agent, ship
+from reconciler.execute.agent_client import ensure_agent, ship
 from reconciler.execute.inputs import compile_with_record, registry_owner
 from reconciler.execute.outcome import AttemptError, Failed, Outcome, Reason, Result, Stalled
 from reconciler.execute.recover import settle

@@ -9,7 +9,7 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
-from reconciler.execute.agent import AgentError, call, ensure_agent, ship
+from reconciler.execute.agent_client import AgentError, call, ensure_agent, ship
 from reconciler.execute.leases import Leases
 from reconciler.execute.outcome import Outcome, Reason, Result
 from reconciler.models.graph import topological_order

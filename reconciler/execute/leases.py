@@ -10,7 +10,7 @@ import time
 from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 
-from reconciler.execute.agent import AgentError
+from reconciler.execute.agent_client import AgentError
 from reconciler.targets.base import TargetError
 
 LEASE_SECONDS = 60

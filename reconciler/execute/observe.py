@@ -118,11 +118,11 @@ async def _observe_machine(
     keys: RecordedKeysOnly,
     paths: bool,
 ) -> MachineSeen:
-    from reconciler.execute.agent import answer_of
+    from reconciler.execute.agent_client import answer_of
     from reconciler.targets.local import LocalTarget
     from reconciler.targets.open import open_target
     from reconciler.targets.ssh import SshTarget
-    from reconciler.targets.store import present
+    from reconciler.targets.store_paths import present
 
     seen = MachineSeen(m.name)
     connection = m.connection or {"targetEnv": m.target_env, "stateDir": m.state_dir}
@@ -182,7 +182,7 @@ async def _ask_agent(
     address: str | None,
 ) -> dict[str, Any]:
     """One round trip: read-manifest and status, from the agent streamed to the machine."""
-    from reconciler.execute.agent import ask
+    from reconciler.execute.agent_client import ask
 
     base = {"stateDir": target.state_dir, "deployment": deployment}
     status = {

@@ -8,7 +8,7 @@ import contextlib
 from dataclasses import dataclass
 from typing import Any
 
-from reconciler.execute.agent import AgentError, call
+from reconciler.execute.agent_client import AgentError, call
 from reconciler.execute.leases import Leases
 from reconciler.execute.undo import undo
 from reconciler.state.attempts import finish_attempt

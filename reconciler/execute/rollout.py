@@ -16,7 +16,7 @@ import time
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
-from reconciler.execute.agent import AgentError
+from reconciler.execute.agent_client import AgentError
 from reconciler.plan.types import Rollout
 
 if TYPE_CHECKING:

@@ -11,7 +11,7 @@ from typing import Protocol
 from reconciler.desired.state import DesiredMachine
 from reconciler.store.local import LocalStore, PathInfo
 from reconciler.targets.base import Target, TargetError
-from reconciler.targets.store import choose_compression, present, receive
+from reconciler.targets.store_paths import choose_compression, present, receive
 
 # no link between them and this host to save bytes on: compression would only cost CPU
 ON_THIS_HOST = ("local", "container")

@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from reconciler.desired.state import DesiredInstance, DesiredState
-from reconciler.execute.agent import AgentError, AgentSession
+from reconciler.execute.agent_client import AgentError, AgentSession
 from reconciler.execute.leases import WAIT_FOR_HELD, Leases
 from reconciler.execute.outcome import Failed, Reason, Stalled
 from reconciler.execute.requests import activation_request, deployment_dir

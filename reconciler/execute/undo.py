@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from reconciler.execute.agent import AgentError
+from reconciler.execute.agent_client import AgentError
 from reconciler.execute.leases import Call
 from reconciler.state.journal import Journal
 from reconciler.targets.base import TargetError

@@ -1,4 +1,4 @@
-"""The agent archive as shipped (`reconciler.execute.agent.archive`), written once per test
+"""The agent archive as shipped (`reconciler.execute.agent_client.archive`), written once per test
 run; running one command with it; packages, instances and processes to test it with."""
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from reconciler.execute.agent import archive
+from reconciler.execute.agent_client import archive
 
 # RECONCILER_AGENT_PYTHON=python3.9 runs the agent with the oldest python a target may have
 PYTHON = os.environ.get("RECONCILER_AGENT_PYTHON", sys.executable)

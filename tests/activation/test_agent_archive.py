@@ -16,7 +16,7 @@ import sys
 import zipfile
 from pathlib import Path
 
-from reconciler.execute.agent import (
+from reconciler.execute.agent_client import (
     PACKAGE,
     SOURCE,
     AgentSession,

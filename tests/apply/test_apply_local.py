@@ -192,7 +192,9 @@ def test_a_secret_never_lands_in_the_record_the_plan_or_the_store(example: Path)
     logical = (example / "network/logical.yaml").read_text()
     physical = (example / "network/physical-local.yaml").read_text()
     with_key = physical.replace(
-        "targetEnv: local", "targetEnv: local\n      keys: {api-token: {env: RECONCILER_KEY_STAFF_TOKEN}}", 1
+        "targetEnv: local",
+        "targetEnv: local\n      keys: {api-token: {env: RECONCILER_KEY_STAFF_TOKEN}}",
+        1,
     )
     assert with_key != physical
     commit(example, {"network/physical-local.yaml": with_key}, "a key")
@@ -200,7 +202,9 @@ def test_a_secret_never_lands_in_the_record_the_plan_or_the_store(example: Path)
     assert missing.returncode == 1
     assert "environment variable RECONCILER_KEY_STAFF_TOKEN is not set" in missing.stderr
     assert not (example / ".reconciler/machines").exists()
-    done = run_cli("-d", "local", "apply", "--yes", cwd=example, env={"RECONCILER_KEY_STAFF_TOKEN": secret})
+    done = run_cli(
+        "-d", "local", "apply", "--yes", cwd=example, env={"RECONCILER_KEY_STAFF_TOKEN": secret}
+    )
     assert done.returncode == 0, done.stderr
     keys = list(example.glob(".reconciler/machines/*/deployments/local/keys/api-token"))
     assert len(keys) == 1 and keys[0].read_text() == secret

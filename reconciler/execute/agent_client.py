@@ -21,7 +21,7 @@ from reconciler.store.build import install
 from reconciler.store.content import hash_tree, make_immutable, remove_tree
 from reconciler.store.local import LocalStore, PathInfo
 from reconciler.targets.base import Channel, Target, TargetError
-from reconciler.targets.store import present, receive
+from reconciler.targets.store_paths import present, receive
 
 SOURCE = Path(__file__).resolve().parent.parent / "agent"  # the package shipped
 ARCHIVE = "agent.pyz"
