@@ -22,6 +22,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+import psycopg
 import pytest
 
 USER = "reconciler"
@@ -40,8 +41,6 @@ class Server:
 
     def admin(self, sql: str) -> None:
         """A statement run as the superuser over the socket (outside any transaction)."""
-        import psycopg
-
         with psycopg.connect(
             host=str(self.folder), port=self.port, user=USER, dbname="postgres", autocommit=True
         ) as conn:
@@ -163,11 +162,6 @@ class Database:
     def url(self) -> str:
         """With the password in it: for the library; the CLI tests pass it otherwise."""
         return self.server.url(self.name, PASSWORD)
-
-    @property
-    def socket_url(self) -> str:
-        """Over the Unix socket (trusted: no password)."""
-        return f"postgresql://{USER}@/{self.name}?host={self.server.folder}&port={self.server.port}"
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])
