@@ -100,7 +100,8 @@ class _Fleet:
         for res, amount in sorted(p.requires.items()):
             cap = m.capacity.get(res)
             if cap is not None and self.used[name][res] + amount > cap:
-                return f"{name} has no room: {res} {self.used[name][res]:g} of {cap:g} used"
+                used = self.used[name][res]
+                return f"{name} has no room for {res} {amount:g} ({used:g} of {cap:g} used)"
         return None
 
     def fraction_after(self, p: Policy, name: str) -> float:
@@ -172,15 +173,16 @@ def place(
                 if name not in placed and (misfit := fleet.why_not(p, name))
             ]
             detail = "; ".join(misfits[:6]) + (" …" if len(misfits) > 6 else "")
+            detail = f"no other machine fits ({detail})" if misfits else "no other machine"
             if placed:
                 notes.append(
-                    f"{p.service}: {len(placed)} of {p.replicas} replicas placed; no other "
-                    f"machine fits ({detail})"
+                    f"{p.service}: {len(placed)} of {p.replicas} replicas placed; {detail}"
                 )
             else:
                 blockers.append(
-                    f"{p.service}: no machine fits any of its {p.replicas} replicas ({detail}); "
-                    "change its select, requires or the machines' capacity"
+                    f"{p.service}: no machine fits any of its {p.replicas} replicas "
+                    f"({'; '.join(misfits)}); change its select, requires or the machines' "
+                    "capacity"
                 )
     return Placement(out, reasons, tuple(notes), tuple(blockers))
 

@@ -139,6 +139,12 @@ def _check_services(r: _Report, doc: ModelDocument) -> None:
             r.add((*base, "type"), "a process service needs a command, relative to its package")
         if s.type != "process" and s.command:
             r.add((*base, "command"), f"command is only for process services, not {s.type}")
+        if s.moveState and s.type not in ("process", "wrapper"):
+            r.add(
+                (*base, "moveState"),
+                f"moveState is for process and wrapper services; a {s.type} "
+                + ("moves its state anyway" if s.type == "sqlite-database" else "keeps none"),
+            )
         hc = s.healthCheck
         if hc and (hc.http or hc.tcp) and s.port is None:
             r.add((*base, "healthCheck"), "an http or tcp health check needs the service's port")

@@ -8,7 +8,7 @@ dependency order of the new graph; unchanged mappings are untouched.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from reconciler.desired.state import (
     PROVISIONED_ENVS,
@@ -56,7 +56,7 @@ def make_plan(
     )
     relocations = _relocations(desired, recorded)
     moves = [m for m in relocations if m.stateful]
-    instances = _instance_changes(desired, recorded, relocations)
+    instances = _by_policy(desired, _instance_changes(desired, recorded, relocations))
     deactivate = [c.key for c in instances if c.action in ("deactivate", "replace")]
     activate = [c.key for c in instances if c.action in ("activate", "replace")]
     plan = Plan(
@@ -70,7 +70,10 @@ def make_plan(
         transfers=_transfers(desired, recorded),
         profiles=_profiles(desired, recorded),
         instances=instances,
-        moves=[StateMove(m.service, m.source, m.target) for m in moves],
+        moves=[
+            StateMove(m.service, m.source, m.target, m.source in desired.failed_machines)
+            for m in moves
+        ],
         deactivation_order=_order(
             deactivate,
             recorded.service_order,
@@ -83,7 +86,8 @@ def make_plan(
             reverse=False,
             service_of={k: desired.instances[k].service for k in activate},
         ),
-        blockers=blockers,
+        blockers=[*blockers, *desired.blockers],
+        warnings=[*desired.notes, *_state_left_behind(recorded, relocations)],
     )
     return without_failed(plan, recorded.failed)  # a failed machine is not touched
 
@@ -191,6 +195,32 @@ def _instance_changes(
     return changes
 
 
+def _by_policy(desired: DesiredState, changes: list[InstanceChange]) -> list[InstanceChange]:
+    """Instances placed by policy say so, and why one moved (SPEC §10)."""
+    out = []
+    for c in changes:
+        why = desired.placement_reasons.get(c.key)
+        if why is None:
+            out.append(c)
+            continue
+        policy = c.key in desired.placed_by_policy
+        reasons = (why,) if c.action != "replace" else (why, *c.reasons)
+        out.append(replace(c, reasons=reasons, placed_by_policy=policy))
+    return out
+
+
+def _state_left_behind(recorded: RecordedState, relocations: list[_Relocation]) -> list[str]:
+    """A process keeps its state folder where it was unless the service says moveState
+    (SPEC §12). The record keeps no folder sizes, so the warning names the machine only."""
+    return [
+        f"{m.service} moves {m.source} → {m.target}: its state folder (RECONCILER_STATE) on "
+        f"{m.source} is not moved (size not recorded); set moveState: true on {m.service} "
+        "to move it"
+        for m in relocations
+        if not m.stateful and recorded.instances[f"{m.service}@{m.source}"].type == "process"
+    ]
+
+
 def changed_inputs(old: Mapping[str, str], new: Mapping[str, str]) -> tuple[str, ...]:
     """Which identity inputs differ, in words: ("port 8001 → 8002", "dependsOn staff-db")."""
     out = []
@@ -275,7 +305,7 @@ def _relocations(desired: DesiredState, recorded: RecordedState) -> list[_Reloca
     stateful: set[str] = set()
     for want in desired.instances.values():
         new.setdefault(want.service, set()).add(want.machine)
-        if want.type in STATEFUL_TYPES:
+        if want.type in STATEFUL_TYPES or want.service in desired.move_state:
             stateful.add(want.service)
     out = []
     for service, machines in sorted(old.items()):

@@ -19,7 +19,7 @@ def without_failed(plan: Plan, failed: Collection[str]) -> Plan:
         return plan
     on_failed = {c.key for c in plan.instances if c.machine in failed}
     instances = [
-        dataclasses.replace(c, action=LOST, reasons=(*c.reasons, f"machine {c.machine} failed"))
+        dataclasses.replace(c, action=LOST, reasons=_with_failed(c))
         if c.key in on_failed and c.action != "keep"
         else c
         for c in plan.instances
@@ -41,6 +41,11 @@ def without_failed(plan: Plan, failed: Collection[str]) -> Plan:
         ],
         lost=lost,
     )
+
+
+def _with_failed(c: InstanceChange) -> tuple[str, ...]:
+    said = f"machine {c.machine} failed"
+    return c.reasons if any(r.startswith(said) for r in c.reasons) else (*c.reasons, said)
 
 
 def lost_instances(plan: Plan) -> list[InstanceChange]:

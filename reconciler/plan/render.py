@@ -5,7 +5,8 @@ from __future__ import annotations
 import json
 from collections import defaultdict
 
-from reconciler.plan.types import InstanceChange, Plan
+from reconciler.plan.rollout import describe
+from reconciler.plan.types import InstanceChange, Plan, StateMove
 from reconciler.text import human_bytes
 
 _SIGN = {
@@ -19,6 +20,7 @@ _SIGN = {
     "destroy": "-",
     "remove": "-",
     "obsolete": "!",
+    "lost": "!",  # on a failed machine: not touched (SPEC §10)
     "replace-machine": "±",
 }
 _COLOUR = {"+": "32", "-": "31", "~": "33", "!": "35", "±": "33", "=": "2"}
@@ -49,6 +51,8 @@ def summary_line(plan: Plan) -> str:
     if s["stateMoves"]:
         parts.append(f"{s['stateMoves']} state move{'s' * (s['stateMoves'] != 1)}")
     parts.append(f"{s['unchanged']} unchanged")
+    if lost := plan.count("lost"):
+        parts.append(f"{lost} lost on failed machines")
     return "Plan: " + ", ".join(parts) + "."
 
 
@@ -71,6 +75,10 @@ def render_text(plan: Plan, colour: bool = False, verbose: bool = False) -> str:
     lines = [_header(plan), ""]
     for b in plan.blockers:
         lines.append(paint("-", f"Error: {b}"))
+    for w in plan.warnings:
+        lines.append(paint("!", f"Warning: {w}"))
+    if plan.blockers or plan.warnings:
+        lines.append("")
     changed_machines = [m for m in plan.machines if m.action != "keep"]
     if changed_machines:
         lines.append("Machines:")
@@ -117,8 +125,14 @@ def render_text(plan: Plan, colour: bool = False, verbose: bool = False) -> str:
             lines.append(paint("=", f"  = {kept} unchanged"))
         lines.append("")
     for mv in plan.moves:
-        lines.append(paint("~", f"State of {mv.service} moves {mv.source} → {mv.target}"))
+        lines.append(
+            paint("~", f"State of {mv.service} moves {mv.source} → {mv.target}{_from(mv)}")
+        )
     if plan.moves:
+        lines.append("")
+    if plan.rollouts:
+        lines.append("Rolling replacement:")
+        lines.extend(paint("~", f"  {describe(r)}") for r in plan.rollouts)
         lines.append("")
     lines.append(summary_line(plan))
     return "\n".join(lines)
@@ -129,6 +143,8 @@ def render_markdown(plan: Plan) -> str:
     out = [f"### Reconciler plan for deployment `{plan.deployment}` at {at}", ""]
     for b in plan.blockers:
         out.append(f"> [!CAUTION]\n> {b}\n")
+    for w in plan.warnings:
+        out.append(f"> [!WARNING]\n> {w}\n")
     out.append(f"**{summary_line(plan)}**")
     out.append("")
     if not plan.has_changes:
@@ -171,7 +187,11 @@ def render_markdown(plan: Plan) -> str:
         out.append("")
     if plan.moves:
         out += ["#### State moves", ""]
-        out += [f"- `{m.service}`: `{m.source}` → `{m.target}`" for m in plan.moves]
+        out += [f"- `{m.service}`: `{m.source}` → `{m.target}`{_from(m)}" for m in plan.moves]
+        out.append("")
+    if plan.rollouts:
+        out += ["#### Rolling replacement", ""]
+        out += [f"- {describe(r)}" for r in plan.rollouts]
         out.append("")
     out += [
         "</details>",
@@ -180,6 +200,10 @@ def render_markdown(plan: Plan) -> str:
         "",
     ]
     return "\n".join(out)
+
+
+def _from(move: StateMove) -> str:
+    return " (from its latest snapshot: the machine failed)" if move.source_failed else ""
 
 
 def render_json(plan: Plan) -> str:

@@ -38,6 +38,22 @@ def rollouts(
     return out
 
 
+def describe(rollout: Rollout) -> str:
+    """`api: 3 instances in 3 batches of 1, minReady 5s`."""
+    n, batches = len(rollout.keys), len(rollout.batches)
+    return (
+        f"{rollout.service}: {n} instance{'s' * (n != 1)} in {batches} "
+        f"batch{'es' * (batches != 1)} of {rollout.batch_size}, "
+        f"minReady {_duration(rollout.min_ready)}"
+    )
+
+
+def _duration(seconds: float) -> str:
+    if seconds == int(seconds):
+        return f"{int(seconds)}s"
+    return f"{round(seconds * 1000)}ms"
+
+
 def deactivate_after(
     desired: DesiredState, recorded: RecordedState, changes: list[InstanceChange]
 ) -> list[str]:

@@ -28,6 +28,7 @@ class InstanceChange:
     reasons: tuple[str, ...]
     old_identity: str | None
     new_identity: str | None
+    placed_by_policy: bool = False  # SPEC §10: the reconciler chose its machine
 
 
 @dataclass(frozen=True)
@@ -50,6 +51,8 @@ class StateMove:
     service: str
     source: str
     target: str
+    # the source machine failed (SPEC §10): the state comes from its latest snapshot
+    source_failed: bool = False
 
 
 @dataclass(frozen=True)
@@ -85,6 +88,9 @@ class Plan:
     rollouts: list[Rollout] = field(default_factory=list)
     # stateless instances moving away: stopped only once their service runs elsewhere
     deactivate_after: list[str] = field(default_factory=list)
+    # what a person should know but that does not stop the apply: fewer replicas placed
+    # than asked, a state folder left behind, an instance lost with its failed machine
+    warnings: list[str] = field(default_factory=list)
     lost: list[str] = field(default_factory=list)  # instances on failed machines, untouched
 
     def count(self, action: str) -> int:
@@ -125,6 +131,8 @@ class Plan:
         data: dict[str, Any] = {"formatVersion": PLAN_FORMAT_VERSION}
         for f in fields(self):
             data[_camel_key(f.name)] = _plain(getattr(self, f.name))
+        for rollout, out in zip(self.rollouts, data["rollouts"], strict=True):
+            out["batches"] = _plain(rollout.batches)
         data["hasChanges"] = self.has_changes
         data["summary"] = self.summary()
         return data

@@ -3,16 +3,19 @@ record), a desired model, and the plan expected between them."""
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 import pytest
 import yaml
 
+from reconciler.desired.compile import compile_deployment
 from reconciler.plan.against import as_recorded
 from reconciler.plan.diff import make_plan
+from reconciler.plan.rollout import describe
 from reconciler.state.recorded import RecordedState
-from tests.helpers import compiled
+from tests.helpers import compiled, loaded
 
 CASES = sorted((Path(__file__).parent / "cases").glob("*.yaml"))
 
@@ -24,7 +27,13 @@ def test_plan_case(case_file: Path) -> None:
         recorded = RecordedState(deployment="test")
     else:
         recorded = as_recorded(compiled(case["base"], case.get("base_src")))
-    desired = compiled(case["desired"], case.get("desired_src"), recorded.allocations)
+    # the machines failover recorded as failed: the plan leaves them alone
+    recorded = replace(recorded, failed=frozenset(case.get("failed", ())))
+    desired = compile_deployment(
+        loaded(case["desired"], case.get("desired_src")),
+        recorded.allocations,
+        failed_machines=recorded.failed,
+    )
     plan = make_plan(desired, recorded, **case.get("options", {}))
     expect = case["expect"]
 
@@ -39,6 +48,13 @@ def test_plan_case(case_file: Path) -> None:
     if "deactivation_order" in expect:
         assert plan.deactivation_order == expect["deactivation_order"]
     assert [[m.service, m.source, m.target] for m in plan.moves] == expect.get("moves", [])
+    assert sorted(c.key for c in plan.instances if c.placed_by_policy) == sorted(
+        expect.get("placed_by_policy", [])
+    )
+    assert [describe(r) for r in plan.rollouts] == expect.get("rollouts", [])
+    assert len(plan.warnings) == len(expect.get("warnings", []))
+    for warning, fragment in zip(plan.warnings, expect.get("warnings", []), strict=True):
+        assert fragment in warning
     if "machines" in expect:
         assert {m.name: m.action for m in plan.machines} == expect["machines"]
     if "transfers" in expect:
