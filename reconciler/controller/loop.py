@@ -4,12 +4,18 @@ configured, valid), plan, and apply when `autoApply`; with `selfHeal`, re-activa
 check finds dead. A failing commit is retried only after a backoff or when a new commit
 arrives; the last good generation keeps running meanwhile.
 
-Applies run as a `reconciler apply` child process: SIGTERM reaches it as it would from a
-terminal (it settles, then exits), and a crash in it never takes the controller down."""
+The branch head comes from the listing every loop shares (controller/git.py: Heads) and
+the commit's evaluation from the shared Evaluator (controller/evaluate.py): a commit
+costs each deployment only what changed for it.
+
+Applies run as a `reconciler apply` child process, forked from a warm zygote
+(controller/zygote.py): SIGTERM reaches it as it would from a terminal (it settles, then
+exits), and a crash in it never takes the controller down."""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import json
 import os
@@ -22,7 +28,9 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
-from reconciler.controller.git import GitError, Signers, branch_head, check_signature, is_ancestor
+from reconciler.controller.evaluate import Evaluator
+from reconciler.controller.git import GitError, Heads, Signers, check_signature, is_ancestor
+from reconciler.controller.zygote import Fork, Zygote
 from reconciler.errors import InvalidModels, UserError
 from reconciler.execute.attempt import FENCE_ENV, REASON_ENV
 from reconciler.execute.outcome import Outcome, Reason, Result
@@ -70,6 +78,9 @@ class DeploymentLoop:
     allow_rewind: bool
     signers: Signers
     applies: asyncio.Semaphore  # a bound on the applies running at once (all deployments)
+    heads: Heads = field(default_factory=Heads)  # shared by all loops
+    evaluator: Evaluator | None = None  # shared by all loops (one of its own if not given)
+    zygote: Zygote | None = None  # what applies are forked from (else a fresh process)
     wake: asyncio.Event = field(default_factory=asyncio.Event)
     head: str | None = None
     handled: str | None = None  # the head last acted on with a final result
@@ -78,7 +89,7 @@ class DeploymentLoop:
     last_error: str | None = None
     stalled: tuple[Reason, str] | None = None  # the controller's own Stalled (reason, message)
     next_poll: float = 0.0
-    child: asyncio.subprocess.Process | None = None
+    child: asyncio.subprocess.Process | Fork | None = None
     applying: str | None = None  # the commit being applied now
     on_apply: Callable[[DeploymentLoop], None] | None = None  # says Reconciling at once
     passes: int = 0
@@ -89,6 +100,10 @@ class DeploymentLoop:
     observed: Observation | None = None  # the machines as last seen
     plan_text: str | None = None  # the plan of the head, as last evaluated
     last_plan: str | None = None  # the plan of the commit that last failed or was refused
+
+    def __post_init__(self) -> None:
+        if self.evaluator is None:
+            self.evaluator = Evaluator(self.opts)
 
     def poke(self) -> None:
         self.wake.set()
@@ -101,7 +116,7 @@ class DeploymentLoop:
         started = time.monotonic()
         self.passes += 1
         try:
-            head = await branch_head(self.remote, self.branch)
+            head = await self.heads.head(self.remote, self.branch, max_age=self.interval)
         except GitError as e:
             return self._fail("failed", Reason.HEAD_UNAVAILABLE, str(e), started, retry=False)
         if head != self.head:  # a new commit cancels waiting on a stuck one
@@ -115,16 +130,18 @@ class DeploymentLoop:
         return await self._act(head, started)
 
     async def _act(self, head: str, started: float) -> PassResult:
-        opts = dataclasses.replace(self.opts, ref=head, deployment=self.name, format="json")
+        assert self.evaluator is not None
         self.plan_text = None
         try:
-            loaded, changes, self.plan_text = await asyncio.to_thread(_evaluate, opts)
+            # failover: the same inputs, but a machine recorded failed since: plan afresh
+            fresh = self.reason is not None
+            loaded = await asyncio.to_thread(self.evaluator.evaluate, self.name, head, fresh)
         except InvalidModels as e:
             lines = [str(p) for p in e.problems]
             return self._fail("invalid", Reason.INVALID_MODELS, "\n".join(lines), started)
         except UserError as e:
             return self._fail("invalid", Reason.INVALID_MODELS, str(e), started)
-        git_dir = loaded.git_dir
+        self.plan_text, changes, git_dir = loaded.plan_text, loaded.changes, loaded.git_dir
         record = _deployment_row(self.opts, self.name)
         last = record.last_applied_sha if record else None
         rewound = last and last != head and not await is_ancestor(git_dir, last, head)
@@ -162,6 +179,7 @@ class DeploymentLoop:
             self.applied_for = reason if outcome.ok else None
         if outcome.ok:
             self._ok(head)
+            await asyncio.to_thread(self.evaluator.applied, self.name, head)
             seconds = time.monotonic() - started
             committed = _timestamp(loaded.revision.time) if loaded.revision else None
             return PassResult("applied", seconds, outcome.transferred_bytes, committed=committed)
@@ -172,23 +190,30 @@ class DeploymentLoop:
         """The apply runs as a child process (a crash in it never takes the controller
         down); it prints its outcome as JSON, and that is what is read back."""
         o = self.opts
-        argv = [sys.executable, "-m", "reconciler", "--repo", o.repo, "--ref", head]
-        argv += ["--path", o.path] if o.path else []
-        argv += ["--state", o.state_location, "-d", self.name, "-q"]
-        argv += ["apply", "--yes", "--format", "json"]
-        env = {**os.environ}
+        argv = ["--repo", o.repo, "--ref", head, *(["--path", o.path] if o.path else [])]
+        argv += ["-d", self.name, "-q", "apply", "--yes", "--format", "json"]
+        # the state by the environment: a password in its URL stays off the process list
+        env = {**os.environ, "RECONCILER_STATE": o.state_location}
         if self.fence:
             env[FENCE_ENV] = self.fence
         if self.reason:  # why this attempt (failover): recorded with the generation
             env[REASON_ENV] = self.reason
-        self.child = await asyncio.create_subprocess_exec(
-            *argv,
-            env=env,
-            stdin=asyncio.subprocess.DEVNULL,
-            stdout=asyncio.subprocess.PIPE,
-            stderr=asyncio.subprocess.PIPE,
-            start_new_session=True,  # a terminal's ^C reaches it only through us
-        )
+        self.child = None
+        if self.zygote is not None:
+            with contextlib.suppress(OSError):  # no zygote to be had: a process of its own
+                self.child = await self.zygote.fork(argv, env)
+        if self.child is None:
+            self.child = await asyncio.create_subprocess_exec(
+                sys.executable,
+                "-m",
+                "reconciler",
+                *argv,
+                env=env,
+                stdin=asyncio.subprocess.DEVNULL,
+                stdout=asyncio.subprocess.PIPE,
+                stderr=asyncio.subprocess.PIPE,
+                start_new_session=True,  # a terminal's ^C reaches it only through us
+            )
         try:
             out, err = await self.child.communicate()
         finally:
@@ -228,12 +253,15 @@ class DeploymentLoop:
 
     # --- what the view shows ----------------------------------------------------------
 
-    def info(self) -> dict[str, Any]:
+    def info(self, last: dict[str, Any] | None = None) -> dict[str, Any]:
+        """What the view shows of the loop; `last`: the previous one, when the record has
+        not changed since (whether it is paused is not read again)."""
         left = self.backoff_until - time.monotonic()
+        paused = last["paused"] if last else (row := _deployment_row(self.opts, self.name))
         return {
             "autoApply": self.auto_apply,
             "selfHeal": self.self_heal,
-            "paused": bool((row := _deployment_row(self.opts, self.name)) and row.paused_at_sha),
+            "paused": bool(paused if last else row and row.paused_at_sha),
             "nextPollIn": max(0.0, round(self.next_poll - time.monotonic(), 1)),
             "backoffUntil": (
                 datetime.fromtimestamp(time.time() + left, UTC).isoformat(timespec="seconds")
@@ -245,20 +273,6 @@ class DeploymentLoop:
             "trackedBranch": self.branch,
             "head": self.head,
         }
-
-
-def _evaluate(opts: Options) -> tuple[Any, bool, str]:
-    """Load, compile and plan the commit: (the loaded deployment, whether it changes
-    anything, the plan as text). Compile problems count as invalid models, like load
-    problems."""
-    from reconciler.execute.inputs import compile_with_record, load_one
-    from reconciler.plan.diff import make_plan
-    from reconciler.plan.render import render_text
-
-    loaded, _ = load_one(opts)
-    desired, recorded = compile_with_record(opts, loaded)
-    plan = make_plan(desired, recorded, destroy_machines=loaded.config.destroyMachines)
-    return loaded, bool(plan.has_changes), render_text(plan, colour=False, verbose=False)
 
 
 def _timestamp(iso: str) -> float | None:
