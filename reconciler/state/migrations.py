@@ -169,6 +169,14 @@ MIGRATIONS: list[tuple[str, list[Statement]]] = [
                 heartbeat DOUBLE PRECISION NOT NULL)""",
             # the owner's last status document, which every replica serves
             "ALTER TABLE deployments ADD COLUMN status_doc TEXT",
+            # failover (SPEC §10): since when a machine did not answer, and since when it
+            # counts as failed; outlives generations, unlike the machines' rows
+            """CREATE TABLE machine_health (
+                deployment TEXT NOT NULL,
+                machine TEXT NOT NULL,
+                unreachable_since DOUBLE PRECISION,
+                failed_since DOUBLE PRECISION,
+                PRIMARY KEY (deployment, machine))""",
         ],
     ),
 ]
