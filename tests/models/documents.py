@@ -15,7 +15,12 @@ from reconciler.models import schema
 RECONCILER_YAML = "deployments:\n  app:\n    models: [models.yaml]\n"
 VALID: dict[str, Any] = {
     "machines": {
-        "m1": {"deployment": {"targetEnv": "local"}, "containers": {"process": {}}},
+        "m1": {
+            "deployment": {"targetEnv": "local"},
+            "containers": {"process": {}},
+            "properties": {"zone": "eu"},
+            "capacity": {"mem": 4096},
+        },
         "m2": {"deployment": {"targetEnv": "ssh", "ssh": {"host": "h"}}},
     },
     "packages": {"app": {"src": "pkgs/app", "deps": ["db"]}, "db": {"src": "pkgs/db"}},
@@ -28,9 +33,17 @@ VALID: dict[str, Any] = {
             "dependsOn": ["db"],
             "env": {"LOG": "info"},
             "healthCheck": {"tcp": True, "timeout": "5s"},
+            "rollout": {"maxUnavailable": "25%", "minReady": "5s"},
+            "requires": {"mem": 512},
+            "moveState": True,
         },
+        "web": {"package": "app", "command": "bin/web", "rollout": {"maxUnavailable": 1}},
     },
-    "distribution": {"db": ["m1"], "app": [{"target": "m1", "container": "process"}]},
+    "distribution": {
+        "db": ["m1"],
+        "app": [{"target": "m1", "container": "process"}],
+        "web": {"replicas": 2, "select": {"zone": "eu"}, "spread": "zone", "container": "process"},
+    },
 }
 
 
@@ -42,6 +55,7 @@ def _field_names() -> list[str]:
 KEYS = [*_field_names(), "m1", "m2", "app", "db", "ghost", "process", "Bad Name", "1"]
 WORDS = ["auto", "30s", "local", "ssh", "process", "sqlite-database", "m1", "app", "db"]
 WORDS += ["bin/app", "pkgs/app", "/etc", "..", "", "0400", "[8000, 8999]", "~"]
+WORDS += ["25%", "100%", "0%", "101%", "latest-snapshot", "zone", "eu"]
 scalars = st.one_of(
     st.none(),
     st.booleans(),

@@ -96,6 +96,16 @@ MISTAKES = [
     ),
     pytest.param("services:\n  web: {port: automatic}\n", "automatic", id="bad-port"),
     pytest.param("distribution:\n  web: [{machine: m1}]\n", "machine", id="bad-distribution"),
+    pytest.param("distribution:\n  web: {replicas: 0}\n", "web", id="no-replicas"),
+    pytest.param("distribution:\n  web: {replicas: 2, zone: eu}\n", "web", id="policy-key"),
+    pytest.param("distribution:\n  web: m1\n", "web", id="neither-list-nor-policy"),
+    pytest.param("services:\n  web: {rollout: {maxUnavailable: 0}}\n", "maxUnavailable", id="zero"),
+    pytest.param("services:\n  web: {rollout: {maxUnavailable: 101%}}\n", "101%", id="over-100"),
+    pytest.param("services:\n  web: {rollout: {maxUnavailable: '3'}}\n", "'3'", id="count-as-text"),
+    pytest.param("services:\n  web: {rollout: {minReady: 5}}\n", "minReady", id="no-unit"),
+    pytest.param("services:\n  web: {requires: {mem: -1}}\n", "-1", id="negative-requires"),
+    pytest.param("machines:\n  m1: {capacity: {mem: lots}}\n", "lots", id="capacity-not-a-number"),
+    pytest.param("services:\n  web: {moveState: maybe}\n", "maybe", id="move-state"),
 ]
 
 
@@ -122,6 +132,28 @@ def test_the_shorthands_validate_reads_pass(schemas: dict[str, Path], tmp_path: 
     assert done.returncode == 0, done.stdout
 
 
+def test_the_new_forms_pass(schemas: dict[str, Path], tmp_path: Path) -> None:
+    """rollout (a count or a percentage), requires, capacity, moveState, and a policy."""
+    path = tmp_path / "models.yaml"
+    path.write_text(
+        "machines:\n  m1: {properties: {zone: eu}, capacity: {mem: 4096, cpu: 1.5}}\n"
+        "services:\n  web:\n    rollout: {maxUnavailable: 1, minReady: 5s}\n"
+        "    requires: {mem: 512}\n    moveState: true\n"
+        "  api: {rollout: {maxUnavailable: 100%}}\n"
+        "distribution:\n  web: {replicas: 2, select: {zone: eu, ssd: true}, spread: zone}\n"
+        "  api: [m1]\n  db: {replicas: 1, container: sqlite-database}\n"
+    )
+    done = check(schemas["model"], path)
+    assert done.returncode == 0, done.stdout
+    config = tmp_path / "reconciler.yaml"
+    config.write_text(
+        "deployments:\n  a: {models: [m.yaml], failover: {after: 60s}}\n"
+        "  b: {models: [m.yaml], failover: {after: 1m, stateful: latest-snapshot}}\n"
+    )
+    done = check(schemas["reconciler.yaml"], config)
+    assert done.returncode == 0, done.stdout
+
+
 def test_a_missing_unit_or_an_unknown_key_fails_reconciler_yaml(
     schemas: dict[str, Path], tmp_path: Path
 ) -> None:
@@ -130,6 +162,8 @@ def test_a_missing_unit_or_an_unknown_key_fails_reconciler_yaml(
         "deployments:\n  a: {models: [m.yaml], interval: 30}\n",
         "deployments:\n  a: {models: [m.yaml], brnch: main}\n",
         "deployments:\n  a: {interval: 30s}\n",
+        "deployments:\n  a: {models: [m.yaml], failover: {after: 60}}\n",
+        "deployments:\n  a: {models: [m.yaml], failover: {after: 1m, stateful: all}}\n",
     ):
         path.write_text(text)
         assert check(schemas["reconciler.yaml"], path).returncode == 1, text
