@@ -73,8 +73,10 @@ def explicit_within(fleet: list[Machine], data: st.DataObject) -> list[Explicit]
     return out
 
 
-def usage(result: Placement, pols: list[Policy], explicit: list[Explicit]) -> dict[str, Counter]:
-    used: dict[str, Counter] = defaultdict(Counter)
+def usage(
+    result: Placement, pols: list[Policy], explicit: list[Explicit]
+) -> dict[str, Counter[str]]:
+    used: dict[str, Counter[str]] = defaultdict(Counter)
     for e in explicit:
         used[e.machine].update(e.requires)
     for p in pols:
