@@ -20,7 +20,7 @@ import os
 import re
 import sqlite3
 import sys
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Generator, Iterable, Iterator, Sequence
 from contextlib import contextmanager, suppress
 from datetime import UTC, datetime
 from pathlib import Path
@@ -56,6 +56,31 @@ class StateDB(Protocol):
 
 class SqliteDB(sqlite_utils.Database):
     dialect = "sqlite"
+    label = ""  # the file, for messages
+
+    # A page found damaged, or a write refused, mid-command: said in words (_in_words)
+    def execute(
+        self, sql: str, parameters: Sequence[Any] | dict[str, Any] | None = None
+    ) -> sqlite3.Cursor:
+        try:
+            return super().execute(sql, parameters)
+        except sqlite3.DatabaseError as e:
+            raise _in_words(self.label, e) from None
+
+    def query(
+        self, sql: str, params: Sequence[Any] | dict[str, Any] | None = None
+    ) -> Generator[dict[str, Any], None, None]:
+        try:
+            rows = super().query(sql, params)  # runs the statement now, as before
+        except sqlite3.DatabaseError as e:
+            raise _in_words(self.label, e) from None
+        return self._rows(rows)
+
+    def _rows(self, rows: Iterator[dict[str, Any]]) -> Generator[dict[str, Any], None, None]:
+        try:
+            yield from rows
+        except sqlite3.DatabaseError as e:
+            raise _in_words(self.label, e) from None
 
     def begin(self) -> None:
         self.execute("BEGIN IMMEDIATE")
@@ -102,6 +127,13 @@ def open_db(location: str | Path, write: bool) -> StateDB | None:
     path = Path(location)
     if not path.exists() and not write:
         return None
+    if path.is_file() and path.stat().st_size == 0:
+        raise UserError(
+            f"{path}: the state DB is empty (0 bytes): its history and pinned host keys are "
+            f"gone, and starting afresh would forget them; {_restore(path)}"
+        )
+    if write:
+        _refuse_unwritable(path)
     old_umask = os.umask(0o077)  # the file and the -wal and -shm files sqlite makes: private
     try:
         if write:
@@ -111,6 +143,8 @@ def open_db(location: str | Path, write: bool) -> StateDB | None:
             path.parent.mkdir(parents=True, exist_ok=True)
         return _open(path, write)
     except sqlite3.DatabaseError as e:
+        if isinstance(problem := _in_words(str(path), e), UserError):
+            raise problem from None
         raise UserError(f"{path}: not a usable reconciler state DB ({e})") from None
     except OSError as e:
         raise UserError(f"{path}: cannot open the state DB: {e.strerror or e}") from None
@@ -143,8 +177,14 @@ def exclusive(path: Path, what: str, suffix: str = "lock") -> Iterator[None]:
     """One writer per state DB at a time (an flock beside it, released even on kill -9);
     `suffix` names another such lock (the controller's: one controller per state DB)."""
     lock_path = path.with_name(f"{path.name}.{suffix}")
-    lock_path.parent.mkdir(parents=True, exist_ok=True)
-    fd = os.open(lock_path, os.O_CREAT | os.O_RDWR, 0o600)
+    try:
+        lock_path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(lock_path, os.O_CREAT | os.O_RDWR, 0o600)
+    except OSError as e:
+        raise UserError(
+            f"{lock_path}: cannot take the {what}'s lock: {e.strerror or e}; make "
+            f"{lock_path.parent} writable for this user"
+        ) from None
     try:
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -164,11 +204,16 @@ def exclusive(path: Path, what: str, suffix: str = "lock") -> Iterator[None]:
 def _open(path: Path, write: bool) -> SqliteDB:
     # readers get a read-only connection: a command that only looks can never write
     where = str(path) if write else f"file:{path.resolve()}?mode=ro"
+    if not write and not os.access(path.parent, os.W_OK) and not _has_wal(path):
+        # SQLite cannot make the -shm file a WAL reader needs; no writer can either, so
+        # the file cannot change while we read it
+        where += "&immutable=1"
     conn = sqlite3.connect(
         where, timeout=30, isolation_level=None, check_same_thread=False, uri=not write
     )
     conn.execute("PRAGMA busy_timeout = 30000")
     db = SqliteDB(conn)
+    db.label = str(path)
     version = db.schema_version()
     if version > current_version():
         conn.close()
@@ -181,6 +226,7 @@ def _open(path: Path, write: bool) -> SqliteDB:
             _apply(db, version)
         else:
             db = _migrated_copy(conn, version)
+            db.label = str(path)
     if write:
         db.execute("PRAGMA journal_mode = WAL")
         db.execute("PRAGMA synchronous = FULL")
@@ -227,6 +273,64 @@ def _migrated_copy(conn: sqlite3.Connection, version: int) -> SqliteDB:
     db = SqliteDB(memory)
     _apply(db, version)
     return db
+
+
+# SQLite's primary result codes for a file that is no state DB any more, and for one that
+# cannot be written here
+_DAMAGED = {sqlite3.SQLITE_CORRUPT, sqlite3.SQLITE_NOTADB}
+_UNWRITABLE = {sqlite3.SQLITE_READONLY}
+
+
+def _in_words(label: str, error: sqlite3.DatabaseError) -> Exception:
+    """A damaged or unwritable SQLite file as a UserError saying what to do; any other
+    error as it is."""
+    code = (getattr(error, "sqlite_errorcode", None) or 0) & 0xFF
+    if code in _DAMAGED:
+        return UserError(f"{label}: the state DB is damaged ({error}); {_restore(Path(label))}")
+    if code in _UNWRITABLE:
+        why = _why_unwritable(Path(label), str(error))
+        return UserError(f"{label}: cannot write the state DB: {why}")
+    return error
+
+
+def _restore(path: Path) -> str:
+    """What to do about a lost state DB: its newest backup, else a rebuild."""
+    backups = sorted(path.parent.glob(f"{path.name}.v*.bak"), key=lambda p: p.stat().st_mtime)
+    backup = backups[-1].name if backups else f"{path.name}.vN.bak, if there is one"
+    return (
+        f"restore a backup ({backup}) or move the file aside and rebuild the record from the "
+        "machines with `reconciler reconstruct`"
+    )
+
+
+def _refuse_unwritable(path: Path) -> None:
+    """A writer says why it cannot write before it starts, not after changing machines."""
+    if path.exists() and not (os.access(path, os.W_OK) and _wal_possible(path)):
+        raise UserError(f"{path}: cannot write the state DB: {_why_unwritable(path, '')}")
+
+
+def _wal_possible(path: Path) -> bool:
+    """Whether SQLite can use (or make) the -wal and -shm files beside the DB."""
+    if os.access(path.parent, os.W_OK):
+        return True
+    beside = [path.with_name(path.name + suffix) for suffix in ("-wal", "-shm")]
+    return all(os.access(p, os.W_OK) for p in beside)
+
+
+def _has_wal(path: Path) -> bool:
+    """Whether writes wait in the -wal file, not yet in the DB file itself."""
+    wal = path.with_name(path.name + "-wal")
+    return wal.exists() and wal.stat().st_size > 0
+
+
+def _why_unwritable(path: Path, refusal: str) -> str:
+    if path.exists() and not os.access(path, os.W_OK):
+        what = "the file is read-only or immutable (see ls -l and lsattr)"
+    elif not _wal_possible(path):
+        what = f"its folder {path.parent} is read-only"
+    else:
+        what = refusal or "the file system refused to write"
+    return f"{what}; make it writable for this user (status, history and plan need only read it)"
 
 
 def _statements(version: int, dialect: str) -> Iterator[str]:
