@@ -29,7 +29,7 @@ import pytest
 EXAMPLE = Path(__file__).resolve().parent.parent / "example-repo"
 PACKAGES = EXAMPLE / "packages"
 
-DEPLOYMENTS = {"local", "local-moved", "containers", "ec2"}
+DEPLOYMENTS = {"local", "local-moved", "containers", "failover", "ec2"}
 DATABASES = ("staff-db", "room-db", "zipcode-db")
 HTTP_SERVICES = ("staff-service", "room-service", "zipcode-service", "geolocation-service")
 PROGRAMS = (*HTTP_SERVICES, "stafftracker")
