@@ -62,7 +62,10 @@ def compile_with_record(
             if db is not None:
                 db.close()
     taken = taken_on_host(registry_owner(opts))
-    return compile_deployment(loaded, recorded.allocations, host_taken=taken), recorded
+    desired = compile_deployment(
+        loaded, recorded.allocations, host_taken=taken, failed_machines=recorded.failed
+    )
+    return desired, recorded
 
 
 def registry_owner(opts: Options) -> Path:

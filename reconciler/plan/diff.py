@@ -70,10 +70,7 @@ def make_plan(
         transfers=_transfers(desired, recorded),
         profiles=_profiles(desired, recorded),
         instances=instances,
-        moves=[
-            StateMove(m.service, m.source, m.target, m.source in desired.failed_machines)
-            for m in moves
-        ],
+        moves=[StateMove(m.service, m.source, m.target) for m in moves],
         deactivation_order=_order(
             deactivate,
             recorded.service_order,

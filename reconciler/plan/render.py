@@ -6,7 +6,7 @@ import json
 from collections import defaultdict
 
 from reconciler.plan.rollout import describe
-from reconciler.plan.types import InstanceChange, Plan, StateMove
+from reconciler.plan.types import InstanceChange, Plan
 from reconciler.text import human_bytes
 
 _SIGN = {
@@ -125,9 +125,7 @@ def render_text(plan: Plan, colour: bool = False, verbose: bool = False) -> str:
             lines.append(paint("=", f"  = {kept} unchanged"))
         lines.append("")
     for mv in plan.moves:
-        lines.append(
-            paint("~", f"State of {mv.service} moves {mv.source} → {mv.target}{_from(mv)}")
-        )
+        lines.append(paint("~", f"State of {mv.service} moves {mv.source} → {mv.target}"))
     if plan.moves:
         lines.append("")
     if plan.rollouts:
@@ -187,7 +185,7 @@ def render_markdown(plan: Plan) -> str:
         out.append("")
     if plan.moves:
         out += ["#### State moves", ""]
-        out += [f"- `{m.service}`: `{m.source}` → `{m.target}`{_from(m)}" for m in plan.moves]
+        out += [f"- `{m.service}`: `{m.source}` → `{m.target}`" for m in plan.moves]
         out.append("")
     if plan.rollouts:
         out += ["#### Rolling replacement", ""]
@@ -200,10 +198,6 @@ def render_markdown(plan: Plan) -> str:
         "",
     ]
     return "\n".join(out)
-
-
-def _from(move: StateMove) -> str:
-    return " (from its latest snapshot: the machine failed)" if move.source_failed else ""
 
 
 def render_json(plan: Plan) -> str:

@@ -51,8 +51,6 @@ class StateMove:
     service: str
     source: str
     target: str
-    # the source machine failed (SPEC §10): the state comes from its latest snapshot
-    source_failed: bool = False
 
 
 @dataclass(frozen=True)

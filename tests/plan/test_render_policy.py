@@ -92,9 +92,7 @@ def test_json_carries_batches_policy_and_warnings() -> None:
             "batches": [["api@a"], ["api@b"], ["api@c"]],
         }
     ]
-    assert rolled["moves"] == [
-        {"service": "worker", "source": "a", "target": "b", "sourceFailed": False}
-    ]
+    assert rolled["moves"] == [{"service": "worker", "source": "a", "target": "b"}]
     failed = json.loads(render_json(plan_of("17-failed-machine-moves-policy-instances")))
     by_key = {i["key"]: i for i in failed["instances"]}
     assert by_key["api@c"]["placedByPolicy"] is True
