@@ -7,6 +7,7 @@ work tree (built in a temporary index, so the user's index is untouched).
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import hashlib
 import os
 import posixpath
@@ -192,7 +193,10 @@ def mirror(url: str, cache_dir: Path) -> git.Repo:
                 with contextlib.suppress(OSError):  # another run was first: use its mirror
                     os.rename(Path(tmp) / "m", target)
             return git.Repo(target)
-        repo.git.fetch("--prune", "origin", "+refs/heads/*:refs/heads/*")
+        # controllers and applies on one host share the mirror: one fetch at a time
+        with open(target / "reconciler-fetch.lock", "a") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            repo.git.fetch("--prune", "origin", "+refs/heads/*:refs/heads/*")
     except git.GitCommandError as e:
         detail = redact(str(e.stderr or e).strip())
         raise UserError(f"{redact(url)}: cannot fetch: {detail}") from None

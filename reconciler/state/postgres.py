@@ -69,7 +69,14 @@ class PostgresDB:
         self.execute("BEGIN READ WRITE")
 
     def schema_version(self) -> int:
-        row = next(self.query("SELECT to_regclass('migrations') IS NOT NULL AS present"))
+        # a plain query of the catalog (not to_regclass, whose cached catalog snapshot can
+        # miss a table another replica created just before our lock was granted)
+        row = next(
+            self.query(
+                "SELECT EXISTS (SELECT 1 FROM pg_catalog.pg_tables WHERE tablename = "
+                "'migrations' AND schemaname = current_schema()) AS present"
+            )
+        )
         if not row["present"]:
             return 0
         return int(next(self.query("SELECT coalesce(max(number), 0) AS n FROM migrations"))["n"])
