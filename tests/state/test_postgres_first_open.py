@@ -23,7 +23,7 @@ def test_replicas_starting_together_migrate_once(postgres_db: Database) -> None:
         for _ in range(6)
     ]
     for proc in procs:
-        out, err = proc.communicate(timeout=60)
+        _, err = proc.communicate(timeout=60)
         assert proc.returncode == 0, err
     db = open_db(postgres_db.url, write=False)
     assert db is not None
