@@ -131,7 +131,8 @@ CASES = [
     pytest.param(
         edit("  m1:\n", "  m1:\n    colour: red\n"),
         "models.yaml:3: machines.m1.colour: ",
-        "unknown key 'colour'; expected one of: containers, deployment, packages, properties",
+        "unknown key 'colour'; expected one of: capacity, containers, deployment, packages, "
+        "properties",
         id="unknown-key",
     ),
     pytest.param(
@@ -385,7 +386,7 @@ def test_unknown_key_in_reconciler_yaml(tmp_path: Path) -> None:
     problem = the_problem(repo_with(tmp_path, VALID, config))
     assert problem == (
         "reconciler.yaml:4: deployments.app.brnch: unknown key 'brnch'; expected one of: "
-        "allowRewind, autoApply, branch, destroyMachines, interval, models, selfHeal"
+        "allowRewind, autoApply, branch, destroyMachines, failover, interval, models, selfHeal"
     )
 
 
