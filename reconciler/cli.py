@@ -300,6 +300,14 @@ def run(
         float,
         typer.Option(min=3, help="How long a replica's hold on its deployments lasts unrenewed."),
     ] = 30.0,
+    observe_interval: Annotated[
+        float | None,
+        typer.Option(
+            min=0.1,
+            help="Seconds between observations of the machines (default: "
+            "the shortest deployment interval).",
+        ),
+    ] = None,
 ) -> int:
     """The controller: every new commit on a tracked branch becomes a deployed generation."""
     from reconciler.controller.git import Signers
@@ -330,6 +338,7 @@ def run(
             notify_secret_file=notify_secret_file,
             max_parallel_applies=max_parallel_applies or 2 * (os.cpu_count() or 1),
             lease_seconds=lease_seconds,
+            observe_interval=observe_interval,
         )
     )
 

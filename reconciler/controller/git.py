@@ -1,7 +1,8 @@
-"""What the controller asks Git, cheaply: a branch head without fetching (`git ls-remote`),
-ancestry, and whether a commit is signed by an allowed key. All through the git binary:
-ls-remote and verify-commit have no gitpython equivalent worth the indirection. Every
-error it raises has its URLs redacted (no user:password@, no `?token=` values)."""
+"""What the controller asks Git, cheaply: the branch heads without fetching (one `git
+ls-remote` lists them all, for every deployment tracking the repository), ancestry, and
+whether a commit is signed by an allowed key. All through the git binary: ls-remote and
+verify-commit have no gitpython equivalent worth the indirection. Every error it raises
+has its URLs redacted (no user:password@, no `?token=` values)."""
 
 from __future__ import annotations
 
@@ -9,7 +10,8 @@ import asyncio
 import os
 import re
 import tempfile
-from dataclasses import dataclass
+import time
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from reconciler.errors import UserError
@@ -63,6 +65,77 @@ async def branch_head(repo: str, branch: str | None) -> str:
     raise GitError(f"{redact(repo)} has no {ref}")
 
 
+@dataclass(frozen=True)
+class Listing:
+    """A repository's HEAD and branch heads at one moment."""
+
+    refs: dict[str, str]  # "HEAD" and "refs/heads/<b>" → commit
+    default: str | None  # the branch HEAD names
+    at: float = field(default_factory=time.monotonic)
+
+    def head(self, repo: str, branch: str | None) -> str:
+        ref = f"refs/heads/{branch}" if branch else "HEAD"
+        if ref not in self.refs:
+            raise GitError(f"{redact(repo)} has no {ref}")
+        return self.refs[ref]
+
+
+async def list_heads(repo: str) -> Listing:
+    """HEAD, the branch it names and every branch head, with one `git ls-remote`."""
+    try:
+        out = await _git("ls-remote", "--symref", "--", repo, "HEAD", "refs/heads/*")
+    except GitError as e:
+        raise GitError(f"{redact(repo)}: cannot list its branches: {e}") from None
+    refs: dict[str, str] = {}
+    default = None
+    for line in out.splitlines():
+        sha, _, name = line.partition("\t")
+        if sha.startswith("ref: refs/heads/") and name == "HEAD":
+            default = sha.removeprefix("ref: refs/heads/")
+        elif name:
+            refs[name] = sha
+    return Listing(refs, default)
+
+
+class Heads:
+    """Branch heads shared by every deployment: one `ls-remote` per repository however
+    many deployments track it, and no new one while a listing is younger than the age
+    the caller accepts; callers at the same moment share the listing under way."""
+
+    def __init__(self) -> None:
+        self.listed: dict[str, Listing] = {}
+        self.pending: dict[str, asyncio.Task[Listing]] = {}
+        self.listings = 0  # ls-remote runs, for tests and the benchmark
+
+    async def listing(self, repo: str, max_age: float) -> Listing:
+        known = self.listed.get(repo)
+        if known is not None and time.monotonic() - known.at <= max_age:
+            return known
+        task = self.pending.get(repo)
+        if task is None:
+            task = self.pending[repo] = asyncio.create_task(self._list(repo))
+        return await asyncio.shield(task)
+
+    async def _list(self, repo: str) -> Listing:
+        self.listings += 1
+        try:
+            found = await list_heads(repo)
+        except GitError:
+            self.listed.pop(repo, None)
+            raise
+        finally:
+            self.pending.pop(repo, None)
+        self.listed[repo] = found
+        return found
+
+    async def head(self, repo: str, branch: str | None, max_age: float) -> str:
+        return (await self.listing(repo, max_age)).head(repo, branch)
+
+    def forget(self) -> None:
+        """A commit was announced (watcher, webhook): the next caller lists again."""
+        self.listed.clear()
+
+
 async def default_branch(repo: str) -> str | None:
     """The branch the remote's HEAD names (ls-remote --symref)."""
     out = await _git("ls-remote", "--symref", "--", repo, "HEAD")
@@ -72,11 +145,24 @@ async def default_branch(repo: str) -> str | None:
     return None
 
 
+KNOWN_ANSWERS = 4096  # of ancestry and signature checks: commits never change
+
+_descends: set[tuple[str, str, str]] = set()
+_signatures: dict[tuple[str, Signers], str | None] = {}
+
+
 async def is_ancestor(git_dir: str, old: str, new: str) -> bool:
+    """Whether `new` descends from `old`; a yes is remembered (every deployment applied at
+    `old` asks it of a new commit), a no is not (`new` may not be fetched yet)."""
+    if (git_dir, old, new) in _descends:
+        return True
     try:
         await _git("merge-base", "--is-ancestor", old, new, cwd=git_dir)
     except GitError:
         return False
+    if len(_descends) >= KNOWN_ANSWERS:
+        _descends.clear()
+    _descends.add((git_dir, old, new))
     return True
 
 
@@ -101,7 +187,15 @@ class Signers:
 
 async def check_signature(git_dir: str, sha: str, signers: Signers) -> str | None:
     """None when `sha` is signed by an allowed key; else why not and what would do, for
-    a Stalled condition."""
+    a Stalled condition. Asked once per commit, however many deployments it carries."""
+    if (sha, signers) not in _signatures:
+        if len(_signatures) >= KNOWN_ANSWERS:
+            _signatures.clear()
+        _signatures[(sha, signers)] = await _verify(git_dir, sha, signers)
+    return _signatures[(sha, signers)]
+
+
+async def _verify(git_dir: str, sha: str, signers: Signers) -> str | None:
     kind = signature_kind(await _git("cat-file", "commit", sha, cwd=git_dir))
     if kind is None:
         return f"commit {sha[:12]} is not signed; sign it with a key listed in {signers.where()}"

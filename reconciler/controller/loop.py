@@ -93,6 +93,7 @@ class DeploymentLoop:
     applying: str | None = None  # the commit being applied now
     on_apply: Callable[[DeploymentLoop], None] | None = None  # says Reconciling at once
     passes: int = 0
+    in_pass: bool = False  # a replica never gives back a deployment in the middle of a pass
     fence: str | None = None  # the owner lease an apply started now must still hold
     failover_after: float | None = None  # SPEC §10: seconds unreachable before failed
     reason: str | None = None  # set by failover: apply the same commit again, for this
@@ -177,6 +178,9 @@ class DeploymentLoop:
             finally:
                 self.applying = None
             self.applied_for = reason if outcome.ok else None
+        if outcome.reason == Reason.BUSY:  # another attempt of it runs (a person's apply,
+            # a replica about to give it back): not a failure; the next pass tries again
+            return PassResult("idle", time.monotonic() - started, message=outcome.message)
         if outcome.ok:
             self._ok(head)
             await asyncio.to_thread(self.evaluator.applied, self.name, head)
@@ -192,8 +196,13 @@ class DeploymentLoop:
         o = self.opts
         argv = ["--repo", o.repo, "--ref", head, *(["--path", o.path] if o.path else [])]
         argv += ["-d", self.name, "-q", "apply", "--yes", "--format", "json"]
-        # the state by the environment: a password in its URL stays off the process list
+        # the state by the environment: a password in its URL stays off the process list;
+        # the operator's key options as well (they are global options of the controller)
         env = {**os.environ, "RECONCILER_STATE": o.state_location}
+        if o.keys_dir:
+            env["RECONCILER_KEYS_DIR"] = os.path.abspath(o.keys_dir)
+        if o.key_env_prefix:
+            env["RECONCILER_KEYS_ENV_PREFIX"] = o.key_env_prefix
         if self.fence:
             env[FENCE_ENV] = self.fence
         if self.reason:  # why this attempt (failover): recorded with the generation

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import os
 import random
 import signal
@@ -18,16 +19,19 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from reconciler.controller.evaluate import Evaluator
 from reconciler.controller.failover import after_observation
-from reconciler.controller.git import GitError, Signers, branch_head, default_branch
+from reconciler.controller.git import GitError, Heads, Signers
 from reconciler.controller.loop import DeploymentLoop, PassResult, now_iso
+from reconciler.controller.observer import Rounds
 from reconciler.controller.ownership import Ownership
+from reconciler.controller.zygote import Zygote
 from reconciler.errors import UserError
 from reconciler.models.source import is_remote, redact
 from reconciler.options import Options
-from reconciler.targets.ssh import KNOWN_HOSTS_ENV
 
 if TYPE_CHECKING:
+    from reconciler.execute.observe import Observation
     from reconciler.state.rows import DeploymentRecord
 
 JITTER = 0.1  # ±10 % on every interval, so many controllers do not poll in step
@@ -47,6 +51,7 @@ class RunSettings:
     notify_secret_file: Path | None = None
     max_parallel_applies: int = 2 * (os.cpu_count() or 1)
     lease_seconds: float = 30.0  # a replica's hold on the deployments it owns
+    observe_interval: float | None = None  # rounds of observation (None: the shortest interval)
 
 
 def read_secret(path: Path | None, what: str) -> str | None:
@@ -80,6 +85,14 @@ class Controller:
         self.loop: asyncio.AbstractEventLoop | None = None
         self.config_head: str | None = None
         self.failed = False
+        # shared by every deployment: one listing per repository, one parse per commit, a
+        # warm process to fork applies from, observation rounds
+        self.heads = Heads()
+        self.evaluator = Evaluator(self.opts)
+        self.zygote = Zygote()
+        self.rounds = Rounds(self.opts)
+        self.announced = asyncio.Event()  # a commit was announced (watcher, webhook)
+        self.last_docs: dict[str, tuple[Any, dict[str, Any]]] = {}  # name → (what, doc)
         self.remote = settings.opts.repo if is_remote(settings.opts.repo) else _git_dir(self.opts)
 
     async def run(self) -> int:
@@ -87,6 +100,8 @@ class Controller:
 
         self.loop = asyncio.get_running_loop()
         if self.settings.known_hosts:
+            from reconciler.targets.ssh import KNOWN_HOSTS_ENV
+
             os.environ[KNOWN_HOSTS_ENV] = str(self.settings.known_hosts)
         await self.refresh_deployments()
         server = None
@@ -115,10 +130,13 @@ class Controller:
                 await asyncio.gather(*(self.one_pass(d) for d in list(self.loops.values())))
                 return 1 if self.failed else 0
             keeping = asyncio.create_task(self.keep_ownership())
+            observing = asyncio.create_task(self.observe_rounds())
             await self.supervise()
             keeping.cancel()
+            observing.cancel()
             return 0
         finally:
+            await self.zygote.close()
             self.ownership.release_all()
             if watcher is not None:
                 watcher.stop()
@@ -140,19 +158,20 @@ class Controller:
     # --- deployments ------------------------------------------------------------------
 
     async def refresh_deployments(self) -> None:
-        """Deployments as reconciler.yaml at the default branch's head names them."""
-        from reconciler.execute.inputs import open_models
-
-        head = await branch_head(self.remote, None)
+        """Deployments as reconciler.yaml at the default branch's head names them; the
+        loops whose branch moved are woken (the others are not: a commit costs what it
+        changes)."""
+        listing = await self.heads.listing(self.remote, max_age=0)
+        for d in self.loops.values():
+            with contextlib.suppress(GitError):
+                if listing.head(self.remote, d.branch) != d.head:
+                    d.poke()
+        head = listing.head(self.remote, None)
         if head == self.config_head:
             return
-        if is_remote(self.opts.repo):
-            opts = self.opts  # open_models fetches the mirror
-        else:
-            opts = Options(**{**self.opts.__dict__, "ref": head})
-        _, config = await asyncio.to_thread(open_models, opts)
+        config = await asyncio.to_thread(self.evaluator.config, head)
         self.config_head = head
-        fallback = await default_branch(self.remote)
+        fallback = listing.default
         wanted = config.root.deployments
         if self.opts.deployment:
             if self.opts.deployment not in wanted:
@@ -176,6 +195,9 @@ class Controller:
                     signers=self.settings.signers,
                     applies=self.applies,
                     on_apply=self.reconciling,
+                    heads=self.heads,
+                    evaluator=self.evaluator,
+                    zygote=self.zygote,
                     **settings,  # type: ignore[arg-type]
                 )
             else:
@@ -190,7 +212,8 @@ class Controller:
         interval = min((d.interval for d in self.loops.values()), default=30.0)
         while not self.stop.is_set():
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self.stop.wait(), interval)
+                await asyncio.wait_for(self.wakes(), interval)
+            self.announced.clear()
             if self.stop.is_set():
                 break
             try:
@@ -208,6 +231,7 @@ class Controller:
         while not self.stop.is_set():
             # cleared before the pass: a commit or SIGTERM arriving during it wakes the next
             d.wake.clear()
+            d.in_pass = True
             try:
                 await self.one_pass(d)
             except Exception as e:  # a bug must not end the loop: say it, retry next pass
@@ -216,6 +240,7 @@ class Controller:
                     where = where.tb_next
                 at = f" ({where.tb_frame.f_code.co_filename}:{where.tb_lineno})" if where else ""
                 self.say(f"{d.name}: pass failed: {type(e).__name__}: {e}{at}")
+            d.in_pass = False
             wait = d.interval * random.uniform(1 - JITTER, 1 + JITTER)
             if d.failures and d.backoff_until > time.monotonic():
                 wait = min(wait, d.backoff_until - time.monotonic())
@@ -228,7 +253,7 @@ class Controller:
     def sync_ownership(self) -> None:
         """Claim, renew and give back deployments (SPEC §11); a newly owned one is
         reconciled at once, and an apply for a lost one can record nothing more."""
-        busy = [n for n, d in self.loops.items() if d.applying]
+        busy = [n for n, d in self.loops.items() if d.applying or d.in_pass]
         claimed, lost = self.ownership.sync(self.loops, busy)
         for name in claimed:
             self.say(f"{name}: owned by this replica ({self.ownership.id})")
@@ -257,8 +282,39 @@ class Controller:
             self.report(d, outcome)
         if outcome.result in ("failed", "invalid", "refused"):
             self.failed = True
-        if not self.stop.is_set():
+        # an idle pass leaves observing to the rounds; anything else is shown at once
+        first = self.view.deployment(d.name) is None
+        if not self.stop.is_set() and (outcome.result != "idle" or first):
             await self.observe(d)
+
+    async def wakes(self) -> None:
+        """Until SIGTERM or an announced commit."""
+        stopping = asyncio.create_task(self.stop.wait())
+        announced = asyncio.create_task(self.announced.wait())
+        try:
+            await asyncio.wait((stopping, announced), return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            stopping.cancel()
+            announced.cancel()
+
+    async def observe_rounds(self) -> None:
+        """Every deployment this replica owns, observed together on their own interval
+        (controller/observer.py), not by each pass."""
+        shortest = min((d.interval for d in self.loops.values()), default=30.0)
+        every = self.settings.observe_interval or shortest
+        while not self.stop.is_set():
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self.stop.wait(), every * random.uniform(1 - JITTER, 1))
+            owned = [d for n, d in self.loops.items() if self.ownership.owns(n) and d.passes]
+            if self.stop.is_set() or not owned:
+                continue
+            try:
+                seen = await self.rounds.observe([d.name for d in owned])
+                for d in owned:
+                    if not self.stop.is_set() and d.name in seen:
+                        await self.observe(d, seen[d.name])
+            except Exception as e:  # a bug must not end the rounds: say it, try next round
+                self.say(f"observation round failed: {type(e).__name__}: {e}")
 
     def report(self, d: DeploymentLoop, outcome: PassResult) -> None:
         from reconciler.controller.notify import Event
@@ -281,9 +337,10 @@ class Controller:
         detail = f": {outcome.message.splitlines()[0]}" if outcome.message else ""
         self.say(f"{d.name}: {head} {outcome.result} in {outcome.seconds:.1f} s{detail}")
 
-    async def observe(self, d: DeploymentLoop) -> None:
+    async def observe(self, d: DeploymentLoop, seen: Observation | None = None) -> None:
         """Observe the machines (the view's status, self-heal's check), heal, and store
-        the conditions with their transition times."""
+        the conditions with their transition times; `seen`: a round's observation (the
+        state is written only when something changed since the last)."""
         from reconciler.execute.observe import nothing_json, observe_async, status_json
         from reconciler.state.db import open_db
         from reconciler.state.journal import rollout_progress
@@ -291,11 +348,11 @@ class Controller:
 
         db = open_db(self.opts.state_location, write=False)
         try:
-            record = read_deployment(db, d.name) if db is not None else None
+            record = seen.record if seen else read_deployment(db, d.name) if db else None
             if db is None or record is None:
                 doc = nothing_json(d.name)
             else:
-                obs = await observe_async(db, record, self.opts.state_root)
+                obs = seen or await observe_async(db, record, self.opts.state_root)
                 drifted = [i.row.key for i in obs.instances if i.state in ("dead", "missing")]
                 if d.self_heal and drifted and not d.child and await self.heal(d, drifted):
                     record = read_deployment(db, d.name) or record
@@ -318,11 +375,17 @@ class Controller:
         finally:
             if db is not None:
                 db.close()
+        what = (json.dumps(doc, default=str), d.stalled, d.applying, d.head, d.failures)
+        last = self.last_docs.get(d.name)
+        if seen is not None and last is not None and last[0] == what:
+            self.view.put(d.name, {**last[1], "controller": d.info(last[1]["controller"])})
+            return  # nothing changed since the last document: nothing to store
         doc["conditions"] = self.store_conditions(d)
         doc["controller"] = d.info()
         doc["owner"] = {"replica": self.ownership.id, "thisReplica": True}
         await asyncio.to_thread(self.share_status, d.name, doc)
         self.view.put(d.name, doc)
+        self.last_docs[d.name] = (what, doc)
 
     def show_rollouts(
         self, d: DeploymentLoop, doc: dict[str, Any], progress: dict[str, dict[str, Any]]
@@ -457,9 +520,10 @@ class Controller:
     # --- triggers ---------------------------------------------------------------------
 
     def poke_all(self) -> int:
+        """A commit was announced: list the heads again now, and wake the loops whose
+        branch moved."""
         assert self.loop is not None
-        for d in list(self.loops.values()):
-            self.loop.call_soon_threadsafe(d.poke)
+        self.loop.call_soon_threadsafe(self.announced.set)
         return len(self.loops)
 
     def watch_local_repo(self) -> Any:

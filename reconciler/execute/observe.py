@@ -4,13 +4,16 @@ of its instances.
 
 Observing is read-only everywhere: the state DB is only read (never migrated, never
 written, not even a first-seen host key), and the machines run this reconciler's agent
-streamed over stdin, so nothing is written to their store either.
+streamed over stdin, so nothing is written to their store either. A local machine is
+this host: its agent's read-only commands run in this process (the same code, no
+python3 started per deployment). Deployments sharing a machine are asked together.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import os
 import shlex
 from dataclasses import dataclass, field
@@ -100,11 +103,49 @@ async def observe_async(
     """Ask every recorded machine, in parallel, for its manifest and its instances (and,
     with `paths`, which recorded store paths it has). Never raises for a machine: one
     that cannot be reached or asked is a MachineSeen with its error."""
+    return (await observe_many(db, [record], state_root, paths))[record.name]
+
+
+async def observe_many(
+    db: StateDB,
+    records: list[DeploymentRecord],
+    state_root: Path,
+    paths: bool = False,
+    limit: asyncio.Semaphore | None = None,
+) -> dict[str, Observation]:
+    """`observe_async` of many deployments, each machine asked once for all of those it
+    carries (a machine shared by a thousand deployments is one round trip, not a
+    thousand), machines in parallel but no more than `limit` at once."""
+    from reconciler.targets.open import open_target
+
     keys = RecordedKeysOnly(db)
-    found = await asyncio.gather(
-        *(_observe_machine(m, record, state_root, keys, paths) for m in record.machines)
-    )
-    seen = {m.name: m for m in found}
+    seen: dict[str, dict[str, MachineSeen]] = {r.name: {} for r in records}
+    groups: dict[tuple[str, str, str], tuple[Target, list[tuple[DeploymentRecord, MachineRow]]]]
+    groups = {}
+    for record in records:
+        for m in record.machines:
+            connection = m.connection or {"targetEnv": m.target_env, "stateDir": m.state_dir}
+            try:
+                target = open_target(m.name, connection, state_root, keys)
+            except Exception as e:
+                seen[record.name][m.name] = MachineSeen(m.name, error=_message(m.name, e))
+                continue
+            where = (type(target).__name__, target.state_dir, repr(getattr(target, "endpoint", "")))
+            groups.setdefault(where, (target, []))[1].append((record, m))
+
+    async def bounded(
+        target: Target, members: list[tuple[DeploymentRecord, MachineRow]]
+    ) -> list[tuple[str, MachineSeen]]:
+        async with limit or contextlib.nullcontext():
+            return await _observe_machine(target, members, paths)
+
+    for found in await asyncio.gather(*(bounded(t, ms) for t, ms in groups.values())):
+        for name, machine in found:
+            seen[name][machine.name] = machine
+    return {r.name: _assemble(r, seen[r.name]) for r in records}
+
+
+def _assemble(record: DeploymentRecord, seen: dict[str, MachineSeen]) -> Observation:
     obs = Observation(record, seen)
     for inst in record.instances:
         obs.instances.append(_classify(inst, seen.get(inst.machine)))
@@ -112,84 +153,104 @@ async def observe_async(
 
 
 async def _observe_machine(
-    m: MachineRow,
-    record: DeploymentRecord,
-    state_root: Path,
-    keys: RecordedKeysOnly,
-    paths: bool,
-) -> MachineSeen:
-    from reconciler.execute.agent_client import answer_of
+    target: Target, members: list[tuple[DeploymentRecord, MachineRow]], paths: bool
+) -> list[tuple[str, MachineSeen]]:
+    """One machine, for every deployment in `members` (its record and its row of it)."""
     from reconciler.targets.local import LocalTarget
-    from reconciler.targets.open import open_target
-    from reconciler.targets.ssh import SshTarget
     from reconciler.targets.store_paths import present
 
-    seen = MachineSeen(m.name)
-    connection = m.connection or {"targetEnv": m.target_env, "stateDir": m.state_dir}
+    def failed(error: str) -> list[tuple[str, MachineSeen]]:
+        return [(r.name, MachineSeen(m.name, error=error)) for r, m in members]
+
     try:
-        target = open_target(m.name, connection, state_root, keys)
-    except Exception as e:
-        seen.error = _message(m.name, e)
-        return seen
-    try:
-        if isinstance(target, LocalTarget) and not os.path.isdir(target.state_dir):
-            seen.error = f"its folder {target.state_dir} does not exist"
-            return seen
-        if isinstance(target, SshTarget):
+        local = isinstance(target, LocalTarget)
+        if local and not os.path.isdir(target.state_dir):
+            return failed(f"its folder {target.state_dir} does not exist")
+        if not local:  # SSH: one connection for all of them (asyncssh imported only now)
+            from reconciler.targets.ssh import SshTarget
+
+            assert isinstance(target, SshTarget)
             try:
                 await asyncio.wait_for(target.connect(), CONNECT_TIMEOUT)
             except TimeoutError:
                 at = target.endpoint
-                seen.error = (
+                return failed(
                     f"cannot connect to {at.user}@{at.host}:{at.port}: no answer within "
                     f"{CONNECT_TIMEOUT:g} s"
                 )
-                return seen
-        seen.reachable = True  # from here on, what fails is asking it, not reaching it
-        mine = [i for i in record.instances if i.machine == m.name]
-        answers = await asyncio.wait_for(
-            _ask_agent(target, record.name, mine, m.address), OBSERVE_TIMEOUT
-        )
-        manifest = answer_of(answers, "read-manifest")
-        if isinstance(manifest, dict):
-            seen.manifest = manifest
-        status = answer_of(answers, "status")
-        if isinstance(status, dict) and isinstance(status.get("instances"), dict):
-            seen.instances = status["instances"]
-        problems = [
-            f"{command} failed: {_agent_error(answers.get(command))}"
-            for command, got in (("read-manifest", seen.manifest), ("status", seen.instances))
-            if got is None
-        ]
-        seen.error = "; ".join(problems) or None
-        expected = record.paths.get(m.name, {})
-        if paths and expected:
-            seen.present = await asyncio.wait_for(present(target, expected), OBSERVE_TIMEOUT)
+        asks = [_requests(target.state_dir, r, m) for r, m in members]
+        if local:  # this host, this user, this reconciler's own agent: no process to start
+            answers = await asyncio.wait_for(asyncio.to_thread(_ask_here, asks), OBSERVE_TIMEOUT)
+        else:
+            answers = [await asyncio.wait_for(_ask(target, a), OBSERVE_TIMEOUT) for a in asks]
+        found = []
+        for (record, m), got in zip(members, answers, strict=True):
+            seen = _seen(m.name, got)
+            expected = record.paths.get(m.name, {})
+            if paths and expected:
+                seen.present = await asyncio.wait_for(present(target, expected), OBSERVE_TIMEOUT)
+            found.append((record.name, seen))
+        return found
     except TimeoutError:
-        seen.error = f"no answer within {OBSERVE_TIMEOUT:g} s"
+        return failed(f"no answer within {OBSERVE_TIMEOUT:g} s")
     except Exception as e:  # whatever happened there, it is this machine's row
-        seen.error = _message(m.name, e)
+        return failed(_message(target.machine, e))
     finally:
         with contextlib.suppress(Exception):  # closing what never opened properly
             await asyncio.wait_for(target.close(), CONNECT_TIMEOUT)
+
+
+def _seen(name: str, answers: dict[str, Any]) -> MachineSeen:
+    from reconciler.execute.agent_client import answer_of
+
+    seen = MachineSeen(name, reachable=True)  # what fails now is asking it, not reaching it
+    manifest = answer_of(answers, "read-manifest")
+    if isinstance(manifest, dict):
+        seen.manifest = manifest
+    status = answer_of(answers, "status")
+    if isinstance(status, dict) and isinstance(status.get("instances"), dict):
+        seen.instances = status["instances"]
+    problems = [
+        f"{command} failed: {_agent_error(answers.get(command))}"
+        for command, got in (("read-manifest", seen.manifest), ("status", seen.instances))
+        if got is None
+    ]
+    seen.error = "; ".join(problems) or None
     return seen
 
 
-async def _ask_agent(
-    target: Target,
-    deployment: str,
-    instances: list[InstanceRow],
-    address: str | None,
-) -> dict[str, Any]:
-    """One round trip: read-manifest and status, from the agent streamed to the machine."""
+Requests = list[tuple[str, dict[str, Any]]]
+
+
+def _requests(state_dir: str, record: DeploymentRecord, m: MachineRow) -> Requests:
+    """read-manifest and status of the deployment's instances on this machine."""
+    base = {"stateDir": state_dir, "deployment": record.name}
+    mine = [i for i in record.instances if i.machine == m.name]
+    items = [_status_item(i, state_dir, m.address) for i in mine]
+    return [("read-manifest", base), ("status", {**base, "instances": items})]
+
+
+async def _ask(target: Target, requests: Requests) -> dict[str, Any]:
+    """One round trip to the agent streamed to the machine."""
     from reconciler.execute.agent_client import ask
 
-    base = {"stateDir": target.state_dir, "deployment": deployment}
-    status = {
-        **base,
-        "instances": [_status_item(i, target.state_dir, address) for i in instances],
-    }
-    return await ask(target, [("read-manifest", base), ("status", status)])
+    return await ask(target, requests)
+
+
+def _ask_here(asks: list[Requests]) -> list[dict[str, Any]]:
+    """The agent's commands run in this process, for a local machine: the same code the
+    streamed agent would run, without a python3 started (and the archive compiled) for
+    every deployment on every pass. Only read-only commands come here."""
+    from reconciler.agent.protocol import run
+
+    answers = []
+    for requests in asks:
+        got = {}
+        for command, request in requests:
+            code, answer = run([command], json.dumps(request).encode())
+            got[command] = {"code": code, "answer": answer}
+        answers.append(got)
+    return answers
 
 
 def _status_item(inst: InstanceRow, state_dir: str, address: str | None) -> dict[str, Any]:
