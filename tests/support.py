@@ -121,3 +121,20 @@ def run_json(*args: str, cwd: Path, **kw: Any) -> Any:
     done = run_cli(*args, "--format", "json", cwd=cwd, **kw)
     assert done.returncode in (0, 2), done.stderr
     return json.loads(done.stdout)
+
+
+def free_local_addresses(count: int) -> list[str]:
+    """The loopback addresses a new state hands out first (SPEC §2.3, §12): from
+    127.0.0.10 up, skipping what a process on this host listens on."""
+    import ipaddress
+
+    from reconciler.desired.host_addresses import listening_on_loopback
+
+    taken = listening_on_loopback()
+    out: list[str] = []
+    candidate = ipaddress.IPv4Address("127.0.0.10")
+    while len(out) < count:
+        if str(candidate) not in taken:
+            out.append(str(candidate))
+        candidate += 1
+    return out

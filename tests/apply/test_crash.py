@@ -66,7 +66,7 @@ def test_kill_9_during_the_transition_then_apply_again(example: Path) -> None:
     assert statuses == ["succeeded", "rolled_back", "succeeded"]
     pids = running_pids(example)
     assert len(pids) == 6 and not [k for k, p in pids.items() if gone(p)], pids
-    front = f"http://127.0.0.10:{_port(example, 'stafftracker', 'test1')}"
+    front = f"http://{_address(example, 'test1')}:{_port(example, 'stafftracker', 'test1')}"
     assert get(f"{front}/api/staff")["staff"]
     # exactly one process per instance: nothing left over from the killed attempt
     ours = subprocess.run(
@@ -90,6 +90,14 @@ def test_two_applies_at_once_one_is_refused(example: Path) -> None:
     out, err = first.communicate(timeout=120)
     assert first.returncode == 0, err
     assert "Generation 2 of local is active" in out
+
+
+def _address(repo: Path, machine: str) -> str:
+    with sqlite3.connect(repo / ".reconciler/state.db") as conn:
+        row = conn.execute(
+            "SELECT value FROM allocations WHERE key = ?", [f"local-address/local/{machine}"]
+        ).fetchone()
+    return str(row[0])
 
 
 def _port(repo: Path, service: str, machine: str) -> int:

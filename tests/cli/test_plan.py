@@ -12,6 +12,7 @@ import pytest
 
 from tests.support import (
     commit,
+    free_local_addresses,
     git,
     make_repo,
     run_cli,
@@ -62,7 +63,7 @@ def test_plan_from_empty_state_text(history: dict[str, Any]) -> None:
     assert done.returncode == 0, done.stderr
     out = done.stdout
     assert out.startswith(f"Deployment app at {history['head'][:12]}, against nothing deployed\n")
-    for machine, address in (("m1", "127.0.0.10"), ("m2", "127.0.0.11")):
+    for machine, address in zip(("m1", "m2"), free_local_addresses(2), strict=True):
         assert re.search(rf"^  \+ {machine} +add +local +{re.escape(address)}$", out, re.M), out
     for key in ALL_INSTANCES:
         assert re.search(rf"^  \+ {re.escape(key)} +activate  \(new\)$", out, re.M), out
@@ -96,9 +97,10 @@ def test_plan_json_from_empty_state(history: dict[str, Any]) -> None:
     assert plan["baseRevision"] is None
     assert plan["hasChanges"] is True
     assert plan["blockers"] == []
+    first, second = free_local_addresses(2)
     assert {m["name"]: (m["action"], m["address"]) for m in plan["machines"]} == {
-        "m1": ("add", "127.0.0.10"),
-        "m2": ("add", "127.0.0.11"),
+        "m1": ("add", first),
+        "m2": ("add", second),
     }
     summary = plan["summary"]
     assert summary["machinesToAdd"] == 2
