@@ -27,10 +27,17 @@ from typing import Any
 
 from reconciler.desired.host_addresses import claim
 from reconciler.desired.state import PROVISIONED_ENVS, DesiredState
-from reconciler.errors import UserError
 from reconciler.execute.agent_client import ensure_agent, ship
 from reconciler.execute.inputs import compile_with_record, registry_owner
-from reconciler.execute.outcome import AttemptError, Failed, Outcome, Reason, Result, Stalled
+from reconciler.execute.outcome import (
+    AttemptError,
+    Failed,
+    Outcome,
+    Reason,
+    Result,
+    Stalled,
+    Waiting,
+)
 from reconciler.execute.recover import settle
 from reconciler.execute.requests import deployment_dir
 from reconciler.execute.secrets import Secrets, read_secrets
@@ -177,6 +184,21 @@ def apply_models(
     say: Callable[[str], None],
     progress: Callable[[], AbstractContextManager[Progress]],
 ) -> Outcome:
+    """Bring the deployment to the models `loaded` holds (`_apply_models`); busy when
+    another attempt of it runs."""
+    try:
+        return _apply_models(opts, loaded, options, say, progress)
+    except Waiting as e:
+        return Outcome.of(e)
+
+
+def _apply_models(
+    opts: Options,
+    loaded: LoadedDeployment,
+    options: AttemptOptions,
+    say: Callable[[str], None],
+    progress: Callable[[], AbstractContextManager[Progress]],
+) -> Outcome:
     """Bring the deployment to the models `loaded` holds. Takes the deployment's attempt
     lease and plans again under it: another apply may have run since the caller's plan.
     Applies of other deployments run meanwhile; their allocations cannot collide."""
@@ -245,9 +267,11 @@ def attempt_lease(db: StateDB, deployment: str, what: str) -> Iterator[Lease]:
         lease = locks.take_over(db, have, holder, ATTEMPT_LEASE_SECONDS)
     if lease is None:
         who = have.holder if have else "another process"
-        raise UserError(
+        raise Waiting(
+            Reason.BUSY,
             f"deployment {deployment} is in use by {who}; wait for it to finish (one attempt "
-            "per deployment at a time)"
+            "per deployment at a time)",
+            after=ATTEMPT_LEASE_SECONDS / 3,
         )
     try:
         yield lease

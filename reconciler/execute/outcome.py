@@ -40,6 +40,7 @@ class Reason(StrEnum):
     INTERRUPTED = "Interrupted"
     BLOCKED = "Blocked"
     ALLOCATION_RACE = "AllocationRace"
+    BUSY = "Busy"  # another attempt of the deployment holds its lease
     DECLINED = "Declined"
     # the controller's own
     APPLY_FAILED = "ApplyFailed"
