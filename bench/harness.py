@@ -380,6 +380,17 @@ def host_network(count: int, workdir: Path) -> TestHostNetwork:
     return TestHostNetwork(count, workdir)
 
 
+def hosts_problem() -> str | None:
+    """Why test hosts cannot run here (not root, no namespaces …), or None."""
+    from tests.testhosts import HostsUnavailableError, check_environment
+
+    try:
+        check_environment()
+    except HostsUnavailableError as e:
+        return str(e)
+    return None
+
+
 def host_veth(net: TestHostNetwork, host: TestHost) -> str:
     """The host's veth in the root namespace (its byte counters are the wire)."""
     return net._state(host).veth

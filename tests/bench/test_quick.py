@@ -90,3 +90,11 @@ def test_transfer_quick_compares_with_its_peers() -> None:
     report = run_quick("transfer")
     assert_report("transfer", report, "| auto | h0 | zstd |", "| rsync -a |", "### Goals")
     assert "| nix-copy-closure |" in report or "Nix: not measured" in report
+
+
+@pytest.mark.slow
+def test_rollout_quick_keeps_the_guarantee_and_times_failover() -> None:
+    report = run_quick("rollout")
+    assert_report("rollout", report, "| 3 | 1 | 3 |", "| 10 | 25% | 4 |")
+    assert "**broken**" not in report  # the fewest answering never below the guarantee
+    assert "| answering elsewhere |" in report or "Failover: not measured" in report
