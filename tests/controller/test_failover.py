@@ -25,7 +25,7 @@ pytestmark = [pytest.mark.hosts, pytest.mark.slow]
 
 HELLO = """\
 #!/usr/bin/env python3
-import http.server, os
+import http.server, os, socketserver
 
 class Hello(http.server.BaseHTTPRequestHandler):
     def do_GET(self):
@@ -36,8 +36,11 @@ class Hello(http.server.BaseHTTPRequestHandler):
     def log_message(self, *args):
         pass
 
-address = (os.environ["HOST"], int(os.environ["PORT"]))
-http.server.ThreadingHTTPServer(address, Hello).serve_forever()
+class Server(http.server.ThreadingHTTPServer):
+    def server_bind(self):  # without HTTPServer's reverse DNS lookup: no DNS in here
+        socketserver.TCPServer.server_bind(self)
+
+Server((os.environ["HOST"], int(os.environ["PORT"])), Hello).serve_forever()
 """
 
 
