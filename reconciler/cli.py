@@ -10,6 +10,7 @@ from __future__ import annotations
 import atexit
 import os
 import sys
+import warnings
 from gc import freeze as freeze_objects
 from pathlib import Path
 from typing import Annotated
@@ -438,6 +439,8 @@ def reconstruct(ctx: typer.Context) -> int:
 
 
 def main(argv: list[str] | None = None) -> None:
+    # asyncssh's import warns that cryptography deprecates DSA: noise in every message
+    warnings.filterwarnings("ignore", message="DSA is deprecated")
     # the collector's last pass over every object at exit took 0.3-0.5 s of each command
     atexit.register(freeze_objects)
     args = hoist_globals(list(sys.argv[1:] if argv is None else argv))
