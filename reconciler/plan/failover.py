@@ -17,14 +17,22 @@ LOST = "lost"  # an instance on a failed machine: not touched, reported
 def without_failed(plan: Plan, failed: Collection[str]) -> Plan:
     if not failed:
         return plan
-    on_failed = {c.key for c in plan.instances if c.machine in failed}
+    # state on a failed machine cannot be read: no snapshot of it is kept anywhere else,
+    # so the instance waiting for it does not start empty — it waits for that machine
+    stranded = {f"{m.service}@{m.target}": m.source for m in plan.moves if m.source in failed}
+    on_failed = {c.key for c in plan.instances if c.machine in failed} | set(stranded)
     instances = [
-        dataclasses.replace(c, action=LOST, reasons=_with_failed(c))
+        dataclasses.replace(c, action=LOST, reasons=_with_failed(c, stranded.get(c.key)))
         if c.key in on_failed and c.action != "keep"
         else c
         for c in plan.instances
     ]
     lost = [c.key for c in instances if c.action == LOST]
+    warnings = [
+        f"{key}: its state is on failed machine {source}: it starts once {source} answers "
+        "again (no snapshot of it is kept elsewhere)"
+        for key, source in sorted(stranded.items())
+    ]
     return dataclasses.replace(
         plan,
         instances=instances,
@@ -40,11 +48,14 @@ def without_failed(plan: Plan, failed: Collection[str]) -> Plan:
             if (keys := tuple(k for k in r.keys if k not in on_failed))
         ],
         lost=lost,
+        warnings=[*plan.warnings, *warnings],
     )
 
 
-def _with_failed(c: InstanceChange) -> tuple[str, ...]:
-    said = f"machine {c.machine} failed"
+def _with_failed(c: InstanceChange, state_on: str | None) -> tuple[str, ...]:
+    said = (
+        f"its state is on failed machine {state_on}" if state_on else f"machine {c.machine} failed"
+    )
     return c.reasons if any(r.startswith(said) for r in c.reasons) else (*c.reasons, said)
 
 
