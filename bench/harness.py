@@ -185,11 +185,14 @@ def commit(repo: Path, message: str) -> str:
     return git(repo, "rev-parse", "HEAD")
 
 
-def write_models(repo: Path, files: dict[str, Any], deployments: dict[str, list[str]]) -> None:
-    """Model files (JSON, which is YAML) and reconciler.yaml naming each deployment's."""
+def write_models(
+    repo: Path, files: dict[str, Any], deployments: dict[str, list[str]], **settings: Any
+) -> None:
+    """Model files (JSON, which is YAML) and reconciler.yaml naming each deployment's (with
+    the same `settings` for each: interval, failover …)."""
     for name, doc in files.items():
         (repo / name).write_text(json.dumps(doc, indent=1))
-    config = {"deployments": {d: {"models": models} for d, models in deployments.items()}}
+    config = {"deployments": {d: {"models": m, **settings} for d, m in deployments.items()}}
     (repo / "reconciler.yaml").write_text(json.dumps(config, indent=1))
 
 

@@ -297,3 +297,68 @@ def test_a_stateless_service_that_moves_starts_on_its_new_machine_before_it_stop
     assert serving({**old, **new}) == {"web@m1": None, "web@m2": "v1 m2"}
     steps = [(a, d.get("instance")) for a, _, d in journal(repo, "transition")]
     assert steps.index(("activate", "web@m2")) < steps.index(("deactivate", "web@m1"))
+
+
+DEPENDENT = (
+    """\
+machines:
+"""
+    + "".join(f"  {m}: {{deployment: {{targetEnv: local}}}}\n" for m in MACHINES)
+    + """\
+packages:
+  web: {src: pkgs/web}
+  front: {src: pkgs/front}
+services:
+  web:
+    package: web
+    command: bin/web
+    port: auto
+    healthCheck: {http: /, timeout: 3s}
+    rollout: {maxUnavailable: 2}
+  front:
+    package: front
+    command: bin/web
+    port: auto
+    dependsOn: [web]
+    healthCheck: {http: /, timeout: 3s}
+    rollout: {maxUnavailable: 1}
+distribution:
+  web: [m1, m2, m3, m4]
+  front: [m1, m2, m3, m4]
+"""
+)
+
+
+def test_dependents_roll_after_the_service_they_depend_on_by_their_own_rollout(
+    repo: Path,
+) -> None:
+    """front dependsOn web: a new web changes front's identity only through web's digest."""
+    front = {f"pkgs/front/{p}": (repo / "pkgs/web" / p).read_text() for p in ("version", "mode")}
+    commit(repo, {**front, "pkgs/front/bin/web": WEB, "app.yaml": DEPENDENT}, "front")
+    (repo / "pkgs/front/bin/web").chmod(0o755)
+    commit(repo, {}, "executable")
+    code, out, err = apply(repo)
+    assert code == 0, err
+    urls = dict(re.findall(r"^ +(\S+@\S+) +(http://\S+)$", out, re.MULTILINE))
+    assert len(urls) == 8, out
+    commit(repo, version("v2"), "web v2")
+    with probing(urls) as prober:
+        code, out, err = apply(repo)
+    assert code == 0, err
+    assert "web: 4 instances in 2 batches of 2" in out
+    assert "front: 4 instances in 4 batches of 1" in out
+
+    def most_down(service: str) -> int:
+        keys = [k for k in urls if k.startswith(f"{service}@")]
+        return max(sum(r[k] is None for k in keys) for r in prober.rounds)
+
+    assert most_down("web") <= 2 and most_down("front") <= 1
+    batches = [
+        (d["service"], d["batch"])
+        for action, _, d in journal(repo, "transition")
+        if action == "rollout-batch"
+    ]
+    assert batches == [("web", 1), ("web", 2), *(("front", n) for n in range(1, 5))]
+    assert serving(urls) == {
+        k: f"{'v2' if k.startswith('web@') else 'v1'} {k.split('@')[1]}" for k in urls
+    }
