@@ -200,7 +200,7 @@ def report(command: str, facts: str, version: str, seconds: float, rolls: list[l
     lines = [*h.header(NAME, facts, version, command, summary),
              "| instances | maxUnavailable | batches | apply s | rollout window s | Σ start-up s "
              "| overhead ms per batch | fewest answering | guarantee |",
-             "|--:|--:|--:|--:|--:|--:|--:|--:|--:|"]  # fmt: skip
+             "|---|---|--:|--:|--:|--:|--:|--:|---|"]  # fmt: skip
     for runs in rolls:
         b, fewest = min(runs, key=lambda r: r.wall), min(r.fewest for r in runs)
         lines.append(
