@@ -12,6 +12,7 @@ import os
 import re
 import signal
 import sqlite3
+import subprocess
 import threading
 import time
 import urllib.parse
@@ -22,7 +23,7 @@ from typing import Any
 
 import pytest
 
-from tests.support import commit, make_repo, run_cli
+from tests.support import RECONCILER, clean_env, commit, make_repo, run_cli
 
 pytestmark = pytest.mark.slow
 
@@ -62,9 +63,17 @@ http.server.ThreadingHTTPServer(address, Web).serve_forever()
 """
 
 
+def machines_yaml() -> str:
+    """Every machine `local`, at an address of its own that the tests of other folders
+    (allocated 127.0.0.x, each with a host registry of its own) do not take meanwhile."""
+    return "".join(
+        f"  {m}: {{deployment: {{targetEnv: local, address: 127.0.81.{i}}}}}\n"
+        for i, m in enumerate(MACHINES, start=1)
+    )
+
+
 def models(rollout: str, distribution: Mapping[str, list[str]]) -> str:
-    """Every machine `local`; each service runs WEB, with the `rollout` given."""
-    machines = "".join(f"  {m}: {{deployment: {{targetEnv: local}}}}\n" for m in MACHINES)
+    """Each service runs WEB on the machines given, with the `rollout` given."""
     services = "".join(
         f"  {s}:\n    package: web\n    command: bin/web\n    port: auto\n"
         f"    healthCheck: {{http: /, timeout: 3s}}\n"
@@ -73,7 +82,7 @@ def models(rollout: str, distribution: Mapping[str, list[str]]) -> str:
     )
     placed = "".join(f"  {s}: [{', '.join(ms)}]\n" for s, ms in distribution.items())
     return (
-        f"machines:\n{machines}packages:\n  web: {{src: pkgs/web}}\n"
+        f"machines:\n{machines_yaml()}packages:\n  web: {{src: pkgs/web}}\n"
         f"services:\n{services}distribution:\n{placed}"
     )
 
@@ -301,11 +310,10 @@ def test_a_stateless_service_that_moves_starts_on_its_new_machine_before_it_stop
 
 def two_services(web_rollout: str, other: str, other_lines: str) -> str:
     """web, and `other` from its own package (a copy of web's), on every machine."""
-    machines = "".join(f"  {m}: {{deployment: {{targetEnv: local}}}}\n" for m in MACHINES)
     every = ", ".join(MACHINES)
     return f"""\
 machines:
-{machines}packages:
+{machines_yaml()}packages:
   web: {{src: pkgs/web}}
   {other}: {{src: pkgs/{other}}}
 services:
@@ -382,3 +390,28 @@ def test_a_failure_elsewhere_stops_a_rollout_before_its_next_batch(repo: Path) -
     assert code == 1, err
     batches = [d["batch"] for a, _, d in journal(repo, "transition") if a == "rollout-batch"]
     assert batches == [1], batches
+
+
+def test_an_interrupted_rollout_rolls_back_keeping_all_but_max_unavailable_answering(
+    repo: Path,
+) -> None:
+    """SIGTERM in the middle of the second batch: the attempt undoes what it did, batch by
+    batch, and the guarantee holds through it."""
+    urls = deploy(repo, "{maxUnavailable: 1, minReady: 1s}", {"web": MACHINES})
+    commit(repo, version("v2"), "v2")
+    with probing(urls) as prober:
+        proc = subprocess.Popen(
+            [RECONCILER, "-d", "roll", "apply", "--yes"],
+            cwd=repo, env=clean_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        )  # fmt: skip
+        deadline = time.monotonic() + 60
+        while not (prober.rounds and prober.rounds[-1]["web@m2"] == "v2 m2"):
+            assert time.monotonic() < deadline and proc.poll() is None, proc.communicate()
+            time.sleep(0.02)
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=120)
+    assert proc.returncode != 0, err
+    assert "Rolled back" in err, err
+    assert prober.served("web@m3") == {"v1"}  # no batch began after the signal
+    assert prober.most_down() <= 1
+    assert serving(urls) == {k: f"v1 {k.split('@')[1]}" for k in urls}
