@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any
 
 from reconciler.execute.agent_client import AgentError
@@ -51,7 +51,7 @@ async def activate_services(t: Transition, requests: Mapping[str, dict[str, Any]
                 return
             await asyncio.gather(*(_activate(t, k, requests[k]) for k in fresh.get(service, [])))
             if service in rolled:
-                await _roll(t, rolled[service], requests)
+                await _roll(t, rolled[service], requests, lambda: bool(failures))
             await asyncio.gather(*(t.deactivate(k) for k in leaving.get(service, [])))
         except Exception as e:
             failures.append(e)
@@ -76,9 +76,17 @@ async def _activate(t: Transition, key: str, request: dict[str, Any]) -> None:
         t.activating.discard(key)
 
 
-async def _roll(t: Transition, rollout: Rollout, requests: Mapping[str, dict[str, Any]]) -> None:
+async def _roll(
+    t: Transition,
+    rollout: Rollout,
+    requests: Mapping[str, dict[str, Any]],
+    stopped: Callable[[], bool],
+) -> None:
+    """Batch after batch; none starts once anything else in the attempt has failed."""
     batches = rollout.batches
     for number, batch in enumerate(batches, start=1):
+        if stopped():
+            return
         t.report(f"{rollout.service}: batch {number}/{len(batches)}: replacing {', '.join(batch)}")
         entry = t.journal.begin(
             "transition",

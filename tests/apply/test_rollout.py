@@ -375,11 +375,6 @@ def test_dependents_roll_after_the_service_they_depend_on_by_their_own_rollout(
     }
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="reconciler/execute/rollout.py: _roll starts the next batch after another "
-    "service's failure (only one() checks `failures`, before the first batch)",
-)
 def test_a_failure_elsewhere_stops_a_rollout_before_its_next_batch(repo: Path) -> None:
     """solo and web are independent: when solo's new version fails, web's rollout (each
     batch held 2 s by minReady) begins no further batch — it is about to be undone."""
