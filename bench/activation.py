@@ -6,12 +6,10 @@ activation window ≤ 1.3 × the critical path. bench/README.md describes what i
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 import shlex
 import shutil
 import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -19,7 +17,6 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 import harness as h  # beside this script
 
@@ -62,41 +59,25 @@ def service(layer: int, i: int) -> str:
 
 def generate(repo: Path, config: Config) -> None:
     """A committed models repository: one package (the program), 30 services, the machines."""
-    h.new_repo(repo)
-    h.write_program(repo / "packages" / "svc" / "bin" / "svc", h.SERVICE)
-    services: dict[str, Any] = {}
+    env, services = {"DELAY": f"{config.delay:g}"}, {}
     for layer in range(LAYERS):
+        after = {"dependsOn": [service(layer - 1, d) for d in range(PER_LAYER)]} if layer else {}
         for i in range(PER_LAYER):
-            services[service(layer, i)] = {
-                "package": "svc",
-                "command": "bin/svc",
-                "port": FIRST_PORT + layer * PER_LAYER + i,
-                "env": {"DELAY": f"{config.delay:g}"},
-                "healthCheck": {"tcp": True, "timeout": "10s"},
-            }
-            if layer:
-                services[service(layer, i)]["dependsOn"] = [
-                    service(layer - 1, d) for d in range(PER_LAYER)
-                ]
-    n = len(config.addresses)
+            port = FIRST_PORT + layer * PER_LAYER + i
+            services[service(layer, i)] = h.service(port, env=env, **after)
+    n, where = len(config.addresses), {"targetEnv": "local", "maxParallel": config.max_parallel}
+    machines = {
+        f"m{j + 1}": {"deployment": {**where, "address": a}} for j, a in enumerate(config.addresses)
+    }
     models = {
         "description": f"bench/activation.py: {config.label}",
-        "machines": {
-            f"m{j + 1}": {
-                "deployment": {
-                    "targetEnv": "local",
-                    "address": address,
-                    "maxParallel": config.max_parallel,
-                }
-            }
-            for j, address in enumerate(config.addresses)
-        },
+        "machines": machines,
         "packages": {"svc": {"src": "packages/svc"}},
         "services": services,
         "distribution": {name: [f"m{int(name.split('-')[1]) % n + 1}"] for name in services},
     }
-    h.write_models(repo, {"models.yaml": models}, {DEPLOYMENT: ["models.yaml"]})
-    h.commit(repo, config.label)
+    h.new_repo(repo, service=True)
+    h.commit_models(repo, config.label, {"models.yaml": models}, {DEPLOYMENT: ["models.yaml"]})
 
 
 @dataclass
@@ -160,21 +141,18 @@ def read_run(config: Config, state: Path, t0: float, t1: float) -> Run:
     instances = []
     for step in (s for s in attempt.transition if s.action == "activate"):
         name = step.detail["instance"].split("@", 1)[0]
-        log = state.parent / "machines" / step.target / "deployments" / DEPLOYMENT / "instances"
-        lines = (log / name / "log").read_text(errors="replace").splitlines()
-        got = next(json.loads(x)["bench"] for x in lines if x.startswith('{"bench"'))
+        got = h.bench_times(state, step.target, DEPLOYMENT, name)
         layer = int(name[1 : name.index("-")])
         instances.append(Instance(layer, got["forked"], got["start"], got["ready"], step.at))
     if len(instances) != LAYERS * PER_LAYER:
         raise RuntimeError(f"{len(instances)} activations journaled, not {LAYERS * PER_LAYER}")
-    profiles = max(s.at for s in attempt.transition if s.action == "switch-profile")
-    return Run(config, t0, t1, attempt.started, profiles, instances)
+    return Run(config, t0, t1, attempt.started, max(attempt.ends("switch-profile")), instances)
 
 
 def run_once(config: Config, repo: Path, work: Path, keep_path: bool, log: h.Log) -> Run:
     """A fresh deployment: apply, read the record, destroy; nothing left running."""
     state = work / "state.db"
-    base = [*h.reconciler_cmd(), "--repo", str(repo), "--state", str(state), "-d", DEPLOYMENT]
+    base = h.reconciler_cmd(repo, state, DEPLOYMENT)
     env = h.child_env(standard_path=not keep_path)
     try:
         ran = h.run([*base, "apply", "--yes", "--format", "json"], env, timeout=300)
@@ -186,8 +164,7 @@ def run_once(config: Config, repo: Path, work: Path, keep_path: bool, log: h.Log
             log(f"destroy ({config.label}) exited {gone.code}: {gone.stderr[-1000:]}")
         return result
     finally:
-        if killed := h.kill_leftovers(work):
-            log(f"killed {len(killed)} leftover processes of {config.label}")
+        h.kill_leftovers(work)
 
 
 def run_floor(config: Config, work: Path) -> float:
@@ -209,14 +186,7 @@ def run_floor(config: Config, work: Path) -> float:
         return address, port
 
     def listening(address: str, port: int) -> None:
-        deadline = time.monotonic() + 10
-        while True:
-            try:
-                return socket.create_connection((address, port), timeout=1).close()
-            except OSError:
-                if time.monotonic() > deadline:
-                    raise RuntimeError(f"floor: {address}:{port} never listened") from None
-                time.sleep(0.005)
+        h.wait_for(f"{address}:{port} listening", lambda: h.listening(address, port), 10, 0.005)
 
     try:
         t0 = time.perf_counter()
@@ -370,32 +340,27 @@ def goal_lines(results: Sequence[Result]) -> list[str]:
 
 
 def report(
-    command: str, facts: str, version: str, seconds: float, results: Sequence[Result],
-    repeat: int, keep_path: bool, calibration: tuple[float, float | None],
-) -> str:  # fmt: skip
+    b: h.Bench, results: Sequence[Result], calibration: tuple[float, float | None]
+) -> list[str]:
     delay = max(r.config.delay for r in results)
     by = {(r.config.layout, r.config.delay): r for r in results}
-    path = "the caller's PATH" if keep_path else f"PATH={h.STANDARD_PATH} (sshd's default)"
+    path = "the caller's PATH" if b.args.keep_path else f"PATH={h.STANDARD_PATH} (sshd's default)"
     summary = (
-        f"{seconds:.0f} s in all, best of {repeat} run{'s' * (repeat != 1)} per configuration "
+        f"{b.log.seconds:.0f} s in all, {h.best_of(b.args.repeat)} per configuration "
         f"(configurations in rounds); reconciler ran with {path}"
     )
-    lines = [
-        *h.header(NAME, facts, version, command, summary),
-        *main_table(results),
-        "",
-    ]
+    lines = [*b.header(summary), *main_table(results), ""]
     if par := by.get(("parallel", delay)):
-        b = par.best
+        run = par.best
         lines += [
             f"Per layer, best parallel {h.ms(delay)} ms run (ms after the layer could begin: "
             "the previous layer's last activate end, for layer 1 the last switch-profile end):",
             "",
-            *layer_table(b),
+            *layer_table(run),
             "",
             "Phases of that apply (wall clock; the attempt's `started_at`, journal `at`): "
-            + "; ".join(f"{name} {h.ms(s)} ms" for name, s in b.phases())
-            + f" — {h.ms(b.wall)} ms in all.",
+            + "; ".join(f"{name} {h.ms(s)} ms" for name, s in run.phases())
+            + f" — {h.ms(run.wall)} ms in all.",
             "",
         ]
     bare, agent = calibration
@@ -411,52 +376,43 @@ def report(
         "",
         *goal_lines(results),
     ]
-    return "\n".join(lines) + "\n"
+    return lines
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    p = h.parser("Time the transition of `reconciler apply`: 3 layers of 10 services against "
-                 "its critical path and a serial baseline.",
-                 f"DELAY {QUICK_DELAY:g} only, one run each", "3; quick 1")  # fmt: skip
-    p.add_argument("--only", default="parallel,serial", help="layouts: parallel, serial (both)")
-    p.add_argument("--no-zero", action="store_true", help="skip DELAY 0 (skipped with --quick)")
-    p.add_argument("--keep-path", action="store_true", help="give reconciler the caller's PATH")
-    args = p.parse_args(argv)
-    repeat = args.repeat or (1 if args.quick else 3)
+    b = h.Bench(NAME, "Time the transition of `reconciler apply`: 3 layers of 10 services "
+                "against its critical path and a serial baseline.",
+                f"DELAY {QUICK_DELAY:g} only, one run each")  # fmt: skip
+    b.options.add_argument("--only", default="parallel,serial", help="layouts (both)")
+    b.options.add_argument("--no-zero", action="store_true", help="skip DELAY 0 (as --quick)")
+    b.options.add_argument("--keep-path", action="store_true", help="reconciler gets your PATH")
+    args = b.start(argv)
+    python = shutil.which("python3", path=None if args.keep_path else h.STANDARD_PATH)
+    b.note(f"`python3` for agents and services: {python or 'not found'}")
     layouts = [x.strip() for x in args.only.split(",") if x.strip()]
-    if repeat < 1 or not layouts or set(layouts) - {"parallel", "serial"}:
-        p.error("--repeat at least 1; --only takes parallel and/or serial")
-    log = h.Log()
+    if not layouts or set(layouts) - {"parallel", "serial"}:
+        b.options.error("--only takes parallel and/or serial")
     delays = [QUICK_DELAY] if args.quick else [DELAY] if args.no_zero else [DELAY, 0.0]
     configs = [Config(layout, d) for d in delays for layout in layouts]
-    python = shutil.which("python3", path=None if args.keep_path else h.STANDARD_PATH)
-    facts = h.machine_facts(f"`python3` for agents and services: {python or 'not found'}")
-    version = h.take_snapshot(NAME, args.at)
-    log(f"measuring reconciler at {version}")
     calibration = calibrate(args.keep_path)
     results = {c: Result(c) for c in configs}
     with h.workspace(NAME) as base:
         repos = {c: base / f"{c.layout}-{h.ms(c.delay)}ms" / "models" for c in configs}
         for c, repo in repos.items():
             generate(repo, c)
-        for round_ in range(repeat):
+        for round_ in range(args.repeat):
             for c in configs:
                 work = repos[c].parent / f"run{round_}"
-                run = run_once(c, repos[c], work, args.keep_path, log)
+                run = run_once(c, repos[c], work, args.keep_path, b.log)
                 results[c].runs.append(run)
                 results[c].floors.append(run_floor(c, work / "floor"))
-                log(
+                b.log(
                     f"{c.label}: apply {run.wall:.2f} s, activation window {run.window:.3f} s "
                     f"(critical {c.critical_path:.2f} s, measured {run.measured_critical:.3f} s, "
                     f"spawner {results[c].floors[-1]:.3f} s), destroy {run.destroy_wall:.2f} s"
                 )
                 shutil.rmtree(work, ignore_errors=True)
-    text = report(
-        h.command_line("activation.py", argv), facts, version, log.seconds,
-        list(results.values()), repeat, args.keep_path, calibration,
-    )  # fmt: skip
-    h.publish(NAME, text, args.write_results, log)
-    return 0
+    return b.publish(report(b, list(results.values()), calibration))
 
 
 if __name__ == "__main__":

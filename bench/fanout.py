@@ -12,7 +12,6 @@ import os
 import random
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -61,27 +60,16 @@ def make_repo(path: Path, hosts: Sequence[h.TestHost]) -> Path:
     h.new_repo(path)
     write_packages(path / "packages")
     machines = {
-        machine_name(i): {"deployment": {"targetEnv": "ssh", "maxParallel": SERVICES, "ssh": {
-            "host": t.address, "identityFile": str(t.identity_file), "hostKey": t.host_key}}}
-        for i, t in enumerate(hosts)
-    }  # fmt: skip
+        machine_name(i): h.ssh_machine(t, maxParallel=SERVICES) for i, t in enumerate(hosts)
+    }
     models = {
         "description": "bench/fanout.py: 8 services on every host",
         "machines": machines,
         "packages": {n: {"src": f"packages/{n}"} for n in NAMES},
-        "services": {
-            n: {
-                "package": n,
-                "command": "bin/svc",
-                "port": port,
-                "healthCheck": {"tcp": True, "timeout": "10s"},
-            }
-            for n, port in zip(NAMES, PORTS, strict=True)
-        },
+        "services": {n: h.service(port, package=n) for n, port in zip(NAMES, PORTS, strict=True)},
         "distribution": {n: list(machines) for n in NAMES},
     }
-    h.write_models(path, {"models.yaml": models}, {DEPLOYMENT: ["models.yaml"]})
-    h.commit(path, "fanout")
+    h.commit_models(path, "fanout", {"models.yaml": models}, {DEPLOYMENT: ["models.yaml"]})
     return path
 
 
@@ -245,8 +233,7 @@ def reconciler_phases(
     transferred = max(
         p.stat().st_ctime for s in store for p in s.iterdir() if not p.name.startswith(".")
     )
-    profiles = [s.at for s in attempt.transition if s.action == "switch-profile"]
-    activations = [s.at for s in attempt.transition if s.action == "activate"]
+    profiles, activations = attempt.ends("switch-profile"), attempt.ends("activate")
     return [
         ("start-up, models, plan", attempt.started - t0),
         ("build, transfer (until the last path landed)", transferred - attempt.started),
@@ -268,13 +255,7 @@ def tree(root: Path) -> dict[str, str]:
 
 def end_state(out: Outcome, hosts: Sequence[h.TestHost], packages: Path) -> Outcome:
     """Every port answering (from the root namespace), one host's files as the sources."""
-    for t in hosts:
-        for port in PORTS:
-            with (
-                contextlib.suppress(OSError),
-                socket.create_connection((t.address, port), timeout=2),
-            ):
-                out.answering += 1
+    out.answering = sum(h.listening(t.address, port, 2) for t in hosts for port in PORTS)
     copies = []
     for n in NAMES:
         if out.tool == "reconciler":
@@ -294,10 +275,9 @@ def one_run(tool: str, count: int, work: Path, packages: Path, log: h.Log) -> Ou
     with h.host_network(count, work / "net") as net:
         hosts = net.hosts
         if tool == "reconciler":
-            state = work / "state" / "state.db"
-            cmd = [h.tool("reconciler"), "--repo", str(make_repo(work / "models", hosts)),
-                   "--state", str(state), "-d", DEPLOYMENT, "apply", "--yes", "--format", "json",
-                   "--max-concurrent", str(max(20, count))]  # fmt: skip
+            repo, state = make_repo(work / "models", hosts), work / "state" / "state.db"
+            cmd = [*h.reconciler_cmd(repo, state, DEPLOYMENT), "apply", "--yes", "--format",
+                   "json", "--max-concurrent", str(max(20, count))]  # fmt: skip
             out, _ = timed_tool(tool, cmd, h.child_env(standard_path=True), net)
             out.phases = reconciler_phases(state, out.t0, out.t0 + out.wall, hosts)
         else:
@@ -336,14 +316,8 @@ def calibrate_sessions(work: Path, repeat: int) -> list[tuple[str, float]]:
                     ("the agent with an unknown command", "python3 /tmp/agent.py nosuch")
                 )
             ssh = host.ssh_command()
-            opts = [
-                "-o",
-                "ControlMaster=auto",
-                "-o",
-                f"ControlPath={control / 'm'}",
-                "-o",
-                "ControlPersist=30",
-            ]
+            opts = ["-o", "ControlMaster=auto", "-o", f"ControlPath={control / 'm'}"]
+            opts += ["-o", "ControlPersist=30"]
             for label, command in commands:
                 before = h.sessions_cpu(net, [host]) or 0.0  # no session open
                 for _ in range(repeat):
@@ -360,40 +334,36 @@ def best(outs: Sequence[Outcome]) -> Outcome:
 
 
 def report(
-    command: str, facts: str, version: str, seconds: float, outcomes: dict[str, list[Outcome]],
-    count: int, repeat: int, files: tuple[int, int], calibration: list[tuple[str, float]],
-    skipped: str,
-) -> str:  # fmt: skip
+    b: h.Bench, outcomes: dict[str, list[Outcome]], files: tuple[int, int],
+    calibration: list[tuple[str, float]], skipped: str,
+) -> list[str]:  # fmt: skip
+    count, repeat = b.args.hosts, b.args.repeat
     rec, instances, ms = best(outcomes["reconciler"]), count * SERVICES, h.ms
+    summary = (
+        f"{b.log.seconds:.0f} s in all, {h.best_of(repeat)} per tool (tools alternate), "
+        f"{count} fresh test hosts a run, {instances} instances of {SERVICES} packages "
+        f"({files[0]} files, {files[1] / 1000:,.0f} kB)"
+    )
     lines = [
-        *h.header(
-            NAME,
-            facts,
-            version,
-            command,
-            f"{seconds:.0f} s in all, best of {repeat} run{'s' * (repeat != 1)} per tool "
-            f"(tools alternate), {count} fresh test hosts a run, {instances} instances of "
-            f"{SERVICES} packages ({files[0]} files, {files[1] / 1000:,.0f} kB)"
-            + (f"; not measured: {skipped}" if skipped else ""),
-        ),
+        *b.header(summary + (f"; not measured: {skipped}" if skipped else "")),
         "| tool | wall s | slowest run s | vs reconciler | CPU s: controller | CPU s: hosts "
         "| hosts' CPU ms per instance | cores busy |",
         "|---|--:|--:|--:|--:|--:|--:|--:|",
     ]
     for tool, outs in outcomes.items():
-        b = best(outs)
+        o = best(outs)
         lines.append(
-            f"| {tool} | {b.wall:.2f} | {max(o.wall for o in outs):.2f} "
-            f"| {'' if b is rec else f'{b.wall / rec.wall:.1f}×'} | {b.cpu_controller:.1f} "
-            f"| {b.cpu_hosts:.1f} | {ms(b.cpu_hosts / instances)} | {b.busy:.0%} |"
+            f"| {tool} | {o.wall:.2f} | {max(x.wall for x in outs):.2f} "
+            f"| {'' if o is rec else f'{o.wall / rec.wall:.1f}×'} | {o.cpu_controller:.1f} "
+            f"| {o.cpu_hosts:.1f} | {ms(o.cpu_hosts / instances)} | {o.busy:.0%} |"
         )
     lines += ["", "Where the time goes (best runs):", ""]
     for tool, outs in outcomes.items():
-        b = best(outs)
+        o = best(outs)
         what = "journal" if tool == "reconciler" else "json callback, per task"
         lines.append(
-            f"- {tool} ({what}): " + "; ".join(f"{name} {ms(s)} ms" for name, s in b.phases)
-            + f" — {ms(b.wall)} ms in all."
+            f"- {tool} ({what}): " + "; ".join(f"{name} {ms(s)} ms" for name, s in o.phases)
+            + f" — {ms(o.wall)} ms in all."
         )  # fmt: skip
     lines += [
         "- Host CPU per command over one open SSH connection (on a fresh host): "
@@ -415,57 +385,48 @@ def report(
                 f"{h.verdict(ratio >= GOAL_SPEEDUP)} ({ratio:.1f}×: {rec.wall:.2f} s vs "
                 f"{best(outs).wall:.2f} s)"
             )
-    return "\n".join(lines) + "\n"
+    return lines
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    p = h.parser("Deploy 8 services fresh to 20 SSH test hosts with reconciler and with "
-                 "ansible-playbook; compare wall times.",
-                 "3 hosts, one run each, lean playbook only", "2; quick 1")  # fmt: skip
-    p.add_argument("--hosts", type=int, help="test hosts (20; quick 3)")
-    p.add_argument("--per-service", action="store_true", help="also the per-service playbook")
-    args = p.parse_args(argv)
-    repeat, count = args.repeat or (1 if args.quick else 2), args.hosts or (3 if args.quick else 20)
-    if repeat < 1 or count < 1:
-        p.error("--repeat and --hosts must be at least 1")
-    if os.geteuid() != 0:
-        raise SystemExit("needs root: the test hosts are network namespaces")
-    log = h.Log()
-    tools, skipped = ["reconciler", "ansible, lean"], ""
-    if args.per_service and not args.quick:
-        tools.append("ansible, per service")
-    ansible = "ansible-playbook: not installed"
+    b = h.Bench(NAME, "Deploy 8 services fresh to 20 SSH test hosts with reconciler and "
+                "with ansible-playbook; compare wall times.",
+                "3 hosts, one run each, lean playbook only", repeat=2)  # fmt: skip
+    b.options.add_argument("--hosts", type=int, help="test hosts (20; quick 3)")
+    b.options.add_argument("--per-service", action="store_true", help="also per-service playbook")
+    tools, skipped, ansible = ["reconciler", "ansible, lean"], "", "ansible-playbook: not installed"
     try:
         with tempfile.TemporaryDirectory(prefix="fanout-ansible-") as home:
             env = dict(h.child_env(), ANSIBLE_HOME=home, ANSIBLE_LOCAL_TEMP=home)
             ansible = h.first_line([h.tool("ansible-playbook"), "--version"], env)
     except SystemExit:
-        skipped = "ansible-playbook is not installed (pip install -e '.[bench]')"
-        log(f"skipping ansible: {skipped}")
-        tools = tools[:1]
+        skipped, tools = "ansible-playbook is not installed (pip install -e '.[bench]')", tools[:1]
     import asyncssh
 
-    facts = h.machine_facts(ansible, h.first_line(["ssh", "-V"]),
-                            h.first_line(["rsync", "--version"]),
-                            f"asyncssh {asyncssh.__version__}")  # fmt: skip
-    version = h.take_snapshot(NAME, args.at)
-    log(f"measuring reconciler at {version}")
+    versions = [["ssh", "-V"], ["rsync", "--version"]]
+    args = b.start(argv, ansible, *map(h.first_line, versions), f"asyncssh {asyncssh.__version__}")
+    args.hosts = count = args.hosts or (3 if args.quick else 20)
+    if count < 1:
+        b.options.error("--hosts must be at least 1")
+    if problem := h.hosts_problem():
+        raise SystemExit(problem)
+    if skipped:
+        b.log(f"skipping ansible: {skipped}")
+    if args.per_service and not args.quick and not skipped:
+        tools.append("ansible, per service")
     outcomes: dict[str, list[Outcome]] = {t: [] for t in tools}
     with tempfile.TemporaryDirectory(prefix="bench-fanout-") as tmp:
         work = Path(tmp)
         files = write_packages(work / "packages")
         calibration = calibrate_sessions(work, 3 if args.quick else 20)
-        log("host CPU per command: " + ", ".join(f"{k} {h.ms(v)} ms" for k, v in calibration))
-        for round_ in range(repeat):
+        b.log("host CPU per command: " + ", ".join(f"{k} {h.ms(v)} ms" for k, v in calibration))
+        for round_ in range(args.repeat):
             for tool in tools if round_ % 2 == 0 else [*tools[1:2], tools[0], *tools[2:]]:
                 slug = tool.replace(", ", "-").replace(" ", "-")
-                run = one_run(tool, count, work / f"{slug}-{round_}", work / "packages", log)
+                run = one_run(tool, count, work / f"{slug}-{round_}", work / "packages", b.log)
                 outcomes[tool].append(run)
         # read-only store paths: as root, the temporary folder is removed all the same
-    text = report(h.command_line("fanout.py", argv), facts, version, log.seconds, outcomes,
-                  count, repeat, files, calibration, skipped)  # fmt: skip
-    h.publish(NAME, text, args.write_results, log)
-    return 0
+    return b.publish(report(b, outcomes, files, calibration, skipped))
 
 
 if __name__ == "__main__":

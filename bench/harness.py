@@ -30,10 +30,12 @@ import tarfile
 import tempfile
 import threading
 import time
-from collections.abc import Iterator, Sequence
+import urllib.error
+import urllib.request
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 BENCH_DIR = Path(__file__).resolve().parent
 ROOT = BENCH_DIR.parent
@@ -43,6 +45,7 @@ RESULTS_FILE = BENCH_DIR / "RESULTS.md"
 # shims (pyenv: ~80 ms per `python3`) that a real machine does not have.
 STANDARD_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 TICK = os.sysconf("SC_CLK_TCK")
+T = TypeVar("T")
 
 if str(ROOT) not in sys.path:  # tests.testhosts, and reconciler/ when not installed
     sys.path.append(str(ROOT))
@@ -109,8 +112,12 @@ def tool(name: str) -> str:
     return found
 
 
-def reconciler_cmd() -> list[str]:
-    return [tool("reconciler")]
+def reconciler_cmd(
+    repo: Path | str | None = None, state: Path | str | None = None, deployment: str = ""
+) -> list[str]:
+    """The console script, with the global options given: --repo, --state, -d."""
+    named = {"--repo": repo, "--state": state, "-d": deployment}
+    return [tool("reconciler"), *(x for k, v in named.items() if v for x in (k, str(v)))]
 
 
 def child_env(standard_path: bool = False) -> dict[str, str]:
@@ -170,12 +177,15 @@ def git(repo: Path, *args: str, env: dict[str, str] | None = None) -> str:
     return done.stdout.strip()
 
 
-def new_repo(path: Path) -> Path:
-    """An empty work tree on branch main; objects stored uncompressed (set-up, not measured)."""
+def new_repo(path: Path, service: bool = False) -> Path:
+    """An empty work tree on branch main; objects stored uncompressed (set-up, not measured).
+    `service`: with SERVICE as packages/svc/bin/svc."""
     path.mkdir(parents=True, exist_ok=True)
     git(path, "init", "-q", "-b", "main")
     git(path, "config", "core.compression", "0")
     git(path, "config", "gc.auto", "0")
+    if service:
+        write_program(path / "packages" / "svc" / "bin" / "svc", SERVICE)
     return path
 
 
@@ -196,6 +206,29 @@ def write_models(
     (repo / "reconciler.yaml").write_text(json.dumps(config, indent=1))
 
 
+def commit_models(
+    repo: Path, message: str, files: dict[str, Any], deployments: dict[str, list[str]],
+    **settings: Any,
+) -> str:  # fmt: skip
+    """write_models, then commit: the new commit."""
+    write_models(repo, files, deployments, **settings)
+    return commit(repo, message)
+
+
+def ssh_machine(host: TestHost, **deployment: Any) -> dict[str, Any]:
+    """A machine reached over SSH on a test host (its address, key and host key)."""
+    ssh = {"host": host.address, "identityFile": str(host.identity_file), "hostKey": host.host_key}
+    return {"deployment": {"targetEnv": "ssh", **deployment, "ssh": ssh}}
+
+
+def service(port: int, check: str = "tcp", /, **more: Any) -> dict[str, Any]:
+    """A `process` service running SERVICE (bin/svc of package svc, unless `more` names
+    another), health-checked by a TCP connect or an HTTP GET of `check`."""
+    probe = {"tcp": True} if check == "tcp" else {"http": check}
+    return {"package": "svc", "command": "bin/svc", "port": port,
+            "healthCheck": {**probe, "timeout": "10s"}, **more}  # fmt: skip
+
+
 def write_program(path: Path, text: str) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(text)
@@ -207,6 +240,51 @@ def free_port(host: str = "127.0.0.1") -> int:
         s.bind((host, 0))
         port: int = s.getsockname()[1]
         return port
+
+
+def listening(host: str, port: int, timeout: float = 1.0) -> bool:
+    with contextlib.suppress(OSError), socket.create_connection((host, port), timeout):
+        return True
+    return False
+
+
+_OPENER = urllib.request.build_opener(urllib.request.ProxyHandler({}))  # loopback: no proxy
+
+
+def http(
+    url: str, body: bytes | None = None, headers: dict[str, str] | None = None, timeout: float = 5
+) -> tuple[int, bytes]:
+    """A request to `url` (loopback: no proxy): the status and body, an HTTP error's too."""
+    try:
+        with _OPENER.open(urllib.request.Request(url, body, headers or {}), timeout=timeout) as r:
+            return r.status, r.read()
+    except urllib.error.HTTPError as e:
+        return e.code, e.read()
+
+
+def answer(url: str, timeout: float = 1) -> str | None:
+    """The body of a 200 answer from `url`; None when there is none (refused, an error)."""
+    with contextlib.suppress(OSError, ValueError):
+        status, body = http(url, timeout=timeout)
+        return body.decode(errors="replace") if status == 200 else None
+    return None
+
+
+def wait_until(probe: Callable[[], T | None], timeout: float, every: float = 0.02) -> T | None:
+    """Ask `probe` every `every` s until its answer is true: that answer; None after `timeout`."""
+    deadline = time.monotonic() + timeout
+    while not (got := probe()):
+        if time.monotonic() > deadline:
+            return None
+        time.sleep(every)
+    return got
+
+
+def wait_for(what: str, probe: Callable[[], T | None], timeout: float, every: float = 0.02) -> T:
+    """wait_until, or a RuntimeError saying what did not happen within `timeout` s."""
+    if (got := wait_until(probe, timeout, every)) is None:
+        raise RuntimeError(f"not within {timeout:g} s: {what}")
+    return got
 
 
 def nproc() -> int:
@@ -328,17 +406,41 @@ def cmdline(pid: int) -> bytes:
         return b""
 
 
+def parents() -> dict[int, int]:
+    """Every process and its parent's pid."""
+    pids = (int(name) for name in os.listdir("/proc") if name.isdigit())
+    return {pid: int(f[1]) for pid in pids if (f := proc_fields(pid))}
+
+
 def pids_naming(root: Path, also: bytes = b"") -> list[int]:
     """Processes (not this one) whose command line names a path under `root` (and `also`)."""
-    needle = str(root).encode()
-    return [
-        int(name)
-        for name in os.listdir("/proc")
-        if name.isdigit()
-        and int(name) != os.getpid()
-        and needle in (line := cmdline(int(name)))
-        and also in line
-    ]
+    needle, pids = str(root).encode(), (int(n) for n in os.listdir("/proc") if n.isdigit())
+    return [p for p in pids if p != os.getpid() and needle in (c := cmdline(p)) and also in c]
+
+
+def stop(proc: subprocess.Popen[Any], timeout: float = 60) -> int:
+    """SIGTERM (the product settles what is in flight), SIGKILL after `timeout` s: its exit
+    status."""
+    if proc.poll() is None:
+        proc.terminate()
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            return proc.wait(timeout)
+        proc.kill()
+    return proc.wait()
+
+
+@contextlib.contextmanager
+def background(
+    cmd: Sequence[str], env: dict[str, str] | None = None, log: Path | None = None
+) -> Iterator[subprocess.Popen[bytes]]:
+    """`cmd` running meanwhile (stdin empty, its output appended to `log`, else dropped),
+    stopped after."""
+    with open(log or os.devnull, "ab") as out:
+        proc = subprocess.Popen(cmd, env=env, stdin=subprocess.DEVNULL, stdout=out, stderr=out)
+    try:
+        yield proc
+    finally:
+        stop(proc)
 
 
 @contextlib.contextmanager
@@ -349,20 +451,17 @@ def workspace(prefix: str, keep: Path | None = None) -> Iterator[Path]:
     try:
         yield base
     finally:
-        if killed := kill_leftovers(base):
-            print(f"killed {len(killed)} leftover processes", file=sys.stderr)
+        kill_leftovers(base)
         if not keep:
             shutil.rmtree(base, ignore_errors=True)  # read-only store paths too: we are root
 
 
 def kill_leftovers(root: Path) -> list[int]:
     """SIGKILL the process group of every recorded instance still running under `root` (only
-    processes whose command line names a path under it: ours). Agents still running (an
-    apply killed half-way leaves them) are waited for first, up to 15 s: they may yet start
-    a program."""
-    deadline = time.monotonic() + 15
-    while pids_naming(root, b"agent") and time.monotonic() < deadline:
-        time.sleep(0.1)
+    processes whose command line names a path under it: ours), and say so. Agents still
+    running (an apply killed half-way leaves them) are waited for first, up to 15 s: they
+    may yet start a program."""
+    wait_until(lambda: not pids_naming(root, b"agent"), 15, 0.1)
     killed = []
     for pid_file in root.glob("**/deployments/*/instances/*/pid.json"):
         with contextlib.suppress(OSError, ValueError, KeyError, ProcessLookupError):
@@ -370,6 +469,8 @@ def kill_leftovers(root: Path) -> list[int]:
             if str(root).encode() in cmdline(pid):
                 os.killpg(pid, signal.SIGKILL)
                 killed.append(pid)
+    if killed:
+        print(f"killed {len(killed)} leftover processes under {root}", file=sys.stderr)
     return killed
 
 
@@ -407,13 +508,11 @@ def sessions_cpu(net: TestHostNetwork, hosts: Sequence[TestHost]) -> float | Non
         listeners = {net._listener_pid(net._state(h)) for h in hosts}
     except (AttributeError, RuntimeError):
         return None
-    deadline = time.monotonic() + 5
-    while time.monotonic() < deadline:
-        pids = [int(n) for n in os.listdir("/proc") if n.isdigit()]
-        children = [p for p in pids if (f := proc_fields(p)) and int(f[1]) in listeners]
-        if not any(cmdline(pid).startswith(b"sshd") for pid in children):
-            break
-        time.sleep(0.02)
+
+    def sessions() -> list[int]:
+        return [p for p, up in parents().items() if up in listeners and b"sshd" in cmdline(p)]
+
+    wait_until(lambda: not sessions(), 5)
     total = 0.0
     for pid in listeners:
         if (f := proc_fields(pid)) is None:
@@ -439,6 +538,18 @@ class Attempt:
     started: float
     status: str
     transition: list[Step]  # the journal's transition steps, in order
+
+    def ends(self, action: str) -> list[float]:
+        """When each step of `action` (activate, switch-profile, rollout-batch …) ended."""
+        return [s.at for s in self.transition if s.action == action]
+
+
+def bench_times(state: Path, machine: str, deployment: str, instance: str) -> dict[str, float]:
+    """SERVICE's last start of an instance on a `local` machine (its log, beside the state):
+    when its process forked, when its script began, when it listened ("ready")."""
+    log = state.parent / "machines" / machine / "deployments" / deployment / "instances"
+    lines = (log / instance / "log").read_text(errors="replace").splitlines()
+    return dict(json.loads([x for x in lines if x.startswith('{"bench"')][-1])["bench"])
 
 
 def last_attempt(state: Path, deployment: str, sha: str | None = None) -> Attempt | None:
@@ -648,21 +759,12 @@ def header(name: str, facts: str, version: str, command: str, summary: str) -> l
 
 def write_section(path: Path, section: str, body: str) -> None:
     """Replace (or append) the section headed `section`, keeping the other benchmarks'."""
-    text = path.read_text() if path.exists() else "# Benchmark results\n"
-    lines = text.splitlines()
-    start = next((i for i, line in enumerate(lines) if line.strip() == section), None)
-    if start is None:
-        new = [*lines, "", *body.splitlines()] if lines else body.splitlines()
-    else:
-        end = next(
-            (i for i in range(start + 1, len(lines)) if lines[i].startswith("## ")), len(lines)
-        )
-        new = [
-            *lines[:start],
-            *body.splitlines(),
-            *(["", *lines[end:]] if end < len(lines) else []),
-        ]
-    path.write_text("\n".join(new).rstrip("\n") + "\n")
+    lines = (path.read_text() if path.exists() else "# Benchmark results\n").splitlines()
+    start = next((i for i, line in enumerate(lines) if line.strip() == section), len(lines))
+    end = next((i for i in range(start + 1, len(lines)) if lines[i].startswith("## ")), len(lines))
+    gap = [""] if start == len(lines) and lines else []  # a new section after the others
+    rest = ["", *lines[end:]] if end < len(lines) else []
+    path.write_text("\n".join([*lines[:start], *gap, *body.splitlines(), *rest]) + "\n")
 
 
 def publish(name: str, text: str, write: bool, log: Log | None = None) -> None:
@@ -671,3 +773,42 @@ def publish(name: str, text: str, write: bool, log: Log | None = None) -> None:
     if write:
         write_section(RESULTS_FILE, f"## {name}", text)
         (log or print)(f"wrote '## {name}' in {RESULTS_FILE}")
+
+
+def best_of(n: int, what: str = "run") -> str:
+    return f"best of {n} {what}{'s' * (n != 1)}"
+
+
+class Bench:
+    """One run of a benchmark: its options (those every benchmark has, see `parser`, and
+    its own), its progress log, the reconciler it measures and its section of RESULTS.md."""
+
+    def __init__(self, name: str, description: str, quick: str, repeat: int = 3) -> None:
+        self.name, self.default_repeat, self.log = name, repeat, Log()
+        self.options = parser(description, quick, f"{repeat}; quick 1")
+        self.args = argparse.Namespace()
+        self.facts = self.version = self.command = ""
+
+    def start(self, argv: Sequence[str] | None, *facts: str) -> argparse.Namespace:
+        """Parse the options (--repeat filled in), take the machine's facts and a snapshot
+        of reconciler/."""
+        self.args = args = self.options.parse_args(argv)
+        args.repeat = args.repeat or (1 if args.quick else self.default_repeat)
+        if args.repeat < 1:
+            self.options.error("--repeat must be at least 1")
+        self.command = command_line(f"{self.name}.py", argv)
+        self.facts, self.version = machine_facts(*facts), take_snapshot(self.name, args.at)
+        self.log(f"measuring reconciler at {self.version}")
+        return args
+
+    def note(self, *facts: str) -> None:
+        """Add to the machine's facts (what a benchmark learns once started: versions …)."""
+        self.facts = ", ".join([self.facts, *facts])
+
+    def header(self, summary: str) -> list[str]:
+        return header(self.name, self.facts, self.version, self.command, summary)
+
+    def publish(self, lines: Sequence[str]) -> int:
+        """Print the report; with --write-results, also replace its section of RESULTS.md."""
+        publish(self.name, "\n".join(lines).rstrip("\n") + "\n", self.args.write_results, self.log)
+        return 0

@@ -17,16 +17,12 @@ import re
 import secrets
 import shlex
 import shutil
-import signal
-import socket
 import statistics
 import subprocess
 import sys
 import threading
 import time
-import urllib.error
-import urllib.request
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -58,7 +54,6 @@ class Hello(http.server.BaseHTTPRequestHandler):
 http.server.HTTPServer((os.environ["HOST"], int(os.environ["PORT"])), Hello).serve_forever()
 """
 INTERVAL = r"(\d+(?:\.\d+)?)(ms|s|m|h)"
-_OPENER = urllib.request.build_opener(urllib.request.ProxyHandler({}))  # loopback: no proxy
 _APPLIED = re.compile(rf"{DEPLOYMENT}: ([0-9a-f]{{12}}) (\w+) in ([0-9.]+) s")
 
 
@@ -125,60 +120,37 @@ class Controller:
     def tail(self, n: int = 30) -> str:
         return "\n".join(line for _, line in self.lines[-n:])
 
-    def stop(self) -> int | None:
-        """SIGTERM (it settles what is in flight), SIGKILL after 60 s."""
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(timeout=60)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+    def stop(self) -> int:
+        code = h.stop(self.proc)
         self.reader.join(timeout=5)
-        return self.proc.returncode
+        return code
 
     def apply_child(self) -> bool:
-        """Whether a `reconciler … apply` child of the controller runs now."""
+        """Whether an apply of the controller runs now: a fork of its zygote, or a child
+        `reconciler … apply`."""
+        up, me = h.parents(), self.proc.pid
+        zygotes = {p for p, parent in up.items() if parent == me and b"zygote" in h.cmdline(p)}
         return any(
-            (f := h.proc_fields(int(name))) and int(f[1]) == self.proc.pid
-            and b"\0apply\0" in h.cmdline(int(name))
-            for name in os.listdir("/proc") if name.isdigit()
-        )  # fmt: skip
-
-
-def answer(url: str) -> str | None:
-    with (
-        contextlib.suppress(OSError, urllib.error.URLError, ValueError),
-        _OPENER.open(url, timeout=1) as r,
-    ):
-        return str(r.read().decode(errors="replace"))
-    return None
+            parent in zygotes or (parent == me and b"\0apply\0" in h.cmdline(p))
+            for p, parent in up.items()
+        )
 
 
 def wait_for(probe: Callable[[], bool], timeout: float) -> float | None:
     """Ask `probe` every POLL_EVERY s: the time it first said yes, None on timeout."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if probe():
-            return time.time()
-        time.sleep(POLL_EVERY)
-    return None
+    return h.wait_until(lambda: probe() and time.time(), timeout, POLL_EVERY) or None
 
 
 def metrics(listen: str) -> tuple[float, float, float]:
     """From /metrics: passes that did something (idle ones are not counted), their total
     seconds (full precision), when a generation was last applied."""
-    with _OPENER.open(f"{listen}metrics", timeout=5) as r:
-        text = r.read().decode()
+    text = h.http(f"{listen}metrics")[1].decode()
 
     def value(name: str) -> float:
         m = re.search(rf'^reconciler_{name}{{deployment="{DEPLOYMENT}"}} (\S+)$', text, re.M)
         return float(m.group(1)) if m else 0.0
 
-    count, total = (
-        value("reconcile_duration_seconds_count"),
-        value("reconcile_duration_seconds_sum"),
-    )
+    count, total = (value(f"reconcile_duration_seconds_{x}") for x in ("count", "sum"))
     return count, total, value("last_applied_timestamp_seconds")
 
 
@@ -186,19 +158,11 @@ def post_push_event(listen: str, secret: str, clone_url: str) -> float:
     """A signed GitHub push event to /hooks/git: the seconds the request took."""
     body = json.dumps({"ref": "refs/heads/main", "repository": {"clone_url": clone_url}}).encode()
     signature = "sha256=" + hmac.new(secret.encode(), body, hashlib.sha256).hexdigest()
-    headers = {
-        "Content-Type": "application/json",
-        "X-GitHub-Event": "push",
-        "X-Hub-Signature-256": signature,
-    }
+    headers = {"Content-Type": "application/json", "X-GitHub-Event": "push"}
     t0 = time.perf_counter()
-    try:
-        with _OPENER.open(
-            urllib.request.Request(f"{listen}hooks/git", body, headers), timeout=10
-        ) as r:
-            status, reply = r.status, r.read()
-    except urllib.error.HTTPError as e:
-        status, reply = e.code, e.read()
+    status, reply = h.http(
+        f"{listen}hooks/git", body, headers | {"X-Hub-Signature-256": signature}, 10
+    )
     if status != 202 or json.loads(reply).get("poked") != 1:
         raise RuntimeError(f"webhook: HTTP {status} {reply!r}")
     return time.perf_counter() - t0
@@ -275,6 +239,9 @@ class Scenario:
     def remote(self) -> bool:
         return self.kind != "watch"
 
+    def serves(self, n: int) -> bool:
+        return h.answer(self.endpoint) == f"v{n}"
+
 
 class Bench:
     def __init__(self, base: Path, keep_path: bool, timeout: float, log: h.Log) -> None:
@@ -285,29 +252,21 @@ class Bench:
         self.secret_file.write_text(self.secret + "\n")
         self.served = base / "served"
         self.served.mkdir()
-        self.daemon: subprocess.Popen[bytes] | None = None
         self.daemon_port = 0
 
     def git(self, sc: Scenario, *args: str) -> str:
         return h.git(sc.work, *args, env=self.env)
 
-    def start_daemon(self) -> None:
+    @contextlib.contextmanager
+    def daemon(self) -> Iterator[None]:
         """One git daemon for the remote scenarios: every bare repository under served/."""
-        self.daemon_port = h.free_port(HOST)
-        self.daemon = subprocess.Popen(
-            ["git", "daemon", "--reuseaddr", "--export-all", "--enable=receive-pack",
-             f"--listen={HOST}", f"--port={self.daemon_port}", f"--base-path={self.served}",
-             str(self.served)],
-            env=self.env, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )  # fmt: skip
-        if wait_for(lambda: _listening(HOST, self.daemon_port), 10) is None:
-            raise RuntimeError("git daemon did not start")
-
-    def stop_daemon(self) -> None:
-        if self.daemon is not None and self.daemon.poll() is None:
-            self.daemon.terminate()
-            self.daemon.wait(timeout=10)
+        self.daemon_port = port = h.free_port(HOST)
+        cmd = ["git", "daemon", "--reuseaddr", "--export-all", "--enable=receive-pack",
+               f"--listen={HOST}", f"--port={port}", f"--base-path={self.served}",
+               str(self.served)]  # fmt: skip
+        with h.background(cmd, self.env):
+            h.wait_for("git daemon", lambda: h.listening(HOST, self.daemon_port), 10)
+            yield
 
     def prepare(self, sc: Scenario) -> None:
         root = self.base / sc.kind
@@ -316,8 +275,7 @@ class Bench:
         address = SERVICE_ADDRESS[sc.kind]
         port = h.free_port(address)
         sc.endpoint = f"http://{address}:{port}/"
-        sc.work.mkdir(parents=True)
-        self.git(sc, "init", "-q", "-b", "main")
+        h.new_repo(sc.work)
         (sc.work / "reconciler.yaml").write_text(
             f"deployments:\n  {DEPLOYMENT}:\n    models: [models.yaml]\n    branch: main\n"
             f"    interval: {sc.interval}\n    selfHeal: true\n"
@@ -329,8 +287,7 @@ class Bench:
             "    healthCheck: {http: /, timeout: 20s}\ndistribution:\n  hello: [m1]\n"
         )
         h.write_program(sc.work / "hello" / "bin" / "hello", HELLO.format(message="v1"))
-        self.git(sc, "add", "-A")
-        self.git(sc, "commit", "-q", "-m", "hello v1")
+        h.commit(sc.work, "hello v1")
         sc.repo = str(sc.work)
         if sc.remote:
             h.git(self.served, "init", "-q", "--bare", "-b", "main", f"{sc.kind}.git", env=self.env)
@@ -358,10 +315,8 @@ class Bench:
         document is stored at the end of a pass; the loop then waits for a trigger)."""
 
         def shown() -> bool:
-            url = f"{sc.listen}api/deployments/{DEPLOYMENT}"
-            with contextlib.suppress(OSError, ValueError), _OPENER.open(url, timeout=2) as r:
-                return bool((json.loads(r.read()).get("controller") or {}).get("head") == sha)
-            return False
+            doc = json.loads(h.answer(f"{sc.listen}api/deployments/{DEPLOYMENT}", 2) or "{}")
+            return bool((doc.get("controller") or {}).get("head") == sha)
 
         return wait_for(shown, timeout)
 
@@ -372,7 +327,7 @@ class Bench:
             self.commit(sc, None)
             self.trigger(sc)
             shas.append(self.git(sc, "rev-parse", "HEAD"))
-            if wait_for(lambda: answer(sc.endpoint) == f"v{n}", 20) is not None:
+            if wait_for(lambda: sc.serves(n), 20) is not None:
                 return shas
         raise RuntimeError(f"{sc.kind}: v{n} never answered:\n{c.tail()}")
 
@@ -394,7 +349,7 @@ class Bench:
         timeout = (
             max(self.timeout, 3 * seconds_of(sc.interval)) if sc.kind == "polling" else self.timeout
         )
-        t1 = wait_for(lambda: answer(sc.endpoint) == f"v{n}", timeout)
+        t1 = wait_for(lambda: sc.serves(n), timeout)
         candidates = [self.git(sc, "rev-parse", "HEAD")]
         if t1 is None:
             self.log(f"{sc.kind}: v{n} not answered within {timeout:.0f} s; empty commits")
@@ -439,15 +394,14 @@ class Bench:
         c: Controller | None = None
         try:
             t_start = time.time()
-            cmd = [*h.reconciler_cmd(), "--repo", sc.repo, "--state", str(sc.state), "run",
-                   "--listen", f"{HOST}:0"]  # fmt: skip
+            cmd = [*h.reconciler_cmd(sc.repo, sc.state), "run", "--listen", f"{HOST}:0"]
             if sc.kind == "webhook":
                 cmd += ["--webhook-secret-file", str(self.secret_file)]
             c = Controller(cmd, self.env, sc.state.parent.parent / "controller.log")
             _, m = c.wait_line(lambda line: re.search(r"listening on (http://\S+/)", line))
             sc.listen = m.group(1)
             self.log(f"{sc.kind}: controller on {sc.listen}, repo {sc.repo}")
-            if wait_for(lambda: answer(sc.endpoint) == "v1", 180) is None:
+            if wait_for(lambda: sc.serves(1), 180) is None:
                 raise RuntimeError(f"{sc.kind}: v1 never answered:\n{c.tail()}")
             sc.first_deploy = time.time() - t_start
             head = self.git(sc, "rev-parse", "HEAD")
@@ -487,24 +441,10 @@ class Bench:
 
     def destroy(self, sc: Scenario) -> None:
         if sc.state.exists():
-            cmd = [
-                *h.reconciler_cmd(),
-                "--state",
-                str(sc.state),
-                "-d",
-                DEPLOYMENT,
-                "destroy",
-                "--yes",
-            ]
+            cmd = [*h.reconciler_cmd(state=sc.state, deployment=DEPLOYMENT), "destroy", "--yes"]
             if (done := h.run(cmd, self.env, cwd=self.base, check=False, timeout=120)).code:
                 self.log(f"{sc.kind}: destroy exited {done.code}: {done.stderr[-1000:]}")
-            if killed := h.kill_leftovers(sc.state.parent):
-                self.log(f"{sc.kind}: killed {len(killed)} leftover processes")
-
-
-def _listening(host: str, port: int) -> bool:
-    with socket.socket() as s:
-        return s.connect_ex((host, port)) == 0
+            h.kill_leftovers(sc.state.parent)
 
 
 def measure_noop(sc: Scenario, calls: int, base: Path, env: dict[str, str]) -> Noop:
@@ -709,19 +649,11 @@ def goal_lines(scenarios: Sequence[Scenario]) -> list[str]:
     return out
 
 
-def report(
-    command: str, facts: str, version: str, seconds: float, repeat: int, noop_calls: int,
-    scenarios: Sequence[Scenario],
-) -> str:  # fmt: skip
+def report(b: h.Bench, scenarios: Sequence[Scenario]) -> list[str]:
+    n, noop_calls = b.args.repeat, b.args.noop_calls
+    summary = f"{b.log.seconds:.0f} s in all, {n} commit{'s' * (n != 1)} per trigger"
     lines = [
-        *h.header(
-            NAME,
-            facts,
-            version,
-            command,
-            f"{seconds:.0f} s in all, {repeat} commit"
-            f"{'s' * (repeat != 1)} per trigger; load average at the end {h.loadavg()}",
-        ),
+        *b.header(f"{summary}; load average at the end {h.loadavg()}"),
         *latency_table(scenarios),
         "",
         *event_lines(scenarios),
@@ -750,49 +682,37 @@ def report(
         + "; ".join(f"{name} {why}" for name, _, why in PEERS)
         + ".",
     ]
-    return "\n".join(lines) + "\n"
+    return lines
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    p = h.parser("Time commit-to-active latency of `reconciler run` (watch, webhook, polling) "
-                 "and the cost of a no-op poll.",
-                 "1 commit per trigger, polling 1s, 5 no-op calls", "10; quick 1")  # fmt: skip
-    p.add_argument("--only", default="watch,webhook,polling", help="triggers (all three)")
-    p.add_argument("--poll-interval", help="`interval` of the polling run (2s; quick 1s)")
-    p.add_argument("--noop-calls", type=int, help="timed no-op reconcile() calls (50; quick 5)")
-    p.add_argument("--timeout", type=float, default=30.0, help="s before a version is lost (30)")
-    p.add_argument("--no-busy", action="store_true", help="skip the commit during an apply")
-    p.add_argument("--keep-path", action="store_true", help="give reconciler the caller's PATH")
-    args = p.parse_args(argv)
-    repeat = args.repeat or (1 if args.quick else 10)
-    noop_calls = args.noop_calls or (5 if args.quick else 50)
+    b = h.Bench(NAME, "Time commit-to-active latency of `reconciler run` (watch, webhook, "
+                "polling) and the cost of a no-op poll.",
+                "1 commit per trigger, polling 1s, 5 no-op calls", repeat=10)  # fmt: skip
+    add = b.options.add_argument
+    add("--only", default="watch,webhook,polling", help="triggers (all three)")
+    add("--poll-interval", help="`interval` of the polling run (2s; quick 1s)")
+    add("--noop-calls", type=int, help="timed no-op reconcile() calls (50; quick 5)")
+    add("--timeout", type=float, default=30.0, help="s before a version is lost (30)")
+    add("--no-busy", action="store_true", help="skip the commit during an apply")
+    add("--keep-path", action="store_true", help="give reconciler the caller's PATH")
+    args = b.start(argv, h.first_line(["git", "--version"]))
+    args.noop_calls = args.noop_calls or (5 if args.quick else 50)
     interval = args.poll_interval or ("1s" if args.quick else "2s")
     kinds = [x.strip() for x in args.only.split(",") if x.strip()]
-    if repeat < 1 or noop_calls < 1 or not kinds or set(kinds) - set(SERVICE_ADDRESS):
-        p.error("--repeat and --noop-calls at least 1; --only of watch, webhook, polling")
+    if args.noop_calls < 1 or not kinds or set(kinds) - set(SERVICE_ADDRESS):
+        b.options.error("--noop-calls at least 1; --only of watch, webhook, polling")
     if not re.fullmatch(INTERVAL, interval):
-        p.error(f"--poll-interval {interval}: e.g. 2s, 500ms")
-    log = h.Log()
-    facts = h.machine_facts(h.first_line(["git", "--version"]))
-    version = h.take_snapshot(NAME, args.at)
-    log(f"measuring reconciler at {version}")
+        b.options.error(f"--poll-interval {interval}: e.g. 2s, 500ms")
     scenarios = [Scenario(k, interval if k == "polling" else LONG_INTERVAL, args.timeout)
                  for k in SERVICE_ADDRESS if k in kinds]  # fmt: skip
-    with h.workspace(NAME) as base:
-        bench = Bench(base, args.keep_path, args.timeout, log)
-        try:
-            if any(sc.remote for sc in scenarios):
-                bench.start_daemon()
-            for sc in scenarios:
-                bench.run(sc, repeat, not args.no_busy, noop_calls)
-        finally:
-            bench.stop_daemon()
-            if wait_for(lambda: not h.pids_naming(base), 10) is None:
-                log(f"still running under {base}: {h.pids_naming(base)}")
-    command = h.command_line("latency.py", argv)
-    text = report(command, facts, version, log.seconds, repeat, noop_calls, scenarios)
-    h.publish(NAME, text, args.write_results, log)
-    return 0
+    with h.workspace(NAME) as base, contextlib.ExitStack() as daemon:
+        bench = Bench(base, args.keep_path, args.timeout, b.log)
+        if any(sc.remote for sc in scenarios):
+            daemon.enter_context(bench.daemon())
+        for sc in scenarios:
+            bench.run(sc, args.repeat, not args.no_busy, args.noop_calls)
+    return b.publish(report(b, scenarios))
 
 
 if __name__ == "__main__":

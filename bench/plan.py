@@ -28,13 +28,8 @@ import yaml
 NAME = "plan"
 GNU_TIME = Path("/usr/bin/time")  # `-f %M`: a process's own peak RSS
 DEPLOYMENT = "bench"
-MODEL_FILES = (
-    "machines.yaml",
-    "physical.yaml",
-    "packages.yaml",
-    "services.yaml",
-    "distribution.yaml",
-)
+MODELS = ("machines", "physical", "packages", "services", "distribution")
+MODEL_FILES = tuple(f"{n}.yaml" for n in MODELS)
 SHARED_LIBS = 5  # lib-0 … lib-4, each depending on the one before
 SERVICES_PER_PACKAGE = 40  # 10,000 instances → 250 app packages
 DEFAULT_SIZES, QUICK_SIZES, GOAL_SIZE = "100x10,1000x10,2000x10", "20x5,40x5", "1000x10"
@@ -336,13 +331,12 @@ def goal_lines(rows: Sequence[Row], goal: Size) -> list[str]:
 
 
 def report(
-    command: str, facts: str, version: str, rows: Sequence[Row], overhead: tuple[Timing, Timing],
-    profiled: tuple[Path, h.Driven, str] | None, repeat: int,
-) -> str:  # fmt: skip
+    b: h.Bench, rows: Sequence[Row], overhead: tuple[Timing, Timing],
+    profiled: tuple[Path, h.Driven, str] | None,
+) -> list[str]:  # fmt: skip
     startup, ver = overhead
-    runs = f"best of {repeat} run{'s' * (repeat != 1)} per timing"
     body = [
-        *h.header(NAME, facts, version, command, runs),
+        *b.header(f"{h.best_of(b.args.repeat)} per timing"),
         *table(rows),
         "",
         f"Fixed overhead: `python -c pass` {startup.seconds:.3f} s ({startup.rss_mb:.0f} MB); "
@@ -360,45 +354,39 @@ def report(
             f"Profile ({what}): `{path.relative_to(h.ROOT)}` (git-ignored). Garbage collector "
             f"in that plan: {run.describe()}."
         )
-    return "\n".join(body).rstrip("\n") + "\n"
+    return body
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    p = h.parser("Time `reconciler plan` from empty state against PyYAML's C loader.",
-                 f"small sizes ({QUICK_SIZES}), 1 run", "3; quick 1")  # fmt: skip
-    p.add_argument("--sizes", help=f"comma-separated MACHINESxSERVICES ({DEFAULT_SIZES})")
-    p.add_argument("--envs", default="ssh,local", help="machine targetEnvs: ssh, local (both)")
-    p.add_argument("--against", action="store_true", help="also time `plan --against HEAD`")
-    p.add_argument("--no-profile", action="store_true", help="skip the cProfile run")
-    p.add_argument("--out", type=Path, help="generate the repositories here and keep them")
-    args = p.parse_args(argv)
-    spec = args.sizes or (QUICK_SIZES if args.quick else DEFAULT_SIZES)
-    try:
-        sizes = sorted({Size.parse(s) for s in spec.split(",")}, key=lambda s: s.instances)
-    except ValueError as e:
-        p.error(str(e))
-    repeat = args.repeat or (1 if args.quick else 3)
-    envs = [e.strip() for e in args.envs.split(",") if e.strip()]
-    if not sizes or repeat < 1 or not envs or set(envs) - {"ssh", "local"}:
-        p.error("give sizes, --repeat at least 1 and --envs of ssh and/or local")
+    b = h.Bench(NAME, "Time `reconciler plan` from empty state against PyYAML's C loader.",
+                f"small sizes ({QUICK_SIZES}), 1 run")  # fmt: skip
+    add = b.options.add_argument
+    add("--sizes", help=f"comma-separated MACHINESxSERVICES ({DEFAULT_SIZES})")
+    add("--envs", default="ssh,local", help="machine targetEnvs: ssh, local (both)")
+    add("--against", action="store_true", help="also time `plan --against HEAD`")
+    add("--no-profile", action="store_true", help="skip the cProfile run")
+    add("--out", type=Path, help="generate the repositories here and keep them")
     if not getattr(yaml, "__with_libyaml__", False):
         raise SystemExit("PyYAML is built without libyaml: no CSafeLoader to compare with")
     import pydantic
 
-    cmd = h.reconciler_cmd()
-    facts = h.machine_facts(
-        f"PyYAML {yaml.__version__} (libyaml: {yaml.__with_libyaml__})",
-        f"pydantic {pydantic.VERSION}", h.first_line(["git", "--version"]),
-    )  # fmt: skip
-    version = h.take_snapshot(NAME, args.at)
-    print(f"# {facts}\n# reconciler: {' '.join(cmd)}, {version}", flush=True)
-    base = args.out.resolve() if args.out else Path(tempfile.mkdtemp(prefix="reconciler-bench-"))
+    args = b.start(argv, f"PyYAML {yaml.__version__} (libyaml: {yaml.__with_libyaml__})",
+                   f"pydantic {pydantic.VERSION}", h.first_line(["git", "--version"]))  # fmt: skip
+    spec, repeat = args.sizes or (QUICK_SIZES if args.quick else DEFAULT_SIZES), args.repeat
     try:
+        sizes = sorted({Size.parse(s) for s in spec.split(",")}, key=lambda s: s.instances)
+    except ValueError as e:
+        b.options.error(str(e))
+    envs = [e.strip() for e in args.envs.split(",") if e.strip()]
+    if not sizes or not envs or set(envs) - {"ssh", "local"}:
+        b.options.error("give sizes and --envs of ssh and/or local")
+    cmd = h.reconciler_cmd()
+    with h.workspace(NAME, args.out) as base:
         startup = best_of([sys.executable, "-c", "pass"], max(repeat, 5), warm_up=True)
         # `reconciler --version` may exit non-zero; its cost is still the start-up.
         ver = best_of([*cmd, "--version"], max(repeat, 5), check=False, warm_up=True)
-        print(f"# start-up: python -c pass {startup.seconds:.3f} s, reconciler --version "
-              f"{ver.seconds:.3f} s", flush=True)  # fmt: skip
+        b.log(f"start-up: python -c pass {startup.seconds:.3f} s, reconciler --version "
+              f"{ver.seconds:.3f} s")  # fmt: skip
         rows: list[Row] = []
         for env in envs:
             for size in sizes:
@@ -406,9 +394,9 @@ def main(argv: Sequence[str] | None = None) -> int:
                 shutil.rmtree(repo.parent, ignore_errors=True)
                 generate(repo, size, env)
                 rows.append(row := measure(cmd, repo, env, size, repeat, args.against))
-                print(f"# {env} {size.label}: parse {row.parse_s:.3f} s, plan json "
+                b.log(f"{env} {size.label}: parse {row.parse_s:.3f} s, plan json "
                       f"{row.json.seconds:.2f} s, text {row.text.seconds:.2f} s, "
-                      f"{row.rss_mb:.0f} MB", flush=True)  # fmt: skip
+                      f"{row.rss_mb:.0f} MB")  # fmt: skip
         profiled = None
         if not args.no_profile:
             goal = Size.parse(GOAL_SIZE)
@@ -418,13 +406,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 generate(repo, size, envs[0])
             path, run = profile(repo, size, 25)
             profiled = (path, run, f"{envs[0]}, {size.label}, json")
-        command = h.command_line("plan.py", argv)
-        text = report(command, facts, version, rows, (startup, ver), profiled, repeat)
-        h.publish(NAME, text, args.write_results)
-    finally:
-        if not args.out:
-            shutil.rmtree(base, ignore_errors=True)
-    return 0
+    return b.publish(report(b, rows, (startup, ver), profiled))
 
 
 if __name__ == "__main__":

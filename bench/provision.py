@@ -5,6 +5,7 @@ ensure, ensure again, destroy, counting live machines after each step. See bench
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import ipaddress
 import logging
@@ -14,8 +15,7 @@ import shutil
 import subprocess
 import sys
 import time
-import urllib.request
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -85,22 +85,13 @@ def machines_round(
     return Round(what, n, workers, latency, create_s, again_s, destroy_s, calls())
 
 
-def start_moto() -> tuple[subprocess.Popen[bytes], str]:
-    port = h.free_port()
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-    )  # fmt: skip
-    url, deadline = f"http://127.0.0.1:{port}", time.monotonic() + 30
-    while True:
-        try:
-            with urllib.request.urlopen(f"{url}/moto-api/", timeout=1):
-                return proc, url
-        except OSError:
-            if proc.poll() is not None or time.monotonic() > deadline:
-                proc.kill()
-                raise SystemExit("moto.server did not start") from None
-            time.sleep(0.1)
+@contextlib.contextmanager
+def emulator() -> Iterator[str]:
+    """moto's EC2 emulator on a free port, running meanwhile: its URL."""
+    url = f"http://127.0.0.1:{(port := h.free_port())}"
+    with h.background([sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)]):
+        h.wait_for("moto.server", lambda: h.answer(f"{url}/moto-api/"), 30, 0.1)
+        yield url
 
 
 def ec2_round(state: Path, settings: dict[str, Any], n: int, workers: int, latency: float) -> Round:
@@ -139,8 +130,7 @@ def fresh(url: str, ami: str) -> dict[str, Any]:
     machines' ec2: block names; returns that block."""
     import boto3
 
-    with urllib.request.urlopen(urllib.request.Request(f"{url}/moto-api/reset", method="POST")):
-        pass
+    h.http(f"{url}/moto-api/reset", b"")
     client = boto3.client("ec2", region_name=REGION)
     client.create_key_pair(KeyName="bench")
     client.create_security_group(GroupName="bench", Description="bench")
@@ -153,8 +143,7 @@ def fresh(url: str, ami: str) -> dict[str, Any]:
 def run_ec2(machines: int, workers: int, latency: float, repeat: int, state: Path) -> list[Round]:
     import boto3
 
-    proc, url = start_moto()
-    try:
+    with emulator() as url:
         for key in [k for k in os.environ if k.startswith("AWS_")]:
             del os.environ[key]
         os.environ.update(
@@ -173,9 +162,6 @@ def run_ec2(machines: int, workers: int, latency: float, repeat: int, state: Pat
                 print("\n".join(f"# {r}" for r in runs), flush=True)
                 rounds.append(best(runs))
         return rounds
-    finally:
-        proc.terminate()
-        proc.wait(timeout=10)
 
 
 def free_subnet() -> str:
@@ -231,52 +217,47 @@ def table(rounds: Sequence[Round]) -> list[str]:
 
 
 def report(
-    command: str, facts: str, version: str, repeat: int, ec2: Sequence[Round],
-    containers: Sequence[Round], skipped: str, seconds: float,
-) -> str:  # fmt: skip
+    b: h.Bench, ec2: Sequence[Round], containers: Sequence[Round], skipped: str
+) -> list[str]:
     summary = (
-        f"{seconds:.0f} s in all, best of {repeat} run{'s' * (repeat != 1)} per figure; load "
-        f"average at the end {h.loadavg()}"
+        f"{b.log.seconds:.0f} s in all, {h.best_of(b.args.repeat)} per figure; load average at "
+        f"the end {h.loadavg()}"
     )
-    body = [
-        *h.header(NAME, facts, version, command, summary),
+    return [
+        *b.header(summary),
         *(table(ec2) if ec2 else ["(EC2 not measured)"]),
         "",
         *(table(containers) if containers else [f"Containers: not measured ({skipped})."]),
     ]
-    return "\n".join(body).rstrip("\n") + "\n"
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     quick = "few machines (4 EC2, 2 containers), one run: a smoke test"
-    p = h.parser("Time the ec2 (moto) and container provisioners.", quick, "3; quick 1")
-    p.add_argument("--machines", type=int, help="EC2 machines (50; quick 4)")
-    p.add_argument("--containers", type=int, help="container machines (10; quick 2)")
-    p.add_argument("--workers", type=int, default=16, help="thread pool size (16)")
-    p.add_argument("--latency", type=float, help="emulated s per EC2 API call (0.1; quick 0.02)")
-    p.add_argument("--no-ec2", action="store_true", help="skip the EC2 rounds")
-    p.add_argument("--no-containers", action="store_true", help="skip the container rounds")
-    args = p.parse_args(argv)
+    b = h.Bench(NAME, "Time the ec2 (moto) and container provisioners.", quick)
+    add = b.options.add_argument
+    add("--machines", type=int, help="EC2 machines (50; quick 4)")
+    add("--containers", type=int, help="container machines (10; quick 2)")
+    add("--workers", type=int, default=16, help="thread pool size (16)")
+    add("--latency", type=float, help="emulated s per EC2 API call (0.1; quick 0.02)")
+    add("--no-ec2", action="store_true", help="skip the EC2 rounds")
+    add("--no-containers", action="store_true", help="skip the container rounds")
+    import boto3
+    import moto
+
+    args = b.start(argv, f"boto3 {boto3.__version__}, moto {moto.__version__}")
     machines = args.machines or (4 if args.quick else 50)
     containers = args.containers or (2 if args.quick else 10)
-    repeat = args.repeat or (1 if args.quick else 3)
     latency = args.latency if args.latency is not None else 0.02 if args.quick else 0.1
-    if min(machines, containers, args.workers, repeat) < 1 or latency < 0 or containers > 200:
-        p.error("counts, workers and --repeat at least 1 (at most 200 containers), latency ≥ 0")
+    if min(machines, containers, args.workers) < 1 or latency < 0 or containers > 200:
+        b.options.error("counts and workers at least 1 (at most 200 containers), latency ≥ 0")
     logging.getLogger("botocore").setLevel(logging.WARNING)
-    version = h.take_snapshot(NAME, args.at)
     sys.path.insert(0, str(h.measured_package().parent))  # in-process: measure the snapshot
-    log = h.Log()
     ec2: list[Round] = []
     made: list[Round] = []
-    skipped, versions = "", ""
+    skipped = ""
     with h.workspace(NAME) as base:
         if not args.no_ec2:
-            import boto3
-            import moto
-
-            versions = f"boto3 {boto3.__version__}, moto {moto.__version__}"
-            ec2 = run_ec2(machines, args.workers, latency, repeat, base / "ec2-state.db")
+            ec2 = run_ec2(machines, args.workers, latency, args.repeat, base / "ec2-state.db")
         if args.no_containers:
             skipped = "--no-containers"
         elif os.geteuid() != 0:
@@ -287,14 +268,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             subnet = free_subnet()
             for w in (args.workers, 1):
                 runs = [container_round(base / f"c-w{w}-{i}", subnet, containers, w)
-                        for i in range(repeat)]  # fmt: skip
+                        for i in range(args.repeat)]  # fmt: skip
                 print("\n".join(f"# {r}" for r in runs), flush=True)
                 made.append(best(runs))
-    facts = h.machine_facts(*filter(None, [versions]))
-    text = report(h.command_line("provision.py", argv), facts, version, repeat, ec2, made,
-                  skipped, log.seconds)  # fmt: skip
-    h.publish(NAME, text, args.write_results, log)
-    return 0
+    return b.publish(report(b, ec2, made, skipped))
 
 
 if __name__ == "__main__":

@@ -204,16 +204,13 @@ def repo_with(
     h.new_repo(path)
     files = {"packages.yaml": {"packages": packages}}
     files |= {f"{name}.yaml": {"machines": machines} for name, machines in deployments.items()}
-    h.write_models(path, files, {d: ["packages.yaml", f"{d}.yaml"] for d in deployments})
-    return h.commit(path, message)
+    return h.commit_models(
+        path, message, files, {d: ["packages.yaml", f"{d}.yaml"] for d in deployments}
+    )
 
 
 def machine(host: h.TestHost, packages: Sequence[str], compression: str) -> dict[str, Any]:
-    ssh = {"host": host.address, "identityFile": str(host.identity_file), "hostKey": host.host_key}
-    return {
-        "packages": list(packages),
-        "deployment": {"targetEnv": "ssh", "compression": compression, "ssh": ssh},
-    }
+    return {"packages": list(packages), **h.ssh_machine(host, compression=compression)}
 
 
 def members(paths: Sequence[str]) -> list[str]:
@@ -501,14 +498,8 @@ def fresh_one(hosts: Hosts, models: Models, work: Path, name: str, files: int, s
     ssh = host.ssh_command()
     gcm, into = [*ssh[:-1], "-c", AES_GCM, ssh[-1]], f"/var/lib/{REMOTE_BENCH}"
     pack = shlex.join([*TAR, "-C", str(store), "-cf", "-", "--", *members(sent)])
-    rsync = [
-        "rsync",
-        "-a",
-        "-e",
-        shlex.join(ssh[:-1]),
-        *(str(store / p) for p in sent),
-        f"{host.user}@{host.address}:{into}/",
-    ]
+    rsync = ["rsync", "-a", "-e", shlex.join(ssh[:-1]), *(str(store / p) for p in sent)]
+    rsync.append(f"{host.user}@{host.address}:{into}/")
 
     def pipeline(*stages: str) -> Callable[[], Measure]:
         return lambda: timed([["bash", "-o", "pipefail", "-c", " | ".join(stages)]])
@@ -784,17 +775,10 @@ def goal_lines(up: Upgrade | None, fresh: list[Fresh], fan: Sequence[FanoutRow])
     return out
 
 
-def report(command: str, facts: str, version: str, seconds: float, up: Upgrade | None,
-           fresh: list[Fresh], fan: tuple[int, list[FanoutRow]] | None,
-           nix: Nix) -> str:  # fmt: skip
+def report(b: h.Bench, up: Upgrade | None, fresh: list[Fresh],
+           fan: tuple[int, list[FanoutRow]] | None, nix: Nix) -> list[str]:  # fmt: skip
     lines = [
-        *h.header(
-            NAME,
-            facts,
-            version,
-            command,
-            f"{seconds:.0f} s in all; load average at the end {h.loadavg()}",
-        ),
+        *b.header(f"{b.log.seconds:.0f} s in all; load average at the end {h.loadavg()}"),
         *(upgrade_section(up) if up else []),
     ]
     if fresh:
@@ -810,57 +794,54 @@ def report(command: str, facts: str, version: str, seconds: float, up: Upgrade |
             "from a private chroot store (`nix-store --store <tmp>/nix-root --add`).",
             "",
         ]  # fmt: skip
-    lines += [*(fanout_section(*fan) if fan else []), *goal_lines(up, fresh, fan[1] if fan else [])]
-    return "\n".join(lines) + "\n"
+    return [
+        *lines,
+        *(fanout_section(*fan) if fan else []),
+        *goal_lines(up, fresh, fan[1] if fan else []),
+    ]
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    p = h.parser("Time and count `reconciler apply --copy-only` over SSH against peers.",
-                 "tiny sizes on 2 hosts, one run each, no profile", "3; quick 1")  # fmt: skip
-    p.add_argument("--only", default="upgrade,fresh,fanout", help="scenarios (all three)")
-    p.add_argument("--no-install", action="store_true", help="do not apt-get rsync/nix-bin")
-    args = p.parse_args(argv)
-    sizes = QUICK if args.quick else Sizes()
-    sizes = replace(sizes, repeat=args.repeat or sizes.repeat)
-    only = {s.strip() for s in args.only.split(",")}
-    if os.geteuid() != 0:
-        raise SystemExit("needs root: the test hosts are network namespaces")
-    log = h.Log()
+    b = h.Bench(NAME, "Time and count `reconciler apply --copy-only` over SSH against peers.",
+                "tiny sizes on 2 hosts, one run each, no profile")  # fmt: skip
+    b.options.add_argument("--only", default="upgrade,fresh,fanout", help="scenarios (all three)")
+    b.options.add_argument("--no-install", action="store_true", help="no apt-get rsync/nix-bin")
+    args = b.start(argv)
+    if problem := h.hosts_problem():
+        raise SystemExit(problem)
     packages = {"rsync": "rsync", "nix-copy-closure": "nix-bin"}
     missing = [pkg for tool, pkg in packages.items() if not shutil.which(tool)]
     if missing and not (args.no_install or args.quick) and shutil.which("apt-get"):
-        log(f"installing {' '.join(missing)} with apt-get")
+        b.log(f"installing {' '.join(missing)} with apt-get")
         env = dict(os.environ, DEBIAN_FRONTEND="noninteractive")
         subprocess.run(["apt-get", "install", "-y", *missing], capture_output=True, env=env)
     import asyncssh
 
     tools = [["ssh", "-V"], ["zstd", "-V"], ["rsync", "--version"], ["nix-store", "--version"]]
-    facts = h.machine_facts(f"asyncssh {asyncssh.__version__}", *map(h.first_line, tools))
-    version = h.take_snapshot(NAME, args.at)
-    log(f"measuring reconciler at {version}")
+    b.note(f"asyncssh {asyncssh.__version__}", *map(h.first_line, tools))
+    sizes = replace(QUICK if args.quick else Sizes(), repeat=args.repeat)
+    only = {s.strip() for s in args.only.split(",")}
     up, fresh, fan = None, [], None
-    count = max(sizes.upgrade_hosts, sizes.fanout_hosts)
     with h.workspace(NAME) as work:
         nix = Nix(work)
         if nix.problem:
-            log(f"skipping nix-copy-closure: {nix.problem}")
+            b.log(f"skipping nix-copy-closure: {nix.problem}")
         try:
+            count = max(sizes.upgrade_hosts, sizes.fanout_hosts)
             with h.host_network(count, work / "net") as net:
                 hosts = Hosts(net)
-                facts += f". Ciphers negotiated with the test hosts' sshd: {ciphers(hosts.all[0])}"
+                b.facts += (
+                    f". Ciphers negotiated with the test hosts' sshd: {ciphers(hosts.all[0])}"
+                )
                 if "upgrade" in only:
-                    up = run_upgrade(hosts, work, sizes, log)
+                    up = run_upgrade(hosts, work, sizes, b.log)
                 if "fresh" in only:
-                    fresh = run_fresh(hosts, work, sizes, nix, log, not args.quick)
+                    fresh = run_fresh(hosts, work, sizes, nix, b.log, not args.quick)
                 if "fanout" in only:
-                    fan = run_fanout(hosts, work, sizes, log)
+                    fan = run_fanout(hosts, work, sizes, b.log)
         finally:
             nix.cleanup()
-    text = report(
-        h.command_line("transfer.py", argv), facts, version, log.seconds, up, fresh, fan, nix
-    )
-    h.publish(NAME, text, args.write_results, log)
-    return 0
+    return b.publish(report(b, up, fresh, fan, nix))
 
 
 if __name__ == "__main__":
