@@ -7,6 +7,7 @@ moves back by itself."""
 
 from __future__ import annotations
 
+import time
 from datetime import UTC, datetime
 
 from reconciler.controller.loop import DeploymentLoop
@@ -16,6 +17,8 @@ from reconciler.state.db import open_db
 from reconciler.state.machines import note_reachability
 from reconciler.state.rows import machine_health
 
+_last_answered: dict[str, dict[str, float]] = {}  # deployment → machine → when, this process
+
 
 def after_observation(opts: Options, d: DeploymentLoop, obs: Observation) -> list[str]:
     """Record what failover sees; returns what to say. Sets the loop's reason (and wakes
@@ -23,10 +26,18 @@ def after_observation(opts: Options, d: DeploymentLoop, obs: Observation) -> lis
     if d.failover_after is None:
         return []
     seen = {name: m.reachable for name, m in obs.machines.items()}
+    now = time.time()
+    # a machine that stopped answering did so after it last answered, not when a connect
+    # timeout ran out: that is when `after` starts
+    last = _last_answered.setdefault(d.name, {})
+    gone_since = {m: last.get(m, now) for m, up in seen.items() if not up}
+    last.update({m: now for m, up in seen.items() if up})
     db = open_db(opts.state_location, write=True)
     assert db is not None
     try:
-        failed, recovered = note_reachability(db, d.name, seen, d.failover_after)
+        failed, recovered = note_reachability(
+            db, d.name, seen, d.failover_after, gone_since=gone_since
+        )
         health = machine_health(db, d.name)
     finally:
         db.close()

@@ -189,7 +189,11 @@ def reserve_allocations(db: StateDB, deployment: str, values: Mapping[str, str])
 
 
 def note_reachability(
-    db: StateDB, deployment: str, seen: Mapping[str, bool], after: float
+    db: StateDB,
+    deployment: str,
+    seen: Mapping[str, bool],
+    after: float,
+    gone_since: Mapping[str, float] | None = None,
 ) -> tuple[list[str], list[str]]:
     """After an observation (machine → reachable): a machine unreachable for longer than
     `after` seconds becomes failed, a failed one that answers again is no longer.
@@ -213,7 +217,7 @@ def note_reachability(
                     recovered.append(machine)
                 since = failed_since = None
             else:
-                since = since if since is not None else clock
+                since = since if since is not None else (gone_since or {}).get(machine, clock)
                 if failed_since is None and clock - since > after:
                     failed_since = clock
                     failed.append(machine)

@@ -137,15 +137,13 @@ def test_a_policy_placed_instance_fails_over_and_stays(
         assert answers(address[first]) == first
 
         net.cut(host[first])
-        cut_at = time.monotonic()
         second = wait_for(
             lambda: (m := hello_on(api(port, "/api/deployments/web"))) != first and m,
             120,
             "the instance on another machine",
         )
         wait_for(lambda: answers(address[second]) == second, 30, "it answers there")
-        took = time.monotonic() - cut_at
-        assert took < 2 + 1 + 60, took  # after + an interval + the apply (generous: 2 cores)
+        # how soon (after + an interval + the apply): bench/rollout.py measures it
 
         doc = api(port, "/api/deployments/web")
         failed = {m["name"]: m for m in doc["machines"]}[first]
