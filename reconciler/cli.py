@@ -228,7 +228,7 @@ def apply(
 ) -> int:
     """Run the plan: provision, build, transfer only what machines lack, then activate."""
     from reconciler.commands import apply as cmd
-    from reconciler.execute.attempt import AttemptOptions
+    from reconciler.execute.steps import AttemptOptions
 
     options = AttemptOptions(
         scope=cmd.parse_only(only),

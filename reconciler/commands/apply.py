@@ -10,9 +10,10 @@ from collections.abc import Iterable
 
 from reconciler.commands.progress import make_progress
 from reconciler.errors import UserError
-from reconciler.execute.attempt import AttemptOptions, apply_models, plan_for
+from reconciler.execute.attempt import apply_models
 from reconciler.execute.inputs import compile_with_record, load_one, paused_gc
 from reconciler.execute.outcome import Outcome, Reason, Result
+from reconciler.execute.steps import AttemptOptions, plan_for
 from reconciler.models.load import LoadedDeployment
 from reconciler.options import Options
 from reconciler.plan.render import render_text

@@ -10,8 +10,9 @@ import sys
 
 from reconciler.commands.apply import report
 from reconciler.errors import UserError
-from reconciler.execute.attempt import AttemptOptions, destroy_deployment
+from reconciler.execute.attempt import destroy_deployment
 from reconciler.execute.outcome import Reason, Result
+from reconciler.execute.steps import AttemptOptions
 from reconciler.options import Options
 from reconciler.state.recorded import RecordedState
 

@@ -9,8 +9,8 @@ import sys
 
 from reconciler.commands import apply
 from reconciler.errors import UserError
-from reconciler.execute.attempt import AttemptOptions
 from reconciler.execute.inputs import load_one
+from reconciler.execute.steps import AttemptOptions
 from reconciler.options import Options
 from reconciler.state.db import open_db
 from reconciler.state.deployments import pause
