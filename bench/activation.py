@@ -345,11 +345,8 @@ def report(
     delay = max(r.config.delay for r in results)
     by = {(r.config.layout, r.config.delay): r for r in results}
     path = "the caller's PATH" if b.args.keep_path else f"PATH={h.STANDARD_PATH} (sshd's default)"
-    summary = (
-        f"{b.log.seconds:.0f} s in all, {h.best_of(b.args.repeat)} per configuration "
-        f"(configurations in rounds); reconciler ran with {path}"
-    )
-    lines = [*b.header(summary), *main_table(results), ""]
+    runs = f"{h.best_of(b.args.repeat)} per configuration (configurations in rounds)"
+    lines = [*b.header(f"{runs}; reconciler ran with {path}"), *main_table(results), ""]
     if par := by.get(("parallel", delay)):
         run = par.best
         lines += [

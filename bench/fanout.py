@@ -27,8 +27,8 @@ SERVICES, DATA_FILES, FIRST_PORT = 8, 9, 9201
 ANSIBLE_ROOT = "/var/lib/ansible-bench"  # on the hosts
 GOAL_SPEEDUP = 10.0
 
-NAMES = [f"svc{i + 1}" for i in range(SERVICES)]
-PORTS = [FIRST_PORT + i for i in range(SERVICES)]
+PORTS = {f"svc{i + 1}": FIRST_PORT + i for i in range(SERVICES)}  # service → port
+NAMES = list(PORTS)
 
 
 def machine_name(i: int) -> str:
@@ -38,9 +38,8 @@ def machine_name(i: int) -> str:
 def write_packages(root: Path) -> tuple[int, int]:
     """packages/svcN/{bin/svc, share/data-NN.txt} of random words: (files, bytes)."""
     rng = random.Random(4)
-    words = [
-        bytes(rng.choices(b"etaoinshrdlucmfwypvbgkqjxz", k=rng.randint(2, 9))) for _ in range(3000)
-    ]
+    letters = b"etaoinshrdlucmfwypvbgkqjxz"
+    words = [bytes(rng.choices(letters, k=rng.randint(2, 9))) for _ in range(3000)]
     files = size = 0
     for name in NAMES:
         h.write_program(root / name / "bin" / "svc", h.SERVICE)
@@ -66,7 +65,7 @@ def make_repo(path: Path, hosts: Sequence[h.TestHost]) -> Path:
         "description": "bench/fanout.py: 8 services on every host",
         "machines": machines,
         "packages": {n: {"src": f"packages/{n}"} for n in NAMES},
-        "services": {n: h.service(port, package=n) for n, port in zip(NAMES, PORTS, strict=True)},
+        "services": {n: h.service(port, package=n) for n, port in PORTS.items()},
         "distribution": {n: list(machines) for n in NAMES},
     }
     h.commit_models(path, "fanout", {"models.yaml": models}, {DEPLOYMENT: ["models.yaml"]})
@@ -167,9 +166,7 @@ def write_ansible(d: Path, control: Path, hosts: Sequence[h.TestHost], packages:
              "ansible_python_interpreter=/usr/bin/python3", ""]
         )
     )  # fmt: skip
-    services = [
-        {"name": n, "port": p, "spec": f"{n}:{p}"} for n, p in zip(NAMES, PORTS, strict=True)
-    ]
+    services = [{"name": n, "port": p, "spec": f"{n}:{p}"} for n, p in PORTS.items()]
     variables = {"packages": str(packages), "root": ANSIBLE_ROOT, "services": services}
     (d / "vars.json").write_text(json.dumps(variables, indent=1))
     for name, text in PLAYBOOKS.items():
@@ -255,15 +252,12 @@ def tree(root: Path) -> dict[str, str]:
 
 def end_state(out: Outcome, hosts: Sequence[h.TestHost], packages: Path) -> Outcome:
     """Every port answering (from the root namespace), one host's files as the sources."""
-    out.answering = sum(h.listening(t.address, port, 2) for t in hosts for port in PORTS)
-    copies = []
-    for n in NAMES:
-        if out.tool == "reconciler":
-            copies += list((hosts[0].var_lib / "reconciler" / "store").glob(f"*-{n}"))
-        else:
-            copies.append(
-                hosts[0].var_lib / ANSIBLE_ROOT.removeprefix("/var/lib/") / "packages" / n
-            )
+    out.answering = sum(h.listening(t.address, port, 2) for t in hosts for port in PORTS.values())
+    var = hosts[0].var_lib
+    if out.tool == "reconciler":
+        copies = [c for n in NAMES for c in (var / "reconciler" / "store").glob(f"*-{n}")]
+    else:
+        copies = [var / ANSIBLE_ROOT.removeprefix("/var/lib/") / "packages" / n for n in NAMES]
     out.files_ok = len(copies) == len(NAMES) and all(
         tree(c) == tree(packages / n) for c, n in zip(copies, NAMES, strict=True)
     )
@@ -312,9 +306,7 @@ def calibrate_sessions(work: Path, repeat: int) -> list[tuple[str, float]]:
             host = net.hosts[0]
             if agent := h.agent_script():
                 shutil.copy(agent, host.var_lib.parent / "tmp" / "agent.py")
-                commands.append(
-                    ("the agent with an unknown command", "python3 /tmp/agent.py nosuch")
-                )
+                commands.append(("the agent with an unknown command", "python3 /tmp/agent.py x"))
             ssh = host.ssh_command()
             opts = ["-o", "ControlMaster=auto", "-o", f"ControlPath={control / 'm'}"]
             opts += ["-o", "ControlPersist=30"]
@@ -340,9 +332,9 @@ def report(
     count, repeat = b.args.hosts, b.args.repeat
     rec, instances, ms = best(outcomes["reconciler"]), count * SERVICES, h.ms
     summary = (
-        f"{b.log.seconds:.0f} s in all, {h.best_of(repeat)} per tool (tools alternate), "
-        f"{count} fresh test hosts a run, {instances} instances of {SERVICES} packages "
-        f"({files[0]} files, {files[1] / 1000:,.0f} kB)"
+        f"{h.best_of(repeat)} per tool (tools alternate), {count} fresh test hosts a run, "
+        f"{instances} instances of {SERVICES} packages ({files[0]} files, "
+        f"{files[1] / 1000:,.0f} kB)"
     )
     lines = [
         *b.header(summary + (f"; not measured: {skipped}" if skipped else "")),

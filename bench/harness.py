@@ -101,6 +101,12 @@ def measured_package() -> Path:
     return _SNAPSHOT[0] / "reconciler" if _SNAPSHOT else package_dir()
 
 
+def import_snapshot() -> None:
+    """This process imports reconciler from the snapshot too (for what runs in-process)."""
+    if (where := str(measured_package().parent)) not in sys.path:
+        sys.path.insert(0, where)
+
+
 def tool(name: str) -> str:
     """A console script beside this interpreter (not a shim on PATH), else on PATH."""
     script = Path(sys.executable).parent / name
@@ -805,7 +811,10 @@ class Bench:
         """Add to the machine's facts (what a benchmark learns once started: versions …)."""
         self.facts = ", ".join([self.facts, *facts])
 
-    def header(self, summary: str) -> list[str]:
+    def header(self, summary: str = "") -> list[str]:
+        """The start of the section; `summary`: what was run (sizes, runs per figure …)."""
+        took = ", ".join([f"{self.log.seconds:.0f} s in all", *filter(None, [summary])])
+        summary = f"{took}; load average at the end {loadavg()}"
         return header(self.name, self.facts, self.version, self.command, summary)
 
     def publish(self, lines: Sequence[str]) -> int:

@@ -26,6 +26,7 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+from unittest import mock
 
 import harness as h  # beside this script
 
@@ -295,9 +296,10 @@ class Bench:
             self.git(sc, "remote", "add", "origin", sc.repo)
             self.git(sc, "push", "-q", "origin", "main")
 
-    def commit(self, sc: Scenario, n: int | None) -> float:
-        """Version n (None: an empty commit) committed, and pushed for a remote; when that
-        returned. Nothing else touches the repository until the new version answers."""
+    def commit(self, sc: Scenario, n: int | None) -> tuple[float, float | None]:
+        """Version n (None: an empty commit) committed, pushed for a remote, posted to the
+        webhook for webhook: when the push returned, and how long the POST took. Nothing else
+        touches the repository until the new version answers."""
         if n is None:
             self.git(sc, "commit", "-q", "--allow-empty", "-m", "nudge")
         else:
@@ -305,10 +307,12 @@ class Bench:
             self.git(sc, "commit", "-q", "-am", f"hello v{n}")
         if sc.remote:
             self.git(sc, "push", "-q", "origin", "main")
-        return time.time()
+        pushed = time.time()
+        hook = post_push_event(sc.listen, self.secret, sc.repo) if sc.kind == "webhook" else None
+        return pushed, hook
 
-    def trigger(self, sc: Scenario) -> float | None:
-        return post_push_event(sc.listen, self.secret, sc.repo) if sc.kind == "webhook" else None
+    def head(self, sc: Scenario) -> str:
+        return self.git(sc, "rev-parse", "HEAD")
 
     def idle(self, sc: Scenario, sha: str, timeout: float) -> float | None:
         """When the controller's API first shows that the pass that handled `sha` ended (its
@@ -325,8 +329,7 @@ class Bench:
         shas = []
         for _ in range(3):
             self.commit(sc, None)
-            self.trigger(sc)
-            shas.append(self.git(sc, "rev-parse", "HEAD"))
+            shas.append(self.head(sc))
             if wait_for(lambda: sc.serves(n), 20) is not None:
                 return shas
         raise RuntimeError(f"{sc.kind}: v{n} never answered:\n{c.tail()}")
@@ -334,23 +337,21 @@ class Bench:
     def settle(self, sc: Scenario, c: Controller) -> None:
         """Until the controller has handled the work tree's head and is idle."""
         for _ in range(3):
-            if self.idle(sc, self.git(sc, "rev-parse", "HEAD"), 15) is not None:
+            if self.idle(sc, self.head(sc), 15) is not None:
                 return
             self.commit(sc, None)
-            self.trigger(sc)
         raise RuntimeError(f"{sc.kind}: the controller does not follow the head:\n{c.tail()}")
 
     def measure(self, sc: Scenario, c: Controller, n: int, busy: bool = False) -> Sample:
         """Commit version n, trigger, wait for it to answer. A version not answering within
         the timeout is lost: empty commits then bring it (to go on measuring)."""
         before = metrics(sc.listen)
-        t0 = self.commit(sc, n)
-        hook = self.trigger(sc)
-        timeout = (
-            max(self.timeout, 3 * seconds_of(sc.interval)) if sc.kind == "polling" else self.timeout
-        )
+        t0, hook = self.commit(sc, n)
+        timeout = self.timeout
+        if sc.kind == "polling":
+            timeout = max(timeout, 3 * seconds_of(sc.interval))
         t1 = wait_for(lambda: sc.serves(n), timeout)
-        candidates = [self.git(sc, "rev-parse", "HEAD")]
+        candidates = [self.head(sc)]
         if t1 is None:
             self.log(f"{sc.kind}: v{n} not answered within {timeout:.0f} s; empty commits")
             candidates += self.nudge(sc, c, n)
@@ -377,12 +378,11 @@ class Bench:
         commits and the probe starts again with the next versions."""
         for _ in range(3):
             self.commit(sc, n - 1)
-            self.trigger(sc)
             if wait_for(c.apply_child, 10) is not None:
                 return self.measure(sc, c, n, busy=True)
             self.log(f"{sc.kind}: no apply for v{n - 1} within 10 s; empty commits, again")
             t = time.time()
-            c.applied([self.git(sc, "rev-parse", "HEAD"), *self.nudge(sc, c, n - 1)], t - 60)
+            c.applied([self.head(sc), *self.nudge(sc, c, n - 1)], t - 60)
             self.settle(sc, c)
             time.sleep(0.5)
             n += 2
@@ -404,7 +404,7 @@ class Bench:
             if wait_for(lambda: sc.serves(1), 180) is None:
                 raise RuntimeError(f"{sc.kind}: v1 never answered:\n{c.tail()}")
             sc.first_deploy = time.time() - t_start
-            head = self.git(sc, "rev-parse", "HEAD")
+            head = self.head(sc)
             c.applied([head], 0)
             self.idle(sc, head, 120)
             n = 1
@@ -456,16 +456,9 @@ def measure_noop(sc: Scenario, calls: int, base: Path, env: dict[str, str]) -> N
     log = wrap / f"{sc.kind}.log"
     h.write_program(wrap / "git", f'#!/bin/sh\nprintf \'%s\\n\' "$1" >> {shlex.quote(str(log))}\n'
                                   f'exec {real_git} "$@"\n')  # fmt: skip
-    saved = dict(os.environ)
-    os.environ.clear()
-    os.environ.update(env)
-    if str(h.measured_package().parent) not in sys.path:  # import the snapshot
-        sys.path.insert(0, str(h.measured_package().parent))
-    try:
+    h.import_snapshot()
+    with mock.patch.dict(os.environ, env, clear=True):  # the environment of the controller
         return asyncio.run(_noop(sc, calls, wrap, log))
-    finally:
-        os.environ.clear()
-        os.environ.update(saved)
 
 
 async def _noop(sc: Scenario, calls: int, wrap: Path, log: Path) -> Noop:
@@ -482,39 +475,34 @@ async def _noop(sc: Scenario, calls: int, wrap: Path, log: Path) -> Noop:
     def mtimes() -> dict[str, int]:
         return {p.name: p.stat().st_mtime_ns for p in watched if p.exists()} if sc.remote else {}
 
-    async def timed(call: Callable[[], Any], n: int) -> list[float]:
+    async def timed(call: Callable[[], Any], n: int, results: bool = True) -> list[float]:
+        """Seconds of each of n calls (awaited, their results noted with `results`)."""
         out = []
         for _ in range(n):
             t = time.perf_counter()
-            if asyncio.iscoroutine(done := call()):
-                results.add((await done).result)
+            if asyncio.iscoroutine(done := call()) and (got := await done) and results:
+                noted.add(got.result)
             out.append(time.perf_counter() - t)
         return out
 
-    results: set[str] = set()
+    noted: set[str] = set()
     before = mtimes()
-    os.environ["PATH"] = f"{wrap}{os.pathsep}{os.environ['PATH']}"
     log.write_text("")
-    times = await timed(loop.reconcile, calls)
-    commands = log.read_text().split()
-    os.environ["PATH"] = os.environ["PATH"].split(os.pathsep, 1)[1]
-    after = mtimes()
+    with mock.patch.dict(os.environ, PATH=f"{wrap}{os.pathsep}{os.environ['PATH']}"):
+        times = await timed(loop.reconcile, calls)
+    commands, after = log.read_text().split(), mtimes()
     # For comparison: the ls-remote alone, and the controller's whole pass.
     remote = str(getattr(loop, "remote", sc.repo))
     ls = ["git", "ls-remote", "--", remote, "refs/heads/main"]
     ls_remote = await timed(
         lambda: subprocess.run(ls, capture_output=True, check=True), min(calls, 20)
     )
-    passes = []
-    for _ in range(min(calls, 20)):
-        t = time.perf_counter()
-        await ctl.one_pass(loop)
-        passes.append(time.perf_counter() - t)
+    passes = await timed(lambda: ctl.one_pass(loop), min(calls, 20), results=False)
     note = ", ".join(
         f"{k} {'unchanged' if before.get(k) == v else 'CHANGED'}" for k, v in after.items()
     )
     return Noop(
-        "git daemon remote" if sc.remote else "local work tree", first_s, times, results, commands,
+        "git daemon remote" if sc.remote else "local work tree", first_s, times, noted, commands,
         ls_remote, passes, (bool(before) and before == after) if sc.remote else None, note,
     )  # fmt: skip
 
@@ -651,9 +639,8 @@ def goal_lines(scenarios: Sequence[Scenario]) -> list[str]:
 
 def report(b: h.Bench, scenarios: Sequence[Scenario]) -> list[str]:
     n, noop_calls = b.args.repeat, b.args.noop_calls
-    summary = f"{b.log.seconds:.0f} s in all, {n} commit{'s' * (n != 1)} per trigger"
     lines = [
-        *b.header(f"{summary}; load average at the end {h.loadavg()}"),
+        *b.header(f"{n} commit{'s' * (n != 1)} per trigger"),
         *latency_table(scenarios),
         "",
         *event_lines(scenarios),

@@ -180,21 +180,16 @@ def run_once(
     wait4's ru_maxrss of a direct child also counts the pages it had before exec, i.e.
     this (much larger) process's."""
     with tempfile.TemporaryFile() as err, tempfile.NamedTemporaryFile("r") as rss:
-        wrapped = (
-            [str(GNU_TIME), "-q", "-f", "%M", "-o", rss.name, *cmd]
-            if GNU_TIME.is_file()
-            else list(cmd)
-        )
+        timed = [str(GNU_TIME), "-q", "-f", "%M", "-o", rss.name] if GNU_TIME.is_file() else []
         start = time.perf_counter()
-        proc = subprocess.Popen(wrapped, stdout=stdout, stderr=err, env=h.child_env())
+        proc = subprocess.Popen([*timed, *cmd], stdout=stdout, stderr=err, env=h.child_env())
         _, status, usage = os.wait4(proc.pid, 0)
         seconds = time.perf_counter() - start
         code = os.waitstatus_to_exitcode(status)
         if check and code != 0:
             err.seek(0)
-            raise RuntimeError(
-                f"{' '.join(cmd)} exited {code}:\n{err.read().decode(errors='replace')[-4000:]}"
-            )
+            why = err.read().decode(errors="replace")[-4000:]
+            raise RuntimeError(f"{' '.join(cmd)} exited {code}:\n{why}")
         kib = usage.ru_maxrss  # KiB on Linux
         if GNU_TIME.is_file() and (lines := rss.read().split()) and lines[-1].isdigit():
             kib = int(lines[-1])

@@ -219,12 +219,8 @@ def table(rounds: Sequence[Round]) -> list[str]:
 def report(
     b: h.Bench, ec2: Sequence[Round], containers: Sequence[Round], skipped: str
 ) -> list[str]:
-    summary = (
-        f"{b.log.seconds:.0f} s in all, {h.best_of(b.args.repeat)} per figure; load average at "
-        f"the end {h.loadavg()}"
-    )
     return [
-        *b.header(summary),
+        *b.header(f"{h.best_of(b.args.repeat)} per figure"),
         *(table(ec2) if ec2 else ["(EC2 not measured)"]),
         "",
         *(table(containers) if containers else [f"Containers: not measured ({skipped})."]),
@@ -251,7 +247,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if min(machines, containers, args.workers) < 1 or latency < 0 or containers > 200:
         b.options.error("counts and workers at least 1 (at most 200 containers), latency ≥ 0")
     logging.getLogger("botocore").setLevel(logging.WARNING)
-    sys.path.insert(0, str(h.measured_package().parent))  # in-process: measure the snapshot
+    h.import_snapshot()  # the provisioners run in this process
     ec2: list[Round] = []
     made: list[Round] = []
     skipped = ""

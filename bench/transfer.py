@@ -37,11 +37,7 @@ ZSTD = ["zstd", "-q", "-c", "-T0", "-3"]  # as reconciler
 AES_GCM = "aes128-gcm@openssh.com"
 GOAL_UPGRADE_FACTOR, GOAL_UPGRADE_SLACK, GOAL_THROUGHPUT, GOAL_FANOUT = 1.1, 64 * KIB, 0.8, 2.0
 CATTED = "cat > /dev/null"
-CAT, TARX, ZTARX = (
-    f"OpenSSH: {CATTED}",
-    "tar | ssh tar -x",
-    "tar | zstd | ssh 'zstd -d | tar -x'",
-)
+CAT, TARX, ZTARX = f"OpenSSH: {CATTED}", "tar | ssh tar -x", "tar | zstd | ssh 'zstd -d | tar -x'"
 
 
 @dataclass(frozen=True)
@@ -71,8 +67,7 @@ class Measure:
     rx: dict[str, int] = field(default_factory=dict)
 
     def transfer(self, machine: str) -> dict[str, Any]:
-        found: dict[str, Any] = self.result["transfers"][machine]
-        return found
+        return dict(self.result["transfers"][machine])
 
 
 class Hosts:
@@ -85,15 +80,12 @@ class Hosts:
         self, hosts: Sequence[h.TestHost]
     ) -> tuple[float | None, dict[str, int], dict[str, int]]:
         """The hosts' session CPU, and their veths' tx and rx byte counters."""
-        path = "/sys/class/net/{}/statistics/{}_bytes"
-
-        def read(what: str) -> dict[str, int]:
-            return {
-                t.name: int(Path(path.format(h.host_veth(self.net, t), what)).read_text())
-                for t in hosts
-            }
-
-        return h.sessions_cpu(self.net, hosts), read("tx"), read("rx")
+        veths = {t.name: f"/sys/class/net/{h.host_veth(self.net, t)}/statistics/" for t in hosts}
+        tx, rx = (
+            {k: int(Path(f"{v}{d}_bytes").read_text()) for k, v in veths.items()}
+            for d in ("tx", "rx")
+        )
+        return h.sessions_cpu(self.net, hosts), tx, rx
 
     def reset(self, hosts: Sequence[h.TestHost]) -> None:
         """Empty the hosts' reconciler state (store included) and the peers' folder."""
@@ -181,9 +173,8 @@ def content_tree(seed: int, root: Path, total: int, random_share: float) -> int:
     for kind, target in (("text", total - rand_total), ("random", rand_total)):
         written = 0
         while written < target:
-            n = min(
-                int(math.exp(rng.uniform(math.log(4 * KIB), math.log(biggest)))), target - written
-            )
+            n = int(math.exp(rng.uniform(math.log(4 * KIB), math.log(biggest))))
+            n = min(n, target - written)
             if kind == "text":
                 path = root / ("lib" if files % 3 else "share/doc") / f"mod{files:04d}.py"
                 start = rng.randrange(len(text))
@@ -204,9 +195,8 @@ def repo_with(
     h.new_repo(path)
     files = {"packages.yaml": {"packages": packages}}
     files |= {f"{name}.yaml": {"machines": machines} for name, machines in deployments.items()}
-    return h.commit_models(
-        path, message, files, {d: ["packages.yaml", f"{d}.yaml"] for d in deployments}
-    )
+    models = {d: ["packages.yaml", f"{d}.yaml"] for d in deployments}
+    return h.commit_models(path, message, files, models)
 
 
 def machine(host: h.TestHost, packages: Sequence[str], compression: str) -> dict[str, Any]:
@@ -266,8 +256,7 @@ def run_upgrade(hosts: Hosts, work: Path, sizes: Sizes, log: h.Log) -> Upgrade:
     first.write_bytes(first.read_bytes() + b"\n# upgraded: one line more\n")
     upgraded = h.commit(work / "upgrade", f"change {changed}")
     models = Models(work / "upgrade", work / "state-upgrade" / "state.db")
-    rows: list[UpgradeRow] = []
-    full: dict[str, UpgradeRow] = {}
+    rows, full = list[UpgradeRow](), dict[str, UpgradeRow]()
 
     def row(comp: str, m: Measure, name: str, host: h.TestHost) -> UpgradeRow:
         t = m.transfer(name)
@@ -437,10 +426,9 @@ def profile_apply(models: Models, deployment: str) -> list[str]:
     entries = pstats.Stats(str(raw)).stats  # type: ignore[attr-defined]
     total, groups = sum(e[2] for e in entries.values()), dict[str, float]()
     for (file, _, _), e in entries.items():
-        found = [p for p in PACKAGES if f"/{p}/" in file] or [
-            "site-packages, other" if "site-packages" in file else "stdlib, other"
-        ]
-        g = "C functions called from Python (copies, crypto, I/O)" if file == "~" else found[0]
+        other = "site-packages, other" if "site-packages" in file else "stdlib, other"
+        g = next((p for p in PACKAGES if f"/{p}/" in file), other)
+        g = "C functions called from Python (copies, crypto, I/O)" if file == "~" else g
         groups[g] = groups.get(g, 0.0) + e[2]
     with text.open("w") as out:
         out.write(f"reconciler {shlex.join(models.args(deployment))}\n\n")
@@ -472,9 +460,8 @@ def run_fresh(
     deployments = {
         f"{n}-{c}": {"m": machine(host, [n], c)} for n in kinds for c in ("auto", "none")
     }
-    repo_with(
-        work / "fresh", {n: {"src": f"src/{n}"} for n in kinds}, deployments, "one big package each"
-    )
+    packages = {n: {"src": f"src/{n}"} for n in kinds}
+    repo_with(work / "fresh", packages, deployments, "one big package each")
     models = Models(work / "fresh", work / "state-fresh" / "state.db")
     return [
         fresh_one(hosts, models, work, n, files[n], sizes, nix, log, profile and n == "mixed")
@@ -528,13 +515,12 @@ def fresh_one(hosts: Hosts, models: Models, work: Path, name: str, files: int, s
     if not nix.problem:
         try:
             nix_path, added = nix.add(store / path)
-            forget, copy = (
-                functools.partial(nix.forget_remote, nix_path),
+            forget = functools.partial(nix.forget_remote, nix_path)
+            copy, note = (
                 functools.partial(nix.copy, host, nix_path),
+                f"nix-store --add took {added:.2f} s",
             )
-            methods.append(
-                Method("nix-copy-closure", forget, copy, note=f"nix-store --add took {added:.2f} s")
-            )
+            methods.append(Method("nix-copy-closure", forget, copy, note=note))
         except RuntimeError as exc:
             nix.problem = str(exc)
     run_rounds(hosts, [host], methods, sizes.repeat, lambda s: log(f"fresh/{name}: {s}"))
@@ -587,17 +573,14 @@ def run_fanout(hosts: Hosts, work: Path, sizes: Sizes, log: h.Log) -> tuple[int,
                 run = functools.partial(models.apply, dep, None, concurrent)
                 cases.append((Method(label, reset, run, apply_json=True), what, n))
     for n in (1, len(targets)):
-        run = functools.partial(
-            timed, [[*t.ssh_command(), "cat > /dev/null"] for t in targets[:n]], tar
-        )
+        run = functools.partial(timed, [[*t.ssh_command(), CATTED] for t in targets[:n]], tar)
         cases.append((Method(CAT, reset, run), "ssh", n))
     run_rounds(
         hosts, targets, [m for m, _, _ in cases], sizes.repeat, lambda s: log(f"fanout: {s}")
     )
     rows = []
     for m, group, n in cases:
-        b = best(m.runs)
-        transfer = m.best_seconds if m.apply_json else None
+        b, transfer = best(m.runs), m.best_seconds if m.apply_json else None
         rows.append(
             FanoutRow(m.name, group, n, b.wall, transfer, b.cpu_python, b.cpu_local, b.cpu_hosts)
         )
@@ -749,10 +732,8 @@ def goal_lines(up: Upgrade | None, fresh: list[Fresh], fan: Sequence[FanoutRow])
         cat = f.method(CAT).best_wall
         for comp, like in (("none", TARX), ("auto", ZTARX)):
             m = f.method(f"reconciler, compression {comp}")
-            ratio, peer = (
-                cat / m.best_seconds,
-                f.method(f"OpenSSH: {like}").best_wall / m.best_seconds,
-            )
+            ratio = cat / m.best_seconds
+            peer = f.method(f"OpenSSH: {like}").best_wall / m.best_seconds
             out.append(
                 f"- Fresh {f.content}, compression {comp}: throughput ≥ 80% of OpenSSH cat — "
                 f"{h.verdict(ratio >= GOAL_THROUGHPUT)} ({ratio:.0%} on transfer time; "
@@ -762,11 +743,8 @@ def goal_lines(up: Upgrade | None, fresh: list[Fresh], fan: Sequence[FanoutRow])
     for r in (r for r in fan if r.hosts > 1):
         o = next(x for x in fan if x.group == r.group and x.hosts == 1)
         ratio, mine = r.wall / o.wall, r.what.startswith("reconciler")
-        t = (
-            f"; slowest machine's transfer {r.transfer / o.transfer:.2f}×"
-            if r.transfer and o.transfer
-            else ""
-        )
+        rt, ot = r.transfer, o.transfer
+        t = f"; slowest machine's transfer {rt / ot:.2f}×" if rt and ot else ""
         out.append(
             f"- Fan-out, {r.what}: {r.hosts} hosts within 2× of 1 host"
             f"{f' — {h.verdict(ratio <= GOAL_FANOUT)}' if mine else ' (peer)'} ({ratio:.2f}×: "
@@ -778,7 +756,7 @@ def goal_lines(up: Upgrade | None, fresh: list[Fresh], fan: Sequence[FanoutRow])
 def report(b: h.Bench, up: Upgrade | None, fresh: list[Fresh],
            fan: tuple[int, list[FanoutRow]] | None, nix: Nix) -> list[str]:  # fmt: skip
     lines = [
-        *b.header(f"{b.log.seconds:.0f} s in all; load average at the end {h.loadavg()}"),
+        *b.header(),
         *(upgrade_section(up) if up else []),
     ]
     if fresh:
