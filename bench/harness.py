@@ -334,10 +334,6 @@ def cpu_stat() -> tuple[int, int]:
     return sum(values) - idle, sum(values)
 
 
-def busy_share(a: tuple[int, int], b: tuple[int, int]) -> float:
-    return (b[0] - a[0]) / max(1, b[1] - a[1])
-
-
 def proc_fields(pid: int) -> list[str] | None:
     """/proc/PID/stat after the command name: [0] is field 3 (state) of proc(5)."""
     try:
@@ -353,8 +349,8 @@ class CpuSampler(threading.Thread):
 
     def __init__(self, pid: int) -> None:
         super().__init__(daemon=True)
-        self.pid, self.last = pid, 0.0
-        self.done = threading.Event()
+        self.pid, self.last, self.done = pid, 0.0, threading.Event()
+        self.start()
 
     def run(self) -> None:
         while not self.done.is_set():
@@ -388,7 +384,6 @@ def run(cmd: Sequence[str], env: dict[str, str], cwd: Path | None = None, check:
             cmd, cwd=cwd, env=env, stdin=subprocess.DEVNULL, stdout=out, stderr=err
         )
         sampler = CpuSampler(proc.pid)
-        sampler.start()
         try:
             code = proc.wait(timeout)
         finally:
@@ -401,8 +396,9 @@ def run(cmd: Sequence[str], env: dict[str, str], cwd: Path | None = None, check:
         text = [f.read().decode(errors="replace") for f in (out, err)]
     if check and code != 0:
         raise RuntimeError(f"{shlex.join(cmd)} exited {code}:\n{text[0][-2000:]}{text[1][-3000:]}")
-    own, busy = min(sampler.last, cpu), busy_share(stat0, cpu_stat())
-    return Ran(code, text[0], text[1], t0, wall, cpu, own, busy)
+    stat1 = cpu_stat()
+    busy = (stat1[0] - stat0[0]) / max(1, stat1[1] - stat0[1])
+    return Ran(code, text[0], text[1], t0, wall, cpu, min(sampler.last, cpu), busy)
 
 
 def cmdline(pid: int) -> bytes:

@@ -51,12 +51,8 @@ def timed(items: Sequence[Any], workers: int, work: Callable[[Any], Any]) -> flo
 
 def best(runs: Sequence[Round]) -> Round:
     """Each figure at its best of the runs: other work on the machine only adds time."""
-    return dataclasses.replace(
-        runs[0],
-        create_s=min(r.create_s for r in runs),
-        again_s=min(r.again_s for r in runs),
-        destroy_s=min(r.destroy_s for r in runs),
-    )
+    figures = ("create_s", "again_s", "destroy_s")
+    return dataclasses.replace(runs[0], **{k: min(getattr(r, k) for r in runs) for k in figures})
 
 
 def machines_round(
@@ -109,20 +105,15 @@ def ec2_round(state: Path, settings: dict[str, Any], n: int, workers: int, laten
     check = boto3.client("ec2", region_name=REGION)
 
     def live(_: dict[str, str]) -> int:
-        pages = check.get_paginator("describe_instances").paginate(
-            Filters=[
-                {"Name": "tag:reconciler:deployment", "Values": [deployment]},
-                {"Name": "instance-state-name", "Values": ["pending", "running", "stopped"]},
-            ]
-        )
+        mine = {"Name": "tag:reconciler:deployment", "Values": [deployment]}
+        up = {"Name": "instance-state-name", "Values": ["pending", "running", "stopped"]}
+        pages = check.get_paginator("describe_instances").paginate(Filters=[mine, up])
         return sum(len(r["Instances"]) for p in pages for r in p["Reservations"])
 
     machines = [h.desired_machine(f"m{i:03d}", "ec2", None, settings) for i in range(n)]
     prov = h.ec2_provisioner(session, max(32, workers * 2))
-    rec = h.provision_recorder(state, deployment)
-    return machines_round(
-        "ec2", prov, rec, deployment, machines, workers, live, latency, lambda: calls[0]
-    )
+    rec, sent = h.provision_recorder(state, deployment), lambda: calls[0]
+    return machines_round("ec2", prov, rec, deployment, machines, workers, live, latency, sent)
 
 
 def fresh(url: str, ami: str) -> dict[str, Any]:
