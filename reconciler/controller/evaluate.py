@@ -10,10 +10,12 @@ from __future__ import annotations
 import dataclasses
 import json
 import threading
+import time
 from collections import OrderedDict
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from reconciler.execute.inputs import paused_gc
 from reconciler.options import Options
 
 if TYPE_CHECKING:
@@ -21,6 +23,10 @@ if TYPE_CHECKING:
     from reconciler.models.source import ModelSource, Revision
 
 COMMITS_KEPT = 4  # commits whose parsed reconciler.yaml is kept (branches, a new head)
+# How long the host's taken addresses are reused between evaluations: reading them costs
+# O(deployments) (a registry file each); a plan against a slightly older view only
+# decides whether to apply, and the apply looks again.
+TAKEN_FOR = 5.0
 
 
 @dataclass(frozen=True)
@@ -61,12 +67,11 @@ class Evaluator:
         self.lock = threading.Lock()
         self.evaluated = 0  # full evaluations, for tests and the benchmark
         self.reused = 0
+        self.taken: tuple[float, frozenset[str]] | None = None  # (when, addresses)
 
     def evaluate(self, name: str, head: str, fresh: bool = False) -> Evaluation:
         """The deployment's evaluation at `head` (`fresh`: never a verdict reused); raises
         InvalidModels or UserError like loading does."""
-        from reconciler.execute.inputs import paused_gc
-
         with self.lock, paused_gc():
             commit = self._commit(head)
             if commit.error is not None:
@@ -100,6 +105,18 @@ class Evaluator:
         assert commit.config is not None
         return commit.config
 
+    def changed(self, head: str, names: list[str]) -> set[str]:
+        """Those of `names` whose inputs at `head` are not those last evaluated (or
+        never evaluated): whom a commit concerns."""
+        with self.lock, paused_gc():
+            commit = self._commit(head)
+            if commit.error is not None or commit.config is None:
+                return set(names)
+            inputs = self._inputs(commit)
+        return {
+            n for n in names if (v := self.verdicts.get(n)) is None or v.inputs != inputs.get(n)
+        }
+
     def applied(self, name: str, head: str) -> None:
         """After a successful apply of `head`: its inputs now plan no changes."""
         with self.lock:
@@ -118,6 +135,10 @@ class Evaluator:
         if found is None:
             try:
                 source, config = open_models(dataclasses.replace(self.opts, ref=head))
+                # every deployment's model files, looked up at once (then read by id)
+                source.entries(
+                    sorted({r for d in config.root.deployments.values() for r in d.models})
+                )
                 found = _Commit(source, config, None)
             except Exception as e:  # InvalidModels, UserError: the same for every deployment
                 found = _Commit(None, None, e)
@@ -157,7 +178,7 @@ class Evaluator:
 
         assert commit.source is not None and commit.config is not None
         loaded = load_deployment(commit.source, commit.config, name, keys=self.opts.key_policy)
-        desired, recorded = compile_with_record(self.opts, loaded)
+        desired, recorded = compile_with_record(self.opts, loaded, self._taken())
         plan = make_plan(desired, recorded, destroy_machines=loaded.config.destroyMachines)
         src = tuple(
             sorted(
@@ -169,6 +190,15 @@ class Evaluator:
             )
         )
         return bool(plan.has_changes), render_text(plan, colour=False, verbose=False), src
+
+    def _taken(self) -> frozenset[str]:
+        from reconciler.desired.host_addresses import taken_on_host
+        from reconciler.execute.inputs import registry_owner
+
+        now = time.monotonic()
+        if self.taken is None or now - self.taken[0] > TAKEN_FOR:
+            self.taken = (now, taken_on_host(registry_owner(self.opts)))
+        return self.taken[1]
 
 
 def _key(

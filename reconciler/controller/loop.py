@@ -266,7 +266,7 @@ class DeploymentLoop:
         """What the view shows of the loop; `last`: the previous one, when the record has
         not changed since (whether it is paused is not read again)."""
         left = self.backoff_until - time.monotonic()
-        paused = last["paused"] if last else (row := _deployment_row(self.opts, self.name))
+        paused = last.get("paused") if last else (row := _deployment_row(self.opts, self.name))
         return {
             "autoApply": self.auto_apply,
             "selfHeal": self.self_heal,

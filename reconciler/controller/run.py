@@ -162,10 +162,15 @@ class Controller:
         loops whose branch moved are woken (the others are not: a commit costs what it
         changes)."""
         listing = await self.heads.listing(self.remote, max_age=0)
+        moved: dict[str, list[DeploymentLoop]] = {}  # new head → the loops tracking it
         for d in self.loops.values():
             with contextlib.suppress(GitError):
-                if listing.head(self.remote, d.branch) != d.head:
-                    d.poke()
+                if (new := listing.head(self.remote, d.branch)) != d.head:
+                    moved.setdefault(new, []).append(d)
+        for new, loops in moved.items():  # those whose inputs changed go first
+            changed = await asyncio.to_thread(self.evaluator.changed, new, [d.name for d in loops])
+            for d in sorted(loops, key=lambda d: d.name not in changed):
+                d.poke()
         head = listing.head(self.remote, None)
         if head == self.config_head:
             return
@@ -277,14 +282,20 @@ class Controller:
         if not self.ownership.owns(d.name):
             await asyncio.to_thread(self.show_owned_elsewhere, d)
             return
+        was_stalled = d.stalled
         outcome = await d.reconcile()
         if outcome.result != "idle":
             self.report(d, outcome)
         if outcome.result in ("failed", "invalid", "refused"):
             self.failed = True
-        # an idle pass leaves observing to the rounds; anything else is shown at once
-        first = self.view.deployment(d.name) is None
-        if not self.stop.is_set() and (outcome.result != "idle" or first):
+        # an idle pass, or a commit that changes nothing here, leaves observing to the
+        # rounds (a commit of one deployment's file costs the others only this); anything
+        # else is shown at once
+        doc = self.view.deployment(d.name)
+        quiet = outcome.result == "idle" or (outcome.result == "unchanged" and not was_stalled)
+        if doc is not None and quiet:
+            self.view.put(d.name, {**doc, "controller": d.info(doc.get("controller"))})
+        elif not self.stop.is_set():
             await self.observe(d)
 
     async def wakes(self) -> None:

@@ -44,9 +44,10 @@ def load_one(opts: Options, worktree: bool = False) -> tuple[LoadedDeployment, C
 
 
 def compile_with_record(
-    opts: Options, loaded: LoadedDeployment
+    opts: Options, loaded: LoadedDeployment, host_taken: frozenset[str] | None = None
 ) -> tuple[DesiredState, RecordedState]:
-    """Compile against the recorded allocations; returns (desired, recorded state)."""
+    """Compile against the recorded allocations; returns (desired, recorded state).
+    `host_taken`: the host's taken addresses, when the caller has just looked."""
     from reconciler.desired.compile import compile_deployment
     from reconciler.desired.host_addresses import taken_on_host
 
@@ -61,7 +62,7 @@ def compile_with_record(
         finally:
             if db is not None:
                 db.close()
-    taken = taken_on_host(registry_owner(opts))
+    taken = taken_on_host(registry_owner(opts)) if host_taken is None else host_taken
     desired = compile_deployment(
         loaded, recorded.allocations, host_taken=taken, failed_machines=recorded.failed
     )

@@ -54,6 +54,7 @@ class ModelSource:
         self.prefix = prefix.strip("/")
         self.revision = revision
         self.label = label  # what we read: "commit abc1234" or "work tree"
+        self._entries: dict[str, TreeEntry | None] = {}  # a tree never changes: asked once
 
     def display(self, rel: str) -> str:
         """The path a person sees in errors: relative to the repository root."""
@@ -74,9 +75,14 @@ class ModelSource:
         return data
 
     def entries(self, rels: list[str]) -> dict[str, TreeEntry | None]:
-        """Look up many paths with one `git cat-file --batch-check`."""
-        if not rels:
-            return {}
+        """Look up many paths with one `git cat-file --batch-check` (those not looked up
+        before: one source read by many deployments asks once)."""
+        missing = sorted({r for r in rels if r not in self._entries})
+        if missing:
+            self._entries.update(self._look_up(missing))
+        return {r: self._entries[r] for r in rels}
+
+    def _look_up(self, rels: list[str]) -> dict[str, TreeEntry | None]:
         lines = "".join(f"{self._spec(r)}\n" for r in rels)
         out = subprocess.run(
             ["git", "cat-file", "--batch-check=%(objectname) %(objecttype)"],

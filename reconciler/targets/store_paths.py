@@ -89,7 +89,7 @@ async def present(target: Target, expected: dict[str, str]) -> set[str]:
         return set()
     store = shlex.quote(target.store_dir)
     result = await target.check(
-        f"mkdir -p {store} && python3 -c {shlex.quote(_PRESENT)} {store}",
+        f"mkdir -p {store} && {target.python} -c {shlex.quote(_PRESENT)} {store}",
         json.dumps(expected).encode(),
     )
     try:
