@@ -107,11 +107,8 @@ def generate(root: Path, size: Size, env: str) -> None:
     for m in machines:
         # Documentation names (RFC 6761 .example): never contacted, plan does no I/O on
         # machines, and unlike 203.0.113.0/24 there are enough for 2,000 machines.
-        target = (
-            f"ssh\n      ssh: {{host: {m}.bench.example, user: deploy}}"
-            if env == "ssh"
-            else "local"
-        )
+        ssh = f"ssh\n      ssh: {{host: {m}.bench.example, user: deploy}}"
+        target = ssh if env == "ssh" else "local"
         out.append(f"  {m}:\n    deployment:\n      targetEnv: {target}\n      maxParallel: 8\n")
     files["physical.yaml"] = "".join(out)
     out = ["packages:\n"]
@@ -255,9 +252,8 @@ def profile(repo: Path, size: Size, top: int) -> tuple[Path, h.Driven]:
             ("cumulative", ("reconciler/", top), f"top {top} of reconciler's own functions"),
         ):
             buf.write(f"\n{'=' * 20} GC {state}: {title} {'=' * 20}\n")
-            pstats.Stats(str(h.OUT_DIR / name), stream=buf).sort_stats(key).print_stats(
-                *restrictions
-            )
+            stats = pstats.Stats(str(h.OUT_DIR / name), stream=buf)
+            stats.sort_stats(key).print_stats(*restrictions)
     text = buf.getvalue()
     roots = {sysconfig.get_paths()[k] for k in ("stdlib", "purelib", "platlib")} | {str(h.ROOT)}
     for root in sorted(roots, key=len, reverse=True):
@@ -293,16 +289,13 @@ def doubling_lines(rows: Sequence[Row]) -> list[str]:
         if len(mine) < 2:
             continue
         a, b = mine[-2], mine[-1]
+        against = a.against and b.against and b.against.seconds / a.against.seconds
         out.append(
             f"- {env}, {a.size.label} → {b.size.label} ({b.size.instances / a.size.instances:g}× "
             f"the instances): plan json {b.json.seconds / a.json.seconds:.2f}×, text "
             f"{b.text.seconds / a.text.seconds:.2f}×, parse {b.parse_s / a.parse_s:.2f}×, peak "
             f"RSS {b.rss_mb / a.rss_mb:.2f}×"
-            + (
-                f", plan --against HEAD {b.against.seconds / a.against.seconds:.2f}×"
-                if a.against and b.against
-                else ""
-            )
+            + (f", plan --against HEAD {against:.2f}×" if against else "")
         )
     return out
 

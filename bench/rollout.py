@@ -136,9 +136,7 @@ def failover(work: Path) -> Failover:
             cut = time.time()
             h.wait_for("an answer elsewhere", lambda: any(map(answers, others)), 120)
             answering = time.time() - cut
-            failed = h.wait_for(
-                "failedSince", lambda: machine(api, first).get("failedSince"), 60, 0.2
-            )
+            failed = h.wait_for("failed", lambda: machine(api, first).get("failedSince"), 60, 0.2)
             attempt, why = h.last_attempt(state, DEPLOYMENT), get(f"{api}/history")[0]["reason"]
             assert attempt is not None and why.startswith(f"failover: {first} "), why
             noticed = h.stamp(why.split(" since ")[1]) - cut
