@@ -703,21 +703,6 @@ def drive(args: Sequence[str], prof: Path | None, collect: bool = True) -> Drive
     return Driven(data["wall"], [(int(n), float(s)) for n, s in data["gc"]])
 
 
-def parser(description: str, quick: str, repeat: str) -> argparse.ArgumentParser:
-    """The options every benchmark has: --quick (tiny sizes, one run: a smoke test that
-    runs the same code paths), --repeat, --at REF and --write-results."""
-    p = argparse.ArgumentParser(description=description)
-    p.add_argument("--quick", action="store_true", help=quick)
-    p.add_argument("--repeat", type=int, help=f"runs per timing, best kept ({repeat})")
-    p.add_argument("--at", metavar="REF", help="measure reconciler/ as committed at REF")
-    p.add_argument("--write-results", action="store_true", help="replace its RESULTS.md section")
-    return p
-
-
-def command_line(script: str, argv: Sequence[str] | None) -> str:
-    return shlex.join(["python3", f"bench/{script}", *(sys.argv[1:] if argv is None else argv)])
-
-
 class Log:
     """Progress on stderr, with the seconds since the start."""
 
@@ -740,23 +725,8 @@ def verdict(ok: bool) -> str:
     return "**met**" if ok else "**not met**"
 
 
-def header(name: str, facts: str, version: str, command: str, summary: str) -> list[str]:
-    """The start of a `## name` section: who wrote it, when, on what, what was measured, how
-    (what the figures mean is in README.md, beside RESULTS.md)."""
-    now = dt.datetime.now(dt.UTC).isoformat(timespec="minutes")
-    return [
-        f"## {name}",
-        "",
-        f"<!-- Written by `bench/{name}.py --write-results`; a new run replaces this section. -->",
-        "",
-        f"Date: {now}. Machine: {facts}.",
-        "",
-        f"Measured: reconciler at {version}.",
-        "",
-        f"Command: `{command}` — {summary}. What is measured and what the columns mean: "
-        f"README.md, `{name}.py`.",
-        "",
-    ]
+def best_of(n: int, what: str = "run") -> str:
+    return f"best of {n} {what}{'s' * (n != 1)}"
 
 
 def write_section(path: Path, section: str, body: str) -> None:
@@ -769,25 +739,20 @@ def write_section(path: Path, section: str, body: str) -> None:
     path.write_text("\n".join([*lines[:start], *gap, *body.splitlines(), *rest]) + "\n")
 
 
-def publish(name: str, text: str, write: bool, log: Log | None = None) -> None:
-    """Print the report; with --write-results, also replace its section of RESULTS.md."""
-    print(text, flush=True)
-    if write:
-        write_section(RESULTS_FILE, f"## {name}", text)
-        (log or print)(f"wrote '## {name}' in {RESULTS_FILE}")
-
-
-def best_of(n: int, what: str = "run") -> str:
-    return f"best of {n} {what}{'s' * (n != 1)}"
-
-
 class Bench:
-    """One run of a benchmark: its options (those every benchmark has, see `parser`, and
-    its own), its progress log, the reconciler it measures and its section of RESULTS.md."""
+    """One run of a benchmark: its options, its progress log, the reconciler it measures and
+    its section of RESULTS.md. The options every benchmark has: --quick (tiny sizes, one run:
+    a smoke test that runs the same code paths), --repeat, --at REF and --write-results."""
 
     def __init__(self, name: str, description: str, quick: str, repeat: int = 3) -> None:
         self.name, self.default_repeat, self.log = name, repeat, Log()
-        self.options = parser(description, quick, f"{repeat}; quick 1")
+        self.options = p = argparse.ArgumentParser(description=description)
+        p.add_argument("--quick", action="store_true", help=quick)
+        p.add_argument("--repeat", type=int, help=f"runs per timing, best kept ({repeat}; quick 1)")
+        p.add_argument("--at", metavar="REF", help="measure reconciler/ as committed at REF")
+        p.add_argument(
+            "--write-results", action="store_true", help="replace its RESULTS.md section"
+        )
         self.args = argparse.Namespace()
         self.facts = self.version = self.command = ""
 
@@ -798,7 +763,8 @@ class Bench:
         args.repeat = args.repeat or (1 if args.quick else self.default_repeat)
         if args.repeat < 1:
             self.options.error("--repeat must be at least 1")
-        self.command = command_line(f"{self.name}.py", argv)
+        given = sys.argv[1:] if argv is None else argv
+        self.command = shlex.join(["python3", f"bench/{self.name}.py", *given])
         self.facts, self.version = machine_facts(*facts), take_snapshot(self.name, args.at)
         self.log(f"measuring reconciler at {self.version}")
         return args
@@ -808,12 +774,30 @@ class Bench:
         self.facts = ", ".join([self.facts, *facts])
 
     def header(self, summary: str = "") -> list[str]:
-        """The start of the section; `summary`: what was run (sizes, runs per figure …)."""
+        """The start of the section: who wrote it, when, on what, what was measured, how
+        (`summary`: sizes, runs per figure …); what the figures mean is in README.md."""
         took = ", ".join([f"{self.log.seconds:.0f} s in all", *filter(None, [summary])])
-        summary = f"{took}; load average at the end {loadavg()}"
-        return header(self.name, self.facts, self.version, self.command, summary)
+        now, name = dt.datetime.now(dt.UTC).isoformat(timespec="minutes"), self.name
+        return [
+            f"## {name}",
+            "",
+            f"<!-- Written by `bench/{name}.py --write-results`; a new run replaces this "
+            "section. -->",
+            "",
+            f"Date: {now}. Machine: {self.facts}.",
+            "",
+            f"Measured: reconciler at {self.version}.",
+            "",
+            f"Command: `{self.command}` — {took}; load average at the end {loadavg()}. What is "
+            f"measured and what the columns mean: README.md, `{name}.py`.",
+            "",
+        ]
 
     def publish(self, lines: Sequence[str]) -> int:
         """Print the report; with --write-results, also replace its section of RESULTS.md."""
-        publish(self.name, "\n".join(lines).rstrip("\n") + "\n", self.args.write_results, self.log)
+        text = "\n".join(lines).rstrip("\n") + "\n"
+        print(text, flush=True)
+        if self.args.write_results:
+            write_section(RESULTS_FILE, f"## {self.name}", text)
+            self.log(f"wrote '## {self.name}' in {RESULTS_FILE}")
         return 0
