@@ -44,7 +44,7 @@ class Server:
         with psycopg.connect(
             host=str(self.folder), port=self.port, user=USER, dbname="postgres", autocommit=True
         ) as conn:
-            conn.execute(sql)  # type: ignore[arg-type]
+            conn.execute(sql)
 
 
 def _binaries() -> Path | None:

@@ -302,9 +302,7 @@ def failed_machines(db: StateDB | None, deployment: str) -> dict[str, float]:
     """Machines recorded as failed, with since when (seconds since the epoch)."""
     if db is None:
         return {}
-    return {
-        m: h.failed_since for m, h in machine_health(db, deployment).items() if h.failed_since
-    }
+    return {m: h.failed_since for m, h in machine_health(db, deployment).items() if h.failed_since}
 
 
 def allocations(db: StateDB) -> dict[str, str]:

@@ -387,8 +387,8 @@ def test_without_its_plan_a_failed_commit_says_what_it_would_have_done() -> None
     del status["controller"]["lastPlan"]
     html = render(status, history)
     assert (
-        "Its plan was not recorded; it would have: replace 3 instances, transfer 1 store path, leave 7 unchanged"
-        in html
+        "Its plan was not recorded; it would have: replace 3 instances, "
+        "transfer 1 store path, leave 7 unchanged" in html
     )
 
 

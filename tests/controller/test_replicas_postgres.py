@@ -125,7 +125,7 @@ def test_three_replicas_share_the_work_and_survive_kill_9(
             env=env,
             stdout=subprocess.DEVNULL,
             stderr=log.open("w"),
-        )  # fmt: skip
+        )
         for port, log in zip(ports, logs, strict=True)
     ]
     try:
