@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import os
 import random
 import signal
@@ -386,7 +385,7 @@ class Controller:
         finally:
             if db is not None:
                 db.close()
-        what = (json.dumps(doc, default=str), d.stalled, d.applying, d.head, d.failures)
+        what = (dict(doc), d.stalled, d.applying, d.head, d.failures)  # before keys are added
         last = self.last_docs.get(d.name)
         if seen is not None and last is not None and last[0] == what:
             self.view.put(d.name, {**last[1], "controller": d.info(last[1]["controller"])})

@@ -139,10 +139,39 @@ async def observe_many(
         async with limit or contextlib.nullcontext():
             return await _observe_machine(target, members, paths)
 
-    for found in await asyncio.gather(*(bounded(t, ms) for t, ms in groups.values())):
-        for name, machine in found:
+    from reconciler.targets.local import LocalTarget
+
+    # local machines are this host: all of them in one worker thread, not one each
+    here = [g for g in groups.values() if isinstance(g[0], LocalTarget) and not paths]
+    elsewhere = [g for g in groups.values() if not isinstance(g[0], LocalTarget) or paths]
+    found = [await asyncio.to_thread(_observe_here, here)] if here else []
+    found += await asyncio.gather(*(bounded(t, ms) for t, ms in elsewhere))
+    for machine_seen in found:
+        for name, machine in machine_seen:
             seen[name][machine.name] = machine
     return {r.name: _assemble(r, seen[r.name]) for r in records}
+
+
+def _observe_here(
+    groups: list[tuple[Target, list[tuple[DeploymentRecord, MachineRow]]]],
+) -> list[tuple[str, MachineSeen]]:
+    """Local machines, asked in this thread by the agent's own code."""
+    found = []
+    for target, members in groups:
+        if not os.path.isdir(target.state_dir):
+            error = f"its folder {target.state_dir} does not exist"
+            found += [(r.name, MachineSeen(m.name, error=error)) for r, m in members]
+            continue
+        asks = [_requests(target.state_dir, r, m) for r, m in members]
+        try:
+            answers = _ask_here(asks)
+        except Exception as e:  # whatever happened there, it is this machine's row
+            found += [(r.name, MachineSeen(m.name, error=_message(m.name, e))) for r, m in members]
+            continue
+        found += [
+            (r.name, _seen(m.name, got)) for (r, m), got in zip(members, answers, strict=True)
+        ]
+    return found
 
 
 def _assemble(record: DeploymentRecord, seen: dict[str, MachineSeen]) -> Observation:

@@ -98,3 +98,9 @@ def test_rollout_quick_keeps_the_guarantee_and_times_failover() -> None:
     assert_report("rollout", report, "| 3 | 1 | 3 |", "| 10 | 25% | 4 |")
     assert "**broken**" not in report  # the fewest answering never below the guarantee
     assert "| answering elsewhere |" in report or "Failover: not measured" in report
+
+
+@pytest.mark.slow
+def test_scale_quick_converges_generated_deployments_under_one_controller() -> None:
+    report = run_quick("scale")
+    assert_report("scale", report, "| 5 | SQLite | 1 |", "Goals (issue 11)")
