@@ -23,6 +23,11 @@ import harness as h
 
 SERVICE = "#!/bin/sh\nexec sleep 1000000\n"
 FLUX = "Flux (published): 1,000 Kustomizations in 4 min 16 s"
+BEFORE = (
+    "Before issue 11's work (its author, the same kind of machine): 100 deployments "
+    "converged in 137 s (1.37 s each), idle 27 % of a core, one-deployment commit → live "
+    "8.0–8.5 s, shared-file commit → all live 133 s; 1,000 extrapolated to 20–25 min."
+)
 APPLIES: list[str] = []  # --max-parallel-applies N, when --applies asks for it
 
 
@@ -91,7 +96,7 @@ class Peak(threading.Thread):
         self.pids, self.rss, self.pss, self.done = pids, 0, 0, threading.Event()
 
     def run(self) -> None:
-        while not self.done.wait(0.25):
+        while not self.done.wait(1.0):  # each look reads /proc for every process: not often
             rss, pss = memory_of(self.pids())
             self.rss, self.pss = max(self.rss, rss), max(self.pss, pss)
 
@@ -120,7 +125,8 @@ def until_live(state: str, deployments: list[str], sha: str, timeout: float) -> 
     """Seconds until every one of `deployments` has `sha` applied."""
     start = time.monotonic()
     live = lambda: all(v == sha for v in applied(state, deployments).values())  # noqa: E731
-    h.wait_for(f"{sha[:12]} live", live, timeout, every=0.05)
+    # asked often for one deployment, less for all (each look is a query of the state)
+    h.wait_for(f"{sha[:12]} live", live, timeout, every=0.05 if len(deployments) == 1 else 0.5)
     return time.monotonic() - start
 
 
@@ -207,6 +213,8 @@ def main(argv: list[str] | None = None) -> int:
         "| shared-file commit → all live |",
         "|---|---|---|---|---|---|---|---|---|",
         *rows,
+        "",
+        BEFORE,
         "",
         f"Goals (issue 11), beside {FLUX}:",
         "",
