@@ -7,6 +7,7 @@ import json
 import os
 import subprocess
 import sys
+import tempfile
 import textwrap
 from collections.abc import Mapping
 from pathlib import Path
@@ -14,6 +15,8 @@ from typing import Any
 
 _NEXT_TO_PYTHON = Path(sys.executable).with_name("reconciler")
 RECONCILER = str(_NEXT_TO_PYTHON) if _NEXT_TO_PYTHON.exists() else "reconciler"
+
+_REGISTRY = tempfile.mkdtemp(prefix="reconciler-test-registry-")
 
 GIT_IDENTITY = {
     "GIT_AUTHOR_NAME": "Test Author",
@@ -29,8 +32,9 @@ def clean_env(**extra: str) -> dict[str, str]:
     """The environment for git and the CLI: no user/system git config, no colours, no
     inherited RECONCILER_STATE."""
     env = {k: v for k, v in os.environ.items() if not k.startswith(("GIT_", "RECONCILER_"))}
-    if "RECONCILER_HOST_REGISTRY" in os.environ:  # the test's own (tests/conftest.py)
-        env["RECONCILER_HOST_REGISTRY"] = os.environ["RECONCILER_HOST_REGISTRY"]
+    # the test's own host registry (tests/conftest.py), else this run's: tests never see
+    # (nor leave) claims in the host's real one
+    env["RECONCILER_HOST_REGISTRY"] = os.environ.get("RECONCILER_HOST_REGISTRY") or _REGISTRY
     env.update(GIT_IDENTITY)
     env.update(
         {
