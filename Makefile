@@ -20,7 +20,7 @@ lint: install
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check reconciler
 	$(BIN)/mypy
-	$(BIN)/lint-imports  # the layering: pyproject.toml [tool.importlinter]
+	$(BIN)/lint-imports --no-cache  # the layering: pyproject.toml [tool.importlinter]
 	$(BIN)/vermin -q -t=3.9- --no-tips --violations reconciler/agent  # runs on targets' python3
 
 test: install system-deps lint
