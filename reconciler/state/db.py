@@ -127,11 +127,37 @@ def open_db(location: str | Path, write: bool) -> StateDB | None:
     path = Path(location)
     if not path.exists() and not write:
         return None
-    if path.is_file() and path.stat().st_size == 0:
-        raise UserError(
-            f"{path}: the state DB is empty (0 bytes): its history and pinned host keys are "
-            f"gone, and starting afresh would forget them; {_restore(path)}"
-        )
+    if not path.exists() or path.stat().st_size == 0:
+        # being created: sqlite makes the file empty and fills it at the first migration;
+        # creators take turns, so an empty file seen under the lock is truly empty
+        with _creating(path):
+            if path.is_file() and path.stat().st_size == 0:
+                raise UserError(
+                    f"{path}: the state DB is empty (0 bytes): its history and pinned host "
+                    f"keys are gone, and starting afresh would forget them; {_restore(path)}"
+                )
+            return _open_file(path, write)
+    return _open_file(path, write)
+
+
+@contextmanager
+def _creating(path: Path) -> Iterator[None]:
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(path.with_name(f"{path.name}.init"), os.O_CREAT | os.O_RDWR, 0o600)
+    except OSError:  # a read-only folder: nobody can be creating the file there
+        yield
+        return
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)
+
+
+def _open_file(path: Path, write: bool) -> StateDB | None:
+    if not path.exists() and not write:
+        return None
     if write:
         _refuse_unwritable(path)
     old_umask = os.umask(0o077)  # the file and the -wal and -shm files sqlite makes: private
