@@ -139,10 +139,15 @@ def watched(tmp_path: Path) -> Iterator[Watched]:
             run_cli("--state", str(state), "-d", d, "destroy", "--yes", cwd=tmp_path)
 
 
-def forks_of_zygote() -> list[int]:
-    """The applies running now: children of the controller's zygote."""
-    zygotes = [p for p in _pids() if b"controller.zygote import serve" in _cmdline(p)]
-    return [p for p in _pids() if _parent(p) in zygotes]
+def forks_of_zygote(controller: int) -> list[int]:
+    """The applies running now: children of this controller's zygote (not of another
+    test's controller that is still ending)."""
+    zygotes = [
+        p
+        for p in _pids()
+        if _parent(p) == controller and b"controller.zygote import serve" in _cmdline(p)
+    ]
+    return [p for p in _pids() if _parent(p) in zygotes and _state(p) not in "ZX"]
 
 
 def _pids() -> list[int]:
@@ -154,6 +159,14 @@ def _cmdline(pid: int) -> bytes:
         return Path(f"/proc/{pid}/cmdline").read_bytes()
     except OSError:
         return b""
+
+
+def _state(pid: int) -> str:
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return "X"
+    return stat[stat.rindex(")") + 2]
 
 
 def _parent(pid: int) -> int | None:
@@ -185,8 +198,10 @@ def test_a_commit_of_one_deployments_file_applies_that_one_only(watched: Watched
 def test_a_killed_apply_fails_that_attempt_and_the_controller_carries_on(watched: Watched) -> None:
     w = watched
     w.wait("both applied", lambda: len(w.applied()) == 2 and all(w.applied().values()))
+    # the first applies record, then end: the fork to kill is the next commit's alone
+    w.wait("the first applies ended", lambda: not forks_of_zygote(w.proc.pid))
     slow = commit(w.repo, {"a.yaml": own(w.addresses["a"], "slow", delay=30)}, "a starts slowly")
-    [apply] = w.wait("the apply of a running", forks_of_zygote)
+    [apply] = w.wait("the apply of a running", lambda: forks_of_zygote(w.proc.pid))
     os.kill(apply, signal.SIGKILL)
     w.wait("the failure said", lambda: f"a: {slow[:12]} failed" in w.log.read_text())
     assert w.serves("a") == "a1"  # the last good generation still serves
