@@ -2,7 +2,8 @@
 """Benchmark `reconciler apply --copy-only` over real SSH (SPEC §3 steps 2-3) on its own test
 hosts (needs root): bytes on the wire for an upgrade; a fresh closure's throughput against
 OpenSSH, asyncssh, tar | ssh, rsync and nix-copy-closure; fan-out to 10 hosts vs 1. Methods
-compared run in rounds, each keeping its best. bench/README.md describes what is measured."""
+compared run in rounds, each keeping its best; the whole command's overhead over a raw
+`tar | ssh cat` at 200 MB and 1 GB (issue 13). bench/README.md describes what is measured."""
 
 from __future__ import annotations
 
@@ -17,6 +18,7 @@ import random
 import re
 import shlex
 import shutil
+import statistics
 import subprocess
 import sys
 import sysconfig
@@ -38,6 +40,9 @@ AES_GCM = "aes128-gcm@openssh.com"
 GOAL_UPGRADE_FACTOR, GOAL_UPGRADE_SLACK, GOAL_THROUGHPUT, GOAL_FANOUT = 1.1, 64 * KIB, 0.8, 2.0
 CATTED = "cat > /dev/null"
 CAT, TARX, ZTARX = f"OpenSSH: {CATTED}", "tar | ssh tar -x", "tar | zstd | ssh 'zstd -d | tar -x'"
+RAW = f"tar | ssh {CATTED}"
+OVERHEAD = "## transfer overhead of `apply --copy-only` (issue 13)"  # its own section
+GOAL_OVERHEAD = 1.25
 
 
 @dataclass(frozen=True)
@@ -50,10 +55,12 @@ class Sizes:
     fanout_hosts: int = 10
     repeat: int = 3
     contents: tuple[str, ...] = ("mixed", "random")  # half random bytes, all random
+    overhead_bytes: tuple[int, ...] = (200 * MB, 1000 * MB)
 
 
 QUICK = Sizes(packages=6, package_bytes=32 * KIB, upgrade_hosts=2, fresh_bytes=4 * MB,
-              fanout_bytes=2 * MB, fanout_hosts=2, repeat=1, contents=("mixed",))  # fmt: skip
+              fanout_bytes=2 * MB, fanout_hosts=2, repeat=1, contents=("mixed",),
+              overhead_bytes=(4 * MB,))  # fmt: skip
 
 
 @dataclass
@@ -130,6 +137,7 @@ def best(runs: Sequence[Measure]) -> Measure:
 class Models:
     repo: Path
     state: Path  # the state DB; the local store cache is beside it
+    env: dict[str, str] | None = None  # the children's (another snapshot's); else child_env()
 
     def args(self, deployment: str, ref: str | None = None, most: int | None = None) -> list[str]:
         return [
@@ -141,7 +149,8 @@ class Models:
     def apply(self, deployment: str, ref: str | None = None, most: int | None = None) -> Measure:
         """`reconciler … apply --copy-only --format json`: wall time, its JSON, the CPU of
         the Python process itself and of everything it started."""
-        ran = h.run([*h.reconciler_cmd(), *self.args(deployment, ref, most)], h.child_env())
+        env = self.env or h.child_env()
+        ran = h.run([*h.reconciler_cmd(), *self.args(deployment, ref, most)], env)
         return Measure(ran.wall, ran.cpu, ran.own_cpu, result=json.loads(ran.stdout))
 
 
@@ -589,6 +598,118 @@ def run_fanout(hosts: Hosts, work: Path, sizes: Sizes, log: h.Log) -> tuple[int,
     return first["size"], rows
 
 
+@dataclass
+class Overhead:
+    """One size: `reconciler apply --copy-only` (each version measured, each compression)
+    paired in rounds with a raw `tar | ssh cat > /dev/null` of the same files (methods[0])."""
+
+    size: int  # unpacked bytes a fresh machine is sent (the package and the agent)
+    files: int
+    methods: list[Method] = field(default_factory=list)
+
+    @property
+    def raw(self) -> Measure:
+        return best(self.methods[0].runs)
+
+    def ratio(self, m: Method) -> float:
+        return m.best_wall / self.raw.wall
+
+    def median_ratio(self, m: Method) -> float:
+        """The median over the rounds of this method's wall over the raw stream's."""
+        pairs = zip(m.runs, self.methods[0].runs, strict=True)
+        return statistics.median(a.wall / b.wall for a, b in pairs)
+
+
+def total_cpu(m: Measure) -> float:
+    return m.cpu_local + (m.cpu_hosts or 0.0)
+
+
+def run_overhead(hosts: Hosts, work: Path, sizes: Sizes, log: h.Log,
+                 versions: dict[str, dict[str, str] | None]) -> list[Overhead]:  # fmt: skip
+    """Per size, a fresh closure (half random bytes, half text) to one host. `versions`:
+    label → the children's environment of each reconciler measured (None: the snapshot)."""
+    host, out = hosts.all[0], []
+    reset = functools.partial(hosts.reset, [host])
+    for size in sizes.overhead_bytes:
+        name = f"o{size // MB}"
+        files = content_tree(30 + size // MB, work / name / "src" / "app", size, 0.5)
+        deployments = {f"{name}-{c}": {"m": machine(host, ["app"], c)} for c in ("none", "auto")}
+        repo_with(work / name, {"app": {"src": "src/app"}}, deployments, "one big package")
+        o, stores = Overhead(0, files), list[Path]()
+        for label, env in versions.items():
+            models = Models(work / name, work / f"state-{name}-{label}" / "state.db", env)
+            stores.append(models.state.parent / "store")
+            reset()
+            first = models.apply(f"{name}-none").transfer("m")  # builds the local store
+            sent, o.size = first["sent"], first["size"]
+            for c in ("none", "auto"):
+                run = functools.partial(models.apply, f"{name}-{c}")
+                label_ = f"reconciler {label}".rstrip()
+                o.methods.append(Method(f"{label_}, compression {c}", reset, run, True))
+        pack = shlex.join(["tar", "-C", str(stores[0]), "-cf", "-", "--", *members(sent)])
+        raw = f"{pack} | {shlex.join([*host.ssh_command(), CATTED])}"
+        peer = functools.partial(timed, [["bash", "-o", "pipefail", "-c", raw]])
+        o.methods.insert(0, Method(RAW, reset, peer))
+        run_rounds(hosts, [host], o.methods, sizes.repeat, functools.partial(say, log, name))
+        out.append(o)
+        for folder in (work / name, *(s.parent for s in stores)):
+            shutil.rmtree(folder, ignore_errors=True)
+    reset()
+    return out
+
+
+def say(log: h.Log, name: str, text: str) -> None:
+    log(f"overhead/{name}: {text}")
+
+
+def overhead_section(b: h.Bench, rows: Sequence[Overhead], repeat: int, baseline: str) -> list[str]:
+    lines = [
+        OVERHEAD,
+        *b.header(f"{h.best_of(repeat, 'round')} per size")[1:],
+        *([f"*before*: reconciler as committed at {baseline}; *after*: the snapshot above.", ""]
+          if baseline else []),
+        "A fresh closure (one package of half random bytes, half text; and the agent) to one "
+        "OpenSSH test host: `reconciler … apply --copy-only --yes --format json` paired in rounds "
+        f"with a raw `tar -C STORE -cf - PATHS | ssh HOST '{CATTED}'` of the same files, each once "
+        "per round, the host's store emptied and `sync` run before each. *× raw*: wall time over "
+        "the raw stream's, best over best (in brackets the median of each round's own ratio); "
+        "*transfer s*: the machine's `seconds` in apply's JSON (connect, store query, stream, "
+        "unpack, finalize); *fixed s*: the rest of the command's wall time (start-up, models, "
+        "plan, recording); *CPU s*: the command and its children plus the host's ssh sessions, "
+        "in the best run.",
+        "",
+    ]  # fmt: skip
+    for o in rows:
+        raw = total_cpu(o.raw)
+        lines += [
+            f"**{mb(o.size)} MB** ({o.files} files and the agent):",
+            "",
+            "| method | best wall s | median wall s | × raw | transfer s | fixed s | CPU s "
+            "| CPU × raw |",
+            "|---|--:|--:|--:|--:|--:|--:|--:|",
+        ]
+        for m in o.methods:
+            b_, walls = best(m.runs), [r.wall for r in m.runs]
+            stream = max(
+                (t["seconds"] for t in b_.result.get("transfers", {}).values()), default=None
+            )
+            fixed = b_.wall - stream if stream is not None else None
+            lines.append(
+                f"| {m.name.replace('|', chr(92) + '|')} | {m.best_wall:.2f} "
+                f"| {statistics.median(walls):.2f} "
+                f"| {o.ratio(m):.2f}× ({o.median_ratio(m):.2f}×) | {secs(stream)} | {secs(fixed)} "
+                f"| {total_cpu(b_):.2f} | {total_cpu(b_) / raw:.2f}× |"
+            )
+        lines.append("")
+    lines += [f"Goal (issue 13): the whole command within {GOAL_OVERHEAD}× the raw stream at "
+              "200 MB and at 1 GB:", ""]  # fmt: skip
+    for o in rows:
+        for m in o.methods[1:]:
+            r = o.ratio(m)
+            lines.append(f"- {mb(o.size)} MB, {m.name}: {h.verdict(r <= GOAL_OVERHEAD)} ({r:.2f}×)")
+    return [*lines, ""]
+
+
 def mb(n: float) -> str:
     return f"{n / MB:,.1f}"
 
@@ -782,8 +903,16 @@ def report(b: h.Bench, up: Upgrade | None, fresh: list[Fresh],
 def main(argv: Sequence[str] | None = None) -> int:
     b = h.Bench(NAME, "Time and count `reconciler apply --copy-only` over SSH against peers.",
                 "tiny sizes on 2 hosts, one run each, no profile")  # fmt: skip
-    b.options.add_argument("--only", default="upgrade,fresh,fanout", help="scenarios (all three)")
+    b.options.add_argument("--only", default="upgrade,fresh,fanout,overhead",
+                           help="scenarios (all four); overhead has its own section")  # fmt: skip
+    b.options.add_argument("--baseline", metavar="REF", help="overhead: also measure REF")
     b.options.add_argument("--no-install", action="store_true", help="no apt-get rsync/nix-bin")
+    # the baseline's snapshot first: Bench.start's, taken last, is what the children import
+    baseline = b.options.parse_args(argv).baseline
+    versions: dict[str, dict[str, str] | None] = {"": None}
+    if baseline:
+        h.take_snapshot(f"{NAME}-baseline", baseline)
+        versions = {"before": h.child_env(), "after": None}
     args = b.start(argv)
     if problem := h.hosts_problem():
         raise SystemExit(problem)
@@ -799,7 +928,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     b.note(f"asyncssh {asyncssh.__version__}", *map(h.first_line, tools))
     sizes = replace(QUICK if args.quick else Sizes(), repeat=args.repeat)
     only = {s.strip() for s in args.only.split(",")}
-    up, fresh, fan = None, [], None
+    up, fresh, fan, over = None, [], None, []
     with h.workspace(NAME) as work:
         nix = Nix(work)
         if nix.problem:
@@ -817,9 +946,24 @@ def main(argv: Sequence[str] | None = None) -> int:
                     fresh = run_fresh(hosts, work, sizes, nix, b.log, not args.quick)
                 if "fanout" in only:
                     fan = run_fanout(hosts, work, sizes, b.log)
+                if "overhead" in only:
+                    over = run_overhead(hosts, work, sizes, b.log, versions)
         finally:
             nix.cleanup()
-    return b.publish(report(b, up, fresh, fan, nix))
+    if only & {"upgrade", "fresh", "fanout"}:
+        b.publish(report(b, up, fresh, fan, nix))
+    if over:
+        publish_overhead(b, overhead_section(b, over, sizes.repeat, args.baseline or ""))
+    return 0
+
+
+def publish_overhead(b: h.Bench, lines: Sequence[str]) -> None:
+    """Like Bench.publish, into the overhead's own section."""
+    text = "\n".join(lines).rstrip("\n") + "\n"
+    print(text, flush=True)
+    if b.args.write_results:
+        h.write_section(h.RESULTS_FILE, OVERHEAD, text)
+        b.log(f"wrote '{OVERHEAD}' in {h.RESULTS_FILE}")
 
 
 if __name__ == "__main__":
