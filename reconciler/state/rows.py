@@ -8,12 +8,13 @@ the same rows. Pure reads; nothing here writes.
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from reconciler.desired.state import DesiredInstance, DesiredMachine
 from reconciler.errors import UserError
 from reconciler.state.db import StateDB, database_errors, one_line
 from reconciler.state.recorded import RecordedInstance, RecordedMachine, RecordedState
@@ -327,33 +328,9 @@ def read_recorded(db: StateDB | None, deployment: str) -> RecordedState:
         return RecordedState(deployment=deployment, allocations=taken, path_sizes=sizes)
     paths = machine_paths(db, deployment)
     machines = {
-        m.name: RecordedMachine(
-            name=m.name,
-            target_env=m.target_env,
-            address=m.address,
-            profile=m.profile,
-            paths=frozenset(paths.get(m.name, ())),
-            provider_id=m.provider_id,
-            provider_state=m.provider_state,
-            provider=m.provider,
-            location=m.location,
-            connection=m.connection,
-        )
-        for m in machine_rows(db, deployment)
+        m.name: recorded_machine(m, paths.get(m.name, ())) for m in machine_rows(db, deployment)
     }
-    instances = {
-        i.key: RecordedInstance(
-            key=i.key,
-            service=i.service,
-            machine=i.machine,
-            type=i.type,
-            identity=i.identity,
-            inputs=i.inputs,
-            package_path=i.package_path,
-            port=i.port,
-        )
-        for i in instance_rows(db, deployment)
-    }
+    instances = {i.key: recorded_instance(i) for i in instance_rows(db, deployment)}
     numbers = generations(db, deployment)
     last = max(numbers, default=None)
     return RecordedState(
@@ -366,6 +343,42 @@ def read_recorded(db: StateDB | None, deployment: str) -> RecordedState:
         allocations=taken,
         path_sizes=sizes,
         failed=frozenset(failed_machines(db, deployment)),
+    )
+
+
+def recorded_machine(m: MachineRow | DesiredMachine, paths: Iterable[str]) -> RecordedMachine:
+    """The planner's view of a machine: a recorded one, or a desired one seen as if it
+    were deployed (`plan --against`): provisioned (its id unknown), nothing else recorded."""
+    if isinstance(m, MachineRow):
+        provider_id, provider_state, connection = m.provider_id, m.provider_state, m.connection
+    else:
+        provider_id = "(base)" if m.target_env in ("container", "ec2") else None
+        provider_state, connection = None, {}
+    return RecordedMachine(
+        name=m.name,
+        target_env=m.target_env,
+        address=m.address,
+        profile=m.profile,
+        paths=frozenset(paths),
+        provider_id=provider_id,
+        provider_state=provider_state,
+        provider=m.provider,
+        location=m.location,
+        connection=connection,
+    )
+
+
+def recorded_instance(i: InstanceRow | DesiredInstance) -> RecordedInstance:
+    """The planner's view of an instance: a recorded one, or a desired one as if deployed."""
+    return RecordedInstance(
+        key=i.key,
+        service=i.service,
+        machine=i.machine,
+        type=i.type,
+        identity=i.identity,
+        inputs=i.inputs,
+        package_path=i.package_path,
+        port=i.port,
     )
 
 
