@@ -212,29 +212,16 @@ def _key(
 
 def _record_version(opts: Options, name: str) -> tuple[Any, ...]:
     """What changes whenever anything is recorded for the deployment (an attempt of the
-    controller's, a person's apply, rollback or destroy, a self-heal)."""
-    from reconciler.state.db import open_db
+    controller's, a person's apply, rollback or destroy, a self-heal, a failed machine)."""
+    from reconciler.state.db import database_errors, open_db
+    from reconciler.state.rows import record_versions
 
     db = open_db(opts.state_location, write=False)
     if db is None:
         return ()
     try:
-        row = next(
-            db.query(
-                "SELECT count(*) AS n, max(started_at) AS s, max(finished_at) AS f "
-                "FROM attempts WHERE deployment = ?",
-                [name],
-            ),
-            None,
-        )
-        applied = next(
-            db.query(
-                "SELECT last_applied_sha, paused_at_sha FROM deployments WHERE name = ?", [name]
-            ),
-            None,
-        )
-    except Exception:  # either backend's error for a state not migrated yet: nothing recorded
+        return record_versions(db, name).get(name, ())
+    except database_errors():  # a state not migrated yet: nothing recorded
         return ()
     finally:
         db.close()
-    return (tuple((row or {}).values()), tuple((applied or {}).values()))

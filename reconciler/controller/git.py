@@ -148,21 +148,33 @@ async def default_branch(repo: str) -> str | None:
 KNOWN_ANSWERS = 4096  # of ancestry and signature checks: commits never change
 
 _descends: set[tuple[str, str, str]] = set()
+_asking: dict[tuple[str, str, str], asyncio.Future[bool]] = {}  # asked, not answered yet
 _signatures: dict[tuple[str, Signers], str | None] = {}
 
 
 async def is_ancestor(git_dir: str, old: str, new: str) -> bool:
     """Whether `new` descends from `old`; a yes is remembered (every deployment applied at
-    `old` asks it of a new commit), a no is not (`new` may not be fetched yet)."""
-    if (git_dir, old, new) in _descends:
+    `old` asks it of a new commit, most at the same moment: they share one `git
+    merge-base`), a no is not (`new` may not be fetched yet)."""
+    key = (git_dir, old, new)
+    if key in _descends:
         return True
+    asking = _asking.get(key)
+    if asking is None:
+        asking = _asking[key] = asyncio.ensure_future(_descends_from(key))
+        asking.add_done_callback(lambda _: _asking.pop(key, None))
+    return await asyncio.shield(asking)
+
+
+async def _descends_from(key: tuple[str, str, str]) -> bool:
+    git_dir, old, new = key
     try:
         await _git("merge-base", "--is-ancestor", old, new, cwd=git_dir)
     except GitError:
         return False
     if len(_descends) >= KNOWN_ANSWERS:
         _descends.clear()
-    _descends.add((git_dir, old, new))
+    _descends.add(key)
     return True
 
 

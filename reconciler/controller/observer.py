@@ -41,7 +41,7 @@ class Rounds:
             db.close()
 
     def _records(self, db: StateDB, names: list[str]) -> list[DeploymentRecord]:
-        from reconciler.state.rows import read_deployment
+        from reconciler.state.rows import read_deployment, record_versions
 
         versions = record_versions(db)
         found = []
@@ -58,28 +58,3 @@ class Rounds:
                 known = self.records[name] = (version, record)
             found.append(known[1])
         return found
-
-
-def record_versions(db: StateDB) -> dict[str, tuple[Any, ...]]:
-    """Per recorded deployment, what changes whenever anything is recorded for it (an
-    attempt, a rollback's pause, failover's view of a machine); in three queries for all
-    deployments together."""
-    versions: dict[str, list[Any]] = {
-        r["name"]: [r["last_applied_sha"], r["last_attempted_sha"], r["paused_at_sha"]]
-        for r in db.query(
-            "SELECT name, last_applied_sha, last_attempted_sha, paused_at_sha FROM deployments"
-        )
-    }
-    for r in db.query(
-        "SELECT deployment, count(*) AS n, max(started_at) AS s, max(finished_at) AS f "
-        "FROM attempts GROUP BY deployment"
-    ):
-        versions.get(r["deployment"], []).extend((r["n"], r["s"], r["f"]))
-    for r in db.query(
-        "SELECT deployment, machine, unreachable_since, failed_since FROM machine_health "
-        "ORDER BY deployment, machine"
-    ):
-        versions.get(r["deployment"], []).extend(
-            (r["machine"], r["unreachable_since"], r["failed_since"])
-        )
-    return {name: tuple(v) for name, v in versions.items()}

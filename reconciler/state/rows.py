@@ -154,6 +154,37 @@ def deployment_row(db: StateDB | None, name: str) -> DeploymentRow | None:
     )
 
 
+def record_versions(db: StateDB, name: str | None = None) -> dict[str, tuple[Any, ...]]:
+    """Per recorded deployment (or only `name`), what changes whenever anything is
+    recorded for it (an attempt, a rollback's pause, failover's view of a machine): how a
+    controller knows whose record to read again, in three queries for all deployments."""
+    where, args = ("WHERE name = ?", [name]) if name else ("", [])
+    versions: dict[str, list[Any]] = {
+        r["name"]: [r["last_applied_sha"], r["last_attempted_sha"], r["paused_at_sha"]]
+        for r in db.query(
+            "SELECT name, last_applied_sha, last_attempted_sha, paused_at_sha "
+            f"FROM deployments {where}",
+            args,
+        )
+    }
+    where = "WHERE deployment = ?" if name else ""
+    for r in db.query(
+        "SELECT deployment, count(*) AS n, max(started_at) AS s, max(finished_at) AS f "
+        f"FROM attempts {where} GROUP BY deployment",
+        args,
+    ):
+        versions.get(r["deployment"], []).extend((r["n"], r["s"], r["f"]))
+    for r in db.query(
+        "SELECT deployment, machine, unreachable_since, failed_since FROM machine_health "
+        f"{where} ORDER BY deployment, machine",
+        args,
+    ):
+        versions.get(r["deployment"], []).extend(
+            (r["machine"], r["unreachable_since"], r["failed_since"])
+        )
+    return {n: tuple(v) for n, v in versions.items()}
+
+
 # --- attempts -------------------------------------------------------------------------
 
 
