@@ -59,6 +59,8 @@ def compile_deployment(
     by_policy = _policy_placement(loaded, recorded, failed_machines)
     for svc, placed in by_policy.machines.items():
         allocations[placement_key(loaded.name, svc)] = canonical_json(list(placed))
+    if kept := _kept_snapshots(loaded, by_policy):
+        allocations[snapshots_key(loaded.name)] = canonical_json(kept)
     placements = _placements(doc, by_policy)
     ports = _ports(loaded, placements, recorded, allocations)
     locations = {
@@ -177,6 +179,26 @@ def placement_key(deployment: str, service: str) -> str:
     """Where the machines a policy placed a service on are recorded, among the
     allocations: kept with every generation and read back by the next compile."""
     return f"placement/{deployment}/{service}"
+
+
+def snapshots_key(deployment: str) -> str:
+    """Where the instances whose latest snapshot the controller keeps are recorded, among
+    the allocations (SPEC §10 `failover: {stateful: latest-snapshot}`)."""
+    return f"failover-snapshots/{deployment}"
+
+
+def _kept_snapshots(loaded: LoadedDeployment, by_policy: Placement) -> list[str]:
+    """The stateful instances placed by policy, when they fail over from a snapshot."""
+    failover = loaded.config.failover
+    if failover is None or failover.stateful != "latest-snapshot":
+        return []
+    services = loaded.model.services
+    return [
+        f"{svc}@{m}"
+        for svc, placed in sorted(by_policy.machines.items())
+        if services[svc].type in STATEFUL_TYPES or services[svc].moveState
+        for m in placed
+    ]
 
 
 def _placements(doc: ModelDocument, by_policy: Placement) -> list[Located]:

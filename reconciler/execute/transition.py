@@ -15,18 +15,21 @@ import asyncio
 import contextlib
 import os
 import shlex
+import time
 from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 from reconciler.desired.state import DesiredInstance, DesiredState
 from reconciler.execute.agent_client import AgentError, AgentSession
+from reconciler.execute.keep_snapshots import age, read_kept
 from reconciler.execute.leases import WAIT_FOR_HELD, Leases
 from reconciler.execute.outcome import Failed, Reason, Stalled
 from reconciler.execute.requests import activation_request, deployment_dir
 from reconciler.execute.rollout import activate_services
 from reconciler.execute.undo import message, undo
-from reconciler.plan.types import Plan
+from reconciler.plan.failover import iso, restored_from
+from reconciler.plan.types import Plan, StateMove
 from reconciler.state.journal import Journal
 from reconciler.state.recorded import RecordedInstance, RecordedState
 from reconciler.targets.base import Target, TargetError
@@ -49,6 +52,7 @@ class Transition:
     rolling: dict[str, tuple[int, int]] = field(default_factory=dict)  # service → batch, of
     say: Callable[[str], None] | None = None  # progress for a person (rollout batches)
     locked_wrappers: list[str] = field(default_factory=list)
+    restored: list[str] = field(default_factory=list)  # from kept snapshots, for a person
     activating: set[str] = field(default_factory=set)  # started, not yet answered
     sessions: dict[str, AgentSession] = field(default_factory=dict)
     _leases: Leases | None = None
@@ -197,36 +201,32 @@ class Transition:
         await self._run_dag(order, waits, self.deactivate)
 
     async def move_state(self, requests: Mapping[str, dict[str, Any]]) -> None:
+        """Snapshot on the old machine, restore on the new one, before anything that
+        depends on it starts; from a failed machine, restore the snapshot the controller
+        kept instead (the plan moves nothing from a failed machine without one)."""
         for move in self.plan.moves:
             dep = self.desired.deployment
             entry = self.journal.begin(
                 "transition", move.target, "move-state", service=move.service, source=move.source
             )
-            # a wrapper snapshots and restores itself: it is asked with its own request
-            old = self.old_requests.get(f"{move.service}@{move.source}", {}).get("instance")
             new = requests[f"{move.service}@{move.target}"]["instance"]
-            # a wrapper snapshots itself, a process (moveState) its state folder
+            # a wrapper snapshots and restores itself, a process (moveState) its state
+            # folder: they are asked with their own requests
             wrapper = self.desired.instances[f"{move.service}@{move.target}"].type in (
                 "wrapper",
                 "process",
             )
-            snap = await self.agent_call(
-                move.source,
-                "snapshot",
-                {
-                    "stateDir": self.state_dir(move.source),
-                    "deployment": dep,
-                    "service": move.service,
-                    **({"instance": old} if wrapper and old else {}),
-                },
-            )
-            data = await self.targets[move.source].read_file(snap["path"])
-            if data is None:
-                raise AgentError(move.source, f"snapshot of {move.service} vanished")
-            landing = (
-                f"{deployment_dir(self.state_dir(move.target), dep)}/snapshots/"
-                f"{os.path.basename(snap['path'])}"
-            )
+            detail: dict[str, Any] = {}
+            if move.source in self.recorded.failed:
+                kept = self.recorded.snapshots[f"{move.service}@{move.source}"]
+                name, data = os.path.basename(kept.path), read_kept(move.target, kept)
+                old = time.time() - kept.taken_at
+                detail = {"snapshotTakenAt": iso(kept.taken_at), "snapshotAge": round(old, 1)}
+                said = f"{restored_from(kept)} ({age(old)} old)"
+                self.restored.append(f"{move.service}@{move.target}: {said}")
+            else:
+                name, data = await self.take_snapshot(move, wrapper)
+            landing = f"{deployment_dir(self.state_dir(move.target), dep)}/snapshots/{name}"
             await self.targets[move.target].write_file(landing, data, "0600")
             await self.agent_call(
                 move.target,
@@ -239,7 +239,25 @@ class Transition:
                     **({"instance": new} if wrapper else {}),
                 },
             )
-            self.journal.end(entry)
+            self.journal.end(entry, **detail)
+
+    async def take_snapshot(self, move: StateMove, wrapper: bool) -> tuple[str, bytes]:
+        """The snapshot of a live machine's instance: its file name and bytes."""
+        old = self.old_requests.get(f"{move.service}@{move.source}", {}).get("instance")
+        snap = await self.agent_call(
+            move.source,
+            "snapshot",
+            {
+                "stateDir": self.state_dir(move.source),
+                "deployment": self.desired.deployment,
+                "service": move.service,
+                **({"instance": old} if wrapper and old else {}),
+            },
+        )
+        data = await self.targets[move.source].read_file(snap["path"])
+        if data is None:
+            raise AgentError(move.source, f"snapshot of {move.service} vanished")
+        return os.path.basename(snap["path"]), data
 
     async def switch_profiles(self) -> None:
         """All machines at once (each switch is one atomic rename there)."""
@@ -423,7 +441,8 @@ def _minimal_request(
 
 
 async def run_transition(t: Transition) -> tuple[dict[str, dict[str, Any]], list[str]]:
-    """Lock, transition, unlock. Returns (requests, warnings); on failure rolls back and
+    """Lock, transition, unlock. Returns (requests, warnings: a lock taken over, state
+    restored from a kept snapshot); on failure rolls back and
     raises Failed (the previous generation is intact) or Stalled (the rollback failed)."""
     warnings = await t.lock_all()
     try:
@@ -438,7 +457,7 @@ async def run_transition(t: Transition) -> tuple[dict[str, dict[str, Any]], list
                 if problems:
                     raise Stalled(Reason.ROLLBACK_FAILED, reason, problems) from None
                 raise Failed(Reason.ROLLED_BACK, reason) from None
-        return requests, warnings
+        return requests, [*warnings, *t.restored]
     finally:
         await t.unlock_all()
         await t.end_sessions()

@@ -86,7 +86,8 @@ def make_plan(
         blockers=[*blockers, *desired.blockers],
         warnings=[*desired.notes, *_state_left_behind(recorded, relocations)],
     )
-    return without_failed(plan, recorded.failed)  # a failed machine is not touched
+    # a failed machine is not touched; what moves away from it, from a kept snapshot
+    return without_failed(plan, recorded.failed, recorded.snapshots)
 
 
 def _machine_changes(

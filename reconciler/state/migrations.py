@@ -179,4 +179,22 @@ MIGRATIONS: list[tuple[str, list[Statement]]] = [
                 PRIMARY KEY (deployment, machine))""",
         ],
     ),
+    (
+        "kept snapshots",
+        [
+            # failover from the latest snapshot (SPEC §10): the copy the controller keeps
+            # of each stateful instance's state, a file on its side (`path`); never the
+            # state itself, which may hold secrets
+            """CREATE TABLE kept_snapshots (
+                deployment TEXT NOT NULL,
+                instance TEXT NOT NULL,
+                machine TEXT NOT NULL,
+                generation INTEGER,
+                taken_at DOUBLE PRECISION NOT NULL,
+                path TEXT NOT NULL,
+                size BIGINT NOT NULL,
+                sha256 TEXT NOT NULL,
+                PRIMARY KEY (deployment, instance))""",
+        ],
+    ),
 ]

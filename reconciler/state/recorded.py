@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from reconciler.state.snapshots import KeptSnapshot
 
 
 @dataclass(frozen=True)
@@ -45,3 +48,4 @@ class RecordedState:
     allocations: dict[str, str] = field(default_factory=dict)
     path_sizes: dict[str, int] = field(default_factory=dict)  # store path → bytes, once built
     failed: frozenset[str] = frozenset()  # machines failover recorded as failed (SPEC §10)
+    snapshots: dict[str, KeptSnapshot] = field(default_factory=dict)  # kept, by instance

@@ -18,6 +18,7 @@ from reconciler.desired.state import DesiredInstance, DesiredMachine
 from reconciler.errors import UserError
 from reconciler.state.db import StateDB, database_errors, one_line
 from reconciler.state.recorded import RecordedInstance, RecordedMachine, RecordedState
+from reconciler.state.snapshots import kept_snapshots
 
 
 @dataclass(frozen=True)
@@ -374,6 +375,7 @@ def read_recorded(db: StateDB | None, deployment: str) -> RecordedState:
         allocations=taken,
         path_sizes=sizes,
         failed=frozenset(failed_machines(db, deployment)),
+        snapshots=kept_snapshots(db, deployment),
     )
 
 
