@@ -295,7 +295,7 @@ def run(
     ] = None,
     max_parallel_applies: Annotated[
         int | None,
-        typer.Option(min=1, help="Applies of different deployments at once (default 2 a core)."),
+        typer.Option(min=1, help="Applies of different deployments at once (default 4 a core)."),
     ] = None,
     lease_seconds: Annotated[
         float,
@@ -312,7 +312,7 @@ def run(
 ) -> int:
     """The controller: every new commit on a tracked branch becomes a deployed generation."""
     from reconciler.controller.git import Signers
-    from reconciler.controller.run import RunSettings
+    from reconciler.controller.run import APPLIES_PER_CORE, RunSettings
     from reconciler.controller.run import run as run_controller
 
     for option, path in (
@@ -337,7 +337,7 @@ def run(
             once=once,
             notify=tuple(notify or ()),
             notify_secret_file=notify_secret_file,
-            max_parallel_applies=max_parallel_applies or 2 * (os.cpu_count() or 1),
+            max_parallel_applies=max_parallel_applies or APPLIES_PER_CORE * (os.cpu_count() or 1),
             lease_seconds=lease_seconds,
             observe_interval=observe_interval,
         )

@@ -34,6 +34,7 @@ if TYPE_CHECKING:
     from reconciler.state.rows import DeploymentRecord
 
 JITTER = 0.1  # ±10 % on every interval, so many controllers do not poll in step
+APPLIES_PER_CORE = 4
 
 
 @dataclass(frozen=True)
@@ -48,7 +49,8 @@ class RunSettings:
     once: bool = False
     notify: tuple[str, ...] = ()
     notify_secret_file: Path | None = None
-    max_parallel_applies: int = 2 * (os.cpu_count() or 1)
+    # an apply mostly waits (agents, health checks, transfers): about 0.2 CPU-s of its own
+    max_parallel_applies: int = APPLIES_PER_CORE * (os.cpu_count() or 1)
     lease_seconds: float = 30.0  # a replica's hold on the deployments it owns
     observe_interval: float | None = None  # rounds of observation (None: the shortest interval)
 
