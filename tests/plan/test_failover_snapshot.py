@@ -99,9 +99,7 @@ def test_a_failed_machine_s_database_is_restored_elsewhere_from_its_kept_snapsho
     assert target != source
     changes = {c.key: c for c in plan.instances}
     assert changes[f"db@{target}"].action == "activate"
-    assert "restored from the snapshot of 2026-11-30T" in "; ".join(
-        changes[f"db@{target}"].reasons
-    )
+    assert "restored from the snapshot of 2026-11-30T" in "; ".join(changes[f"db@{target}"].reasons)
     assert changes[f"db@{source}"].action == "lost"  # the failed machine is not touched
     assert [(m.service, m.source, m.target) for m in plan.moves] == [("db", source, target)]
     # the api that uses it starts after it, beside it
@@ -145,7 +143,9 @@ def test_without_latest_snapshot_the_database_stays_on_the_failed_machine() -> N
     plan = make_plan(desired, failed)
     assert f"db@{source}" in desired.instances
     assert not plan.moves
-    assert any(f"db: its state is on {source}, which failed; left there" in w for w in plan.warnings)
+    assert any(
+        f"db: its state is on {source}, which failed; left there" in w for w in plan.warnings
+    )
 
 
 def _snap(machine: str) -> KeptSnapshot:
