@@ -109,6 +109,9 @@ def test_the_kept_copy_holds_what_was_written_and_only_the_latest_is_kept(
     with pytest.raises(AgentError, match="changed since it was kept"):
         read_kept(machine, latest)
 
+    # no longer wanted: kept while its machine is failed (it may still be restored from)
+    forget_unwanted(db, "d", kept_snapshots(db, "d"), wanted=[], failed=[machine])
+    assert list(kept_snapshots(db, "d")) == [key]
     forget_unwanted(db, "d", kept_snapshots(db, "d"), wanted=[], failed=[])
     assert kept_snapshots(db, "d") == {}
     assert not Path(latest.path).exists()
