@@ -11,7 +11,7 @@ from typing import Protocol
 from reconciler.desired.state import DesiredMachine
 from reconciler.store.local import LocalStore, PathInfo
 from reconciler.targets.base import Target, TargetError
-from reconciler.targets.store_paths import choose_compression, present, receive
+from reconciler.targets.store_paths import deliver
 
 # no link between them and this host to save bytes on: compression would only cost CPU
 ON_THIS_HOST = ("local", "container")
@@ -81,23 +81,22 @@ async def transfer_machine(
 ) -> MachineTransfer:
     started = time.monotonic()
     expected = {p: infos[p].content_hash for p in (*machine.closure, *extra)}
-    # two questions at once over the one connection: a round trip less
-    have, compression = await asyncio.gather(
-        present(target, expected),
-        choose_compression(target, machine.compression, local=machine.target_env in ON_THIS_HOST),
+    result = MachineTransfer(machine.name)
+
+    def begin(missing: list[str]) -> None:
+        result.sent, result.size = missing, sum(infos[p].size for p in missing)
+        progress.start(machine.name, len(missing), result.size)
+
+    done = await deliver(
+        target,
+        store,
+        expected,
+        machine.compression,
+        local=machine.target_env in ON_THIS_HOST,
+        on_missing=begin,
+        on_bytes=lambda n: progress.advance(machine.name, n),
     )
-    missing = sorted(set(expected) - have)
-    result = MachineTransfer(machine.name, sent=missing, size=sum(infos[p].size for p in missing))
-    progress.start(machine.name, len(missing), result.size)
-    if missing:
-        result.compression = compression
-        result.wire_bytes = await receive(
-            target,
-            store,
-            missing,
-            result.compression,
-            on_bytes=lambda n: progress.advance(machine.name, n),
-        )
+    result.compression, result.wire_bytes = done.compression, done.wire_bytes
     result.present = expected
     result.seconds = time.monotonic() - started
     progress.finish(machine.name, result)

@@ -1,28 +1,32 @@
 """`ssh`: an existing machine reached over SSH (NixOps' `none`), one asyncssh connection
 per machine reused for everything but bulk streams: those go through the OpenSSH client
 when there is one (`openssh_command`), which moves bytes at a fraction of the CPU that
-asyncssh, pure Python per 32 KiB packet, needs.
+asyncssh, pure Python per 32 KiB packet, needs. asyncssh (0.15 s of imports) is imported
+only when a connection is made: a transfer to a machine whose key is known needs none.
 
 Host keys: a `hostKey` in the model pins the key; without it the first key seen is
 trusted and recorded, and a later mismatch is refused. The OpenSSH client trusts only
-the key the asyncssh connection verified.
+the key the asyncssh connection verified or, before it connects, the pinned or recorded
+key the connection would demand.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import os
 import shutil
 import sys
 import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Protocol
-
-import asyncssh
+from typing import TYPE_CHECKING, Any, Protocol
 
 from reconciler.targets.base import Channel, RunResult, Stdin, Target, TargetError
+
+if TYPE_CHECKING:
+    import asyncssh
 
 
 class HostKeyStore(Protocol):
@@ -44,13 +48,13 @@ def key_text(key: asyncssh.SSHKey) -> str:
     return " ".join(key.export_public_key("openssh").decode().split()[:2])
 
 
-class _HostKeyCheck(asyncssh.SSHClient):
+class _HostKeyCheck:
     def __init__(self, endpoint: SshEndpoint, store: HostKeyStore) -> None:
         self.endpoint, self.store = endpoint, store
         self.refusal: str | None = None
         self.first_seen: str | None = None
 
-    def validate_host_public_key(self, host: str, addr: str, port: int, key: Any) -> bool:
+    def validate(self, host: str, addr: str, port: int, key: Any) -> bool:
         seen = key_text(key)
         listed = _known_hosts(self.endpoint.host, addr, port)
         if self.endpoint.host_key:
@@ -77,6 +81,21 @@ class _HostKeyCheck(asyncssh.SSHClient):
         return False
 
 
+@functools.cache
+def _client_type() -> Callable[[_HostKeyCheck], asyncssh.SSHClient]:
+    """asyncssh's client, asking `_HostKeyCheck` about the server's host key."""
+    import asyncssh
+
+    class Client(asyncssh.SSHClient):
+        def __init__(self, check: _HostKeyCheck) -> None:
+            self.check = check
+
+        def validate_host_public_key(self, host: str, addr: str, port: int, key: Any) -> bool:
+            return self.check.validate(host, addr, port, key)
+
+    return Client
+
+
 KNOWN_HOSTS_ENV = "RECONCILER_KNOWN_HOSTS"  # set by `run --known-hosts FILE`
 
 
@@ -86,6 +105,8 @@ def _known_hosts(host: str, addr: str, port: int) -> list[str]:
     path = os.environ.get(KNOWN_HOSTS_ENV)
     if not path:
         return []
+    import asyncssh
+
     try:
         trusted = asyncssh.read_known_hosts(path).match(host, addr, port)[0]
     except (OSError, ValueError) as e:
@@ -138,9 +159,11 @@ class SshTarget(Target):
         self._connecting = asyncio.Lock()  # one connection, however many commands ask at once
 
     async def connect(self) -> None:
+        import asyncssh
+
         e = self.endpoint
         check = _HostKeyCheck(e, self.host_keys)
-        factory: Callable[[], asyncssh.SSHClient] = lambda: check  # noqa: E731
+        client = _client_type()(check)
         # with an identityFile, only that key (like IdentitiesOnly); else agent and defaults
         auth: dict[str, Any] = (
             {"client_keys": [os.path.expanduser(e.identity_file)], "agent_path": None}
@@ -154,7 +177,7 @@ class SshTarget(Target):
                 username=e.user,
                 known_hosts=([], [], []),
                 server_host_key_algs=_algorithms_for(e.host_key),
-                client_factory=factory,
+                client_factory=lambda: client,
                 connect_timeout=15,
                 keepalive_interval=15,
                 # AES-GCM runs on the CPU's AES instructions: twice as fast as chacha20 here
@@ -178,6 +201,8 @@ class SshTarget(Target):
         return self._conn
 
     async def run(self, command: str, stdin: Stdin = None) -> RunResult:
+        import asyncssh
+
         conn = await self._connection()
         try:
             proc = await conn.create_process(command, encoding=None)
@@ -196,6 +221,8 @@ class SshTarget(Target):
         return RunResult(done.exit_status if done.exit_status is not None else 255, out, err)
 
     async def start(self, command: str) -> Channel:
+        import asyncssh
+
         conn = await self._connection()
         try:
             proc = await conn.create_process(command, encoding=None, stderr=asyncssh.DEVNULL)
@@ -206,6 +233,8 @@ class SshTarget(Target):
     async def stream(self, command: str) -> int:
         """Run `command` with this process's stdio attached (stdin only when it is not a
         terminal); its exit status. For `reconciler ssh MACHINE -- CMD`."""
+        import asyncssh
+
         conn = await self._connection()
         loop = asyncio.get_running_loop()
         proc = await conn.create_process(command, encoding=None)
@@ -234,12 +263,13 @@ class SshTarget(Target):
     def openssh_command(self, command: str) -> list[str] | None:
         """argv of the OpenSSH client running `command` on this machine: same user, same
         key (or agent and default keys, as asyncssh), trusting only the host key the
-        connection verified. None without an `ssh` client, or before connecting."""
+        connection verified or, before connecting, the one it would demand (`_demanded`).
+        None without an `ssh` client, or before connecting to a machine of unknown key."""
         client = shutil.which("ssh")
         key = self._conn.get_server_host_key() if self._conn is not None else None
-        if client is None or key is None:
+        seen = key_text(key) if key is not None else self._demanded()
+        if client is None or seen is None:
             return None
-        seen = key_text(key)
         if self._known_hosts is None:
             folder = tempfile.mkdtemp(prefix="reconciler-ssh-")  # 0700
             self._known_hosts = os.path.join(folder, "known_hosts")
@@ -263,6 +293,15 @@ class SshTarget(Target):
             argv += ["-o", "IdentitiesOnly=yes", "-o", "IdentityAgent=none"]
         return [*argv, "--", e.host, command]
 
+    def _demanded(self) -> str | None:
+        """The host key a connection would demand without asking the machine: pinned by
+        the model, else recorded when first seen (unless a known_hosts file given to the
+        controller, which comes first, is in force)."""
+        e = self.endpoint
+        if e.host_key:
+            return " ".join(e.host_key.split()[:2])
+        return None if os.environ.get(KNOWN_HOSTS_ENV) else self.host_keys.recorded(e.host, e.port)
+
     async def close(self) -> None:
         if self._known_hosts is not None:
             shutil.rmtree(os.path.dirname(self._known_hosts), ignore_errors=True)
@@ -278,6 +317,8 @@ class _SshChannel:
         self.machine, self.proc = machine, proc
 
     async def send(self, line: bytes) -> None:
+        import asyncssh
+
         try:
             self.proc.stdin.write(line)
             await self.proc.stdin.drain()
@@ -285,6 +326,8 @@ class _SshChannel:
             raise TargetError(self.machine, f"connection lost: {exc}") from None
 
     async def receive(self) -> bytes:
+        import asyncssh
+
         try:
             line: bytes = await self.proc.stdout.readline()
         except (OSError, asyncssh.Error, asyncio.IncompleteReadError):
@@ -294,6 +337,8 @@ class _SshChannel:
     async def stop(self) -> None:
         # closing the channel ends the remote agent: its stdin reaches EOF and its
         # writes fail; an operation it is in the middle of is abandoned with it
+        import asyncssh
+
         self.proc.close()
         with contextlib.suppress(OSError, asyncssh.Error):
             await self.proc.wait_closed()

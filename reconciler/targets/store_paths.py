@@ -2,9 +2,10 @@
 receiving missing ones as one tar stream that is unpacked under a temporary name and
 renamed into place — an interrupted transfer leaves no partial path visible.
 
-A target that offers an OpenSSH command (`ssh`) gets the stream through it: the packer's
-output is spliced into the client in the kernel, so no byte passes through Python; any
-other target, or one the client cannot reach, gets it through `Target.run`.
+A target that offers an OpenSSH command (`ssh`) is asked and sent to in one session of
+it (`deliver`): the query, then the stream, the packer's output spliced into the client in
+the kernel, so no byte passes through Python; any other target, or one the client cannot
+reach, is asked and sent to through `Target.run`.
 
 The target needs only sh, tar and python3 (SPEC §3); zstd or gzip when compressing.
 """
@@ -22,6 +23,7 @@ import signal
 import tempfile
 import uuid
 from collections.abc import AsyncGenerator, AsyncIterator, Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol, runtime_checkable
 
@@ -32,11 +34,12 @@ _CHUNK = 256 * 1024
 _PIPE_SIZE = 1 << 20  # Linux's default maximum for an unprivileged pipe
 _STARTED = b"reconciler: receiving\n"  # the machine's shell printed it: the client got there
 
-# stdin: {"path": "content hash", …}; prints the paths present with that hash
+# stdin: one line {"path": "content hash", …} (read alone: in a session more follows once
+# it has answered); prints the paths present with that hash, as one line
 _PRESENT = r"""
 import json, os, sys
 store = sys.argv[1]
-want = json.load(sys.stdin)
+want = json.loads(sys.stdin.readline())
 have = []
 for path, expected in want.items():
     try:
@@ -46,7 +49,7 @@ for path, expected in want.items():
         continue
     if meta.get("content_hash") == expected and os.path.isdir(os.path.join(store, path)):
         have.append(path)
-json.dump(have, sys.stdout)
+print(json.dumps(have))
 """
 
 # argv: store, incoming folder. Moves each unpacked path, then its meta, into place; a
@@ -120,6 +123,152 @@ class OpenSshReachable(Protocol):
     def openssh_command(self, command: str) -> list[str] | None: ...
 
 
+@dataclass(frozen=True)
+class Delivery:
+    sent: list[str]  # the paths the target lacked, sent now
+    compression: str  # what the stream used ("none" when nothing was sent)
+    wire_bytes: int
+
+
+async def deliver(
+    target: Target,
+    store: LocalStore,
+    expected: dict[str, str],
+    setting: str,
+    local: bool,
+    on_missing: Callable[[list[str]], None] = lambda paths: None,
+    on_bytes: Callable[[int], None] = lambda n: None,
+) -> Delivery:
+    """Send the target the paths among `expected` (path → content hash) it lacks, with
+    compression `setting` (`choose_compression`); `on_missing` hears which before any byte
+    goes. Through one session of the target's OpenSSH command when it offers one (a single
+    handshake: it answers the store query, then unpacks the stream); else asked and sent
+    over `Target.run`."""
+    if not expected:
+        on_missing([])
+        return Delivery([], "none", 0)
+    if isinstance(target, OpenSshReachable):
+        argv = target.openssh_command(_session_command(target.store_dir, target.python))
+        if argv is not None:
+            done = await _session(target.machine, argv, store, expected, setting, local,
+                                  on_missing, on_bytes)  # fmt: skip
+            if done is not None:
+                return done
+    have, compression = await asyncio.gather(
+        present(target, expected), choose_compression(target, setting, local)
+    )
+    missing = sorted(set(expected) - have)
+    on_missing(missing)
+    if not missing:
+        return Delivery([], "none", 0)
+    return Delivery(
+        missing, compression, await receive(target, store, missing, compression, on_bytes)
+    )
+
+
+def _session_command(store_dir: str, python: str) -> str:
+    """Answer the store query (a line of JSON in, the paths present and the compressors
+    there out), then read what comes: `skip`, or a compression and the stream."""
+    s = shlex.quote(store_dir)
+    unpack = " ".join(f"{c}) {_unpack_command(store_dir, c)};;" for c in _COMPRESS)
+    return (
+        f"mkdir -p {s} && {python} -c {shlex.quote(_PRESENT)} {s} || exit 1; "
+        'Z=; for c in zstd gzip; do command -v $c >/dev/null 2>&1 && Z="$Z $c"; done; '
+        'echo "compressors:$Z"; '
+        f'IFS= read -r C || exit 0; case "$C" in {unpack} esac'
+    )
+
+
+async def _session(
+    machine: str,
+    ssh: list[str],
+    store: LocalStore,
+    expected: dict[str, str],
+    setting: str,
+    local: bool,
+    on_missing: Callable[[list[str]], None],
+    on_bytes: Callable[[int], None],
+) -> Delivery | None:
+    """`deliver` through the OpenSSH client `ssh` running `_session_command`; None when it
+    did not answer the query (it never reached the machine, or was refused there): nothing
+    was changed, and the caller asks over its own connection, which says why."""
+    sending_r, sending_w = os.pipe()
+    _widen(sending_r)
+    try:
+        client = await _start(ssh, stdin=sending_r, stdout=asyncio.subprocess.PIPE)
+    except BaseException:
+        os.close(sending_w)
+        raise
+    finally:
+        os.close(sending_r)
+    assert client.stdout is not None
+    try:
+        await asyncio.to_thread(_write_all, sending_w, json.dumps(expected).encode() + b"\n")
+        answer = _answer(await client.stdout.readline(), await client.stdout.readline())
+    except (BrokenPipeError, ValueError):
+        answer = None
+    except BaseException:
+        await _abandon(client, sending_w)
+        raise
+    if answer is None:  # closing its stdin ends it if it still runs: no compression comes
+        await _abandon(client, sending_w, stop=False)
+        return None
+    missing = sorted(set(expected) - answer[0])
+    on_missing(missing)
+    try:
+        compression = _compression(machine, setting, local, answer[1]) if missing else None
+        if compression is not None:
+            os.write(sending_w, f"{compression}\n".encode())
+    except BaseException as exc:
+        await _abandon(client, sending_w)
+        if isinstance(exc, OSError):
+            raise TargetError(machine, f"connection lost: {exc}") from None
+        raise
+    if compression is None:
+        err = await _abandon(client, sending_w, stop=False)
+        if client.returncode != 0:
+            raise TargetError(machine, f"the store query failed ({client.returncode}): {err}")
+        return Delivery([], "none", 0)
+    sent = await _stream(machine, client, sending_w, store.root, missing, compression, on_bytes)
+    if sent is None:
+        raise TargetError(machine, "connection lost before the store paths were sent")
+    return Delivery(missing, compression, sent)
+
+
+async def _abandon(client: asyncio.subprocess.Process, sending: int, stop: bool = True) -> str:
+    """Close the client's stdin (the session reads no compression and ends), kill it unless
+    `stop` is False, and reap it; what it said on stderr."""
+    os.close(sending)
+    if stop:
+        _stop(client)
+    _, err = await client.communicate()
+    return err.decode(errors="replace").strip()
+
+
+def _write_all(fd: int, data: bytes) -> None:
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view) :]
+
+
+def _answer(paths: bytes, compressors: bytes) -> tuple[set[str], list[str]]:
+    """The session's answer to the store query; ValueError if it did not give one."""
+    have = json.loads(paths)
+    tag, found, tools = compressors.decode().partition(":")
+    if not isinstance(have, list) or tag != "compressors" or not found:
+        raise ValueError("no answer to the store query")
+    return set(have), tools.split()
+
+
+def _compression(machine: str, setting: str, local: bool, there: list[str]) -> str:
+    """`choose_compression` with the compressors the machine has known already."""
+    if setting == "auto":
+        return "zstd" if not local and "zstd" in there and shutil.which("zstd") else "none"
+    if setting != "none" and setting not in there:
+        raise TargetError(machine, f"compression {setting}: not installed there")
+    return setting
+
+
 async def receive(
     target: Target,
     store: LocalStore,
@@ -181,41 +330,62 @@ async def _send_through(
 ) -> int | None:
     """Pack `paths` into the OpenSSH client `ssh`; the bytes sent, or None when the client
     never reached the machine's shell (nothing was changed there)."""
+    sending_r, sending_w = os.pipe()
+    _widen(sending_r)
+    try:
+        client = await _start(ssh, stdin=sending_r, stdout=asyncio.subprocess.PIPE)
+    except BaseException:
+        os.close(sending_w)
+        raise
+    finally:
+        os.close(sending_r)
+    return await _stream(machine, client, sending_w, root, paths, compression, on_bytes)
+
+
+async def _stream(
+    machine: str,
+    client: asyncio.subprocess.Process,
+    sending: int,
+    root: Path,
+    paths: list[str],
+    compression: str,
+    on_bytes: Callable[[int], None],
+) -> int | None:
+    """Pack `paths` into pipe `sending`, the stdin of the running OpenSSH `client`, whose
+    command unpacks them; closes `sending`. The bytes sent, or None when the client exited
+    without reaching that command (nothing was changed there)."""
     loop = asyncio.get_running_loop()
-    with _members(root, paths) as members:
-        packed_r, packed_w = os.pipe()
-        sending_r, sending_w = os.pipe()
-        for fd in (packed_r, sending_r):
-            _widen(fd)
-        try:
-            packer = await _start(_pack_argv(root, members, compression), stdout=packed_w)
+
+    def report(n: int) -> None:
+        loop.call_soon_threadsafe(on_bytes, n)
+
+    relay: asyncio.Future[int] | None = None  # once started, it closes `sending`
+    try:
+        with _members(root, paths) as members:
+            packed_r, packed_w = os.pipe()
             try:
-                client = await _start(ssh, stdin=sending_r, stdout=asyncio.subprocess.PIPE)
+                _widen(packed_r)
+                packer = await _start(_pack_argv(root, members, compression), stdout=packed_w)
             except BaseException:
-                _stop(packer)
+                os.close(packed_r)
                 raise
-        except BaseException:
-            for fd in (packed_r, sending_w):
-                os.close(fd)
-            raise
-        finally:
-            os.close(packed_w)
-            os.close(sending_r)
-
-        def report(n: int) -> None:
-            loop.call_soon_threadsafe(on_bytes, n)
-
-        relay = asyncio.ensure_future(asyncio.to_thread(_relay, packed_r, sending_w, report))
-        talk = asyncio.ensure_future(client.communicate())
-        try:
-            sent, (out, err) = await asyncio.gather(relay, talk)
-            packed = await packer.wait()
-        except BaseException:
-            # stopped both, the relay ends with them (its pipes reach their ends)
-            _stop(packer)
-            _stop(client)
-            await asyncio.gather(relay, talk, packer.wait(), return_exceptions=True)
-            raise
+            finally:
+                os.close(packed_w)
+            relay = asyncio.ensure_future(asyncio.to_thread(_relay, packed_r, sending, report))
+            talk = asyncio.ensure_future(client.communicate())
+            try:
+                sent, (out, err) = await asyncio.gather(relay, talk)
+                packed = await packer.wait()
+            except BaseException:
+                # stopped both, the relay ends with them (its pipes reach their ends)
+                _stop(packer)
+                _stop(client)
+                await asyncio.gather(relay, talk, packer.wait(), return_exceptions=True)
+                raise
+    except BaseException:
+        if relay is None:
+            await _abandon(client, sending)
+        raise
     # the client's failure first: a packer cut off by it fails too, and says nothing
     if client.returncode == 255 and not out.startswith(_STARTED):
         return None  # e.g. a setting of ~/.ssh/config asyncssh reads otherwise
