@@ -178,7 +178,7 @@ class Evaluator:
 
         assert commit.source is not None and commit.config is not None
         loaded = load_deployment(commit.source, commit.config, name, keys=self.opts.key_policy)
-        desired, recorded = compile_with_record(self.opts, loaded, self._taken())
+        desired, recorded = compile_with_record(self.opts, loaded, self._taken)
         plan = make_plan(desired, recorded, destroy_machines=loaded.config.destroyMachines)
         src = tuple(
             sorted(

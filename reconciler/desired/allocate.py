@@ -24,6 +24,14 @@ class AllocationError(ValueError):
         self.key = key
 
 
+def needs_local_address(
+    deployment: str, machines: Iterable[str], recorded: Mapping[str, str]
+) -> bool:
+    """Whether one of these local machines has no address yet: only then does what the
+    rest of the host uses matter (reading that costs a registry file per address)."""
+    return any(f"local-address/{deployment}/{name}" not in recorded for name in machines)
+
+
 def allocate_local_addresses(
     deployment: str,
     machines: Iterable[str],

@@ -137,6 +137,15 @@ def compile_packages(
     return out
 
 
+def unaddressed_local_machines(loaded: LoadedDeployment) -> list[str]:
+    """Local machines whose address is allocated (not given in the model)."""
+    return [
+        name
+        for name, m in loaded.model.machines.items()
+        if m.deployment.targetEnv == "local" and m.deployment.address is None
+    ]
+
+
 def _machine_addresses(
     loaded: LoadedDeployment,
     recorded: Mapping[str, str],

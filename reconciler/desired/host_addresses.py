@@ -50,24 +50,34 @@ def taken_on_host(state: Path, registry: Path | None = None) -> frozenset[str]:
 
 
 def claim(
-    state: Path, deployment: str, allocations: Mapping[str, str], registry: Path | None = None
+    state: Path,
+    deployment: str,
+    allocations: Mapping[str, str],
+    registry: Path | None = None,
+    *,
+    held: Mapping[str, str],
 ) -> list[str]:
-    """Record the deployment's local addresses as this state's, and give back the ones it
-    no longer has. Returns the keys whose address another live state holds (a concurrent
-    apply elsewhere got there first: compile again)."""
+    """Record the deployment's local addresses as this state's, and give back those of
+    `held` (its recorded allocations) it no longer has: files of its own addresses only,
+    never a scan of every claim on the host. Returns the keys whose address another live
+    state holds (a concurrent apply elsewhere got there first: compile again)."""
     folder = (registry or registry_dir()) / "local-addresses"
     try:
         folder.mkdir(parents=True, exist_ok=True)
     except OSError:
         return []  # no registry here: the listening check still applies
     mine = _owner(state)
-    wanted = {v: k for k, v in allocations.items() if k.startswith(f"{LOCAL}{deployment}/")}
-    clashes = []
-    for address, key in sorted(wanted.items()):
-        if not _take(folder / address, mine, key):
-            clashes.append(key)
-    for address, (owner, key) in _claims(registry or registry_dir()).items():
-        if owner == mine and key.startswith(f"{LOCAL}{deployment}/") and address not in wanted:
+    prefix = f"{LOCAL}{deployment}/"
+    wanted = {v: k for k, v in allocations.items() if k.startswith(prefix)}
+    clashes = [
+        key for address, key in sorted(wanted.items()) if not _take(folder / address, mine, key)
+    ]
+    for key, address in held.items():
+        if (
+            key.startswith(prefix)
+            and address not in wanted
+            and _claim_of(folder / address) == (mine, key)
+        ):
             with contextlib.suppress(FileNotFoundError):
                 (folder / address).unlink()
     return clashes
@@ -109,31 +119,34 @@ def _owner(state: Path) -> str:
 def _claims(registry: Path) -> dict[str, tuple[str, str]]:
     """address → (the state DB that claimed it, its allocation key)."""
     out = {}
-    folder = registry / "local-addresses"
     with contextlib.suppress(OSError):
-        for path in folder.iterdir():
-            if path.name.startswith("."):
-                continue  # a claim being written
-            try:
-                entry = json.loads(path.read_text())
-                out[path.name] = (str(entry["state"]), str(entry["key"]))
-            except (OSError, ValueError, KeyError, TypeError):
-                continue  # half-written by a claim this instant, or not ours: skip
+        for path in (registry / "local-addresses").iterdir():
+            if not path.name.startswith(".") and (found := _claim_of(path)) is not None:
+                out[path.name] = found  # (a dot: a claim being written)
     return out
+
+
+def _claim_of(path: Path) -> tuple[str, str] | None:
+    """(state, key) of one address's claim; None when there is none, or it is half-written
+    by a claim this instant, or not ours."""
+    try:
+        entry = json.loads(path.read_text())
+        return str(entry["state"]), str(entry["key"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
 
 
 def _take(path: Path, owner: str, key: str) -> bool:
     """Claim one address file for `owner`; False when another live state holds it. The file
     appears whole or not at all (written aside, then linked: linking fails if it exists)."""
+    if _claim_of(path) == (owner, key):
+        return True  # ours already: the usual case, an apply of a deployment that has it
     spare = path.with_name(f".{path.name}.{os.getpid()}")
     spare.write_text(json.dumps({"state": owner, "key": key}))
     try:
         os.link(spare, path)
     except FileExistsError:
-        try:
-            holder = str(json.loads(path.read_text()).get("state", ""))
-        except (OSError, ValueError, AttributeError):
-            holder = ""  # not a claim: replace it
+        holder = (_claim_of(path) or ("", ""))[0]  # not a claim: replace it
         if holder != owner and holder and Path(holder).exists():
             spare.unlink()
             return False

@@ -205,7 +205,8 @@ def reserve(
         if reserve_allocations(db, desired.deployment, desired.allocations):
             continue
         # and host-wide: another state DB on this host must not hand out the same address
-        if not claim(registry_owner(opts), desired.deployment, desired.allocations):
+        owner, held = registry_owner(opts), recorded.allocations
+        if not claim(owner, desired.deployment, desired.allocations, held=held):
             return desired, recorded
     raise Failed(Reason.ALLOCATION_RACE, "allocations kept colliding with concurrent applies")
 

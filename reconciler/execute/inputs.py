@@ -4,7 +4,7 @@ desired state compiled against the recorded allocations."""
 from __future__ import annotations
 
 import gc
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -44,11 +44,15 @@ def load_one(opts: Options, worktree: bool = False) -> tuple[LoadedDeployment, C
 
 
 def compile_with_record(
-    opts: Options, loaded: LoadedDeployment, host_taken: frozenset[str] | None = None
+    opts: Options,
+    loaded: LoadedDeployment,
+    host_taken: Callable[[], frozenset[str]] | None = None,
 ) -> tuple[DesiredState, RecordedState]:
     """Compile against the recorded allocations; returns (desired, recorded state).
-    `host_taken`: the host's taken addresses, when the caller has just looked."""
-    from reconciler.desired.compile import compile_deployment
+    `host_taken`: how to learn the host's taken addresses (the caller may have just
+    looked); asked only when a local machine needs an address."""
+    from reconciler.desired.allocate import needs_local_address
+    from reconciler.desired.compile import compile_deployment, unaddressed_local_machines
     from reconciler.desired.host_addresses import taken_on_host
 
     recorded = RecordedState(deployment=loaded.name)
@@ -62,7 +66,9 @@ def compile_with_record(
         finally:
             if db is not None:
                 db.close()
-    taken = taken_on_host(registry_owner(opts)) if host_taken is None else host_taken
+    taken: frozenset[str] = frozenset()
+    if needs_local_address(loaded.name, unaddressed_local_machines(loaded), recorded.allocations):
+        taken = host_taken() if host_taken else taken_on_host(registry_owner(opts))
     desired = compile_deployment(
         loaded, recorded.allocations, host_taken=taken, failed_machines=recorded.failed
     )

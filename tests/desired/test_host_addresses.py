@@ -44,7 +44,7 @@ def test_a_second_state_skips_the_addresses_the_first_claimed(
     demo, tests, registry = states
     first = addresses(demo, registry)
     recorded = {"local-address/test/a": first[0], "local-address/test/b": first[1]}
-    assert claim(demo, "test", recorded, registry) == []
+    assert claim(demo, "test", recorded, registry, held={}) == []
     second = addresses(tests, registry)
     assert set(first).isdisjoint(second), (first, second)
     assert addresses(demo, registry, recorded) == first  # its own claims do not move it
@@ -70,11 +70,11 @@ def test_a_claim_another_live_state_holds_is_refused_and_a_stale_one_replaced(
 ) -> None:
     demo, tests, registry = states
     key = "local-address/test/a"
-    assert claim(demo, "test", {key: "127.0.0.77"}, registry) == []
-    assert claim(tests, "test", {key: "127.0.0.77"}, registry) == [key]  # a concurrent apply
+    assert claim(demo, "test", {key: "127.0.0.77"}, registry, held={}) == []
+    assert claim(tests, "test", {key: "127.0.0.77"}, registry, held={}) == [key]  # concurrent
     demo.unlink()  # the demo's state is gone: its claim is stale
     assert "127.0.0.77" not in taken_on_host(tests, registry)
-    assert claim(tests, "test", {key: "127.0.0.77"}, registry) == []
+    assert claim(tests, "test", {key: "127.0.0.77"}, registry, held={}) == []
     entry = json.loads((registry / "local-addresses" / "127.0.0.77").read_text())
     assert entry == {"state": str(tests.resolve()), "key": key}
 
@@ -84,10 +84,10 @@ def test_addresses_a_deployment_no_longer_has_are_given_back(
 ) -> None:
     demo, tests, registry = states
     both = {"local-address/test/a": "127.0.0.80", "local-address/test/b": "127.0.0.81"}
-    claim(demo, "test", both, registry)
-    claim(demo, "other", {"local-address/other/a": "127.0.0.82"}, registry)
+    claim(demo, "test", both, registry, held={})
+    claim(demo, "other", {"local-address/other/a": "127.0.0.82"}, registry, held={})
     assert {"127.0.0.80", "127.0.0.81", "127.0.0.82"} <= taken_on_host(tests, registry)
-    claim(demo, "test", {"local-address/test/a": "127.0.0.80"}, registry)
+    claim(demo, "test", {"local-address/test/a": "127.0.0.80"}, registry, held=both)
     taken = taken_on_host(tests, registry)
     assert "127.0.0.81" not in taken
     assert {"127.0.0.80", "127.0.0.82"} <= taken
