@@ -216,16 +216,12 @@ class Transition:
                 "wrapper",
                 "process",
             )
-            detail: dict[str, Any] = {}
-            if move.source in self.recorded.failed:
-                kept = self.recorded.snapshots[f"{move.service}@{move.source}"]
-                name, data = os.path.basename(kept.path), read_kept(move.target, kept)
-                old = time.time() - kept.taken_at
-                detail = {"snapshotTakenAt": iso(kept.taken_at), "snapshotAge": round(old, 1)}
-                said = f"{restored_from(kept)} ({age(old)} old)"
-                self.restored.append(f"{move.service}@{move.target}: {said}")
-            else:
+            failed = move.source in self.recorded.failed
+            kept = self.recorded.snapshots[f"{move.service}@{move.source}"] if failed else None
+            if kept is None:
                 name, data = await self.take_snapshot(move, wrapper)
+            else:
+                name, data = os.path.basename(kept.path), read_kept(move.target, kept)
             landing = f"{deployment_dir(self.state_dir(move.target), dep)}/snapshots/{name}"
             await self.targets[move.target].write_file(landing, data, "0600")
             await self.agent_call(
@@ -239,7 +235,15 @@ class Transition:
                     **({"instance": new} if wrapper else {}),
                 },
             )
-            self.journal.end(entry, **detail)
+            if kept is None:
+                self.journal.end(entry)
+                continue
+            seconds = time.time() - kept.taken_at
+            self.journal.end(
+                entry, snapshotTakenAt=iso(kept.taken_at), snapshotAge=round(seconds, 1)
+            )
+            said = f"{restored_from(kept)} ({age(seconds)} old)"
+            self.restored.append(f"{move.service}@{move.target}: {said}")
 
     async def take_snapshot(self, move: StateMove, wrapper: bool) -> tuple[str, bytes]:
         """The snapshot of a live machine's instance: its file name and bytes."""
