@@ -14,7 +14,6 @@ import glob
 import os
 import pwd
 import shutil
-import socket
 import subprocess
 import tempfile
 import uuid
@@ -24,6 +23,8 @@ from pathlib import Path
 
 import psycopg
 import pytest
+
+from tests.support import free_port
 
 USER = "reconciler"
 PASSWORD = "s3cret-pg-Passw0rd"  # distinctive, so a test can look for it in any output
@@ -58,13 +59,6 @@ def _binaries() -> Path | None:
 def _version(path: str) -> int:
     part = Path(path).parts[-3]
     return int(part) if part.isdigit() else 0
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
 
 
 def _as_owner(folder: Path) -> list[str]:
@@ -113,7 +107,7 @@ def postgres_server() -> Iterator[Server]:
     (folder / "pwfile").unlink()
     server = None
     for _ in range(5):  # another session may take the port between our look and its bind
-        port = _free_port()
+        port = free_port()
         options = (
             f"-k {folder} -h 127.0.0.1 -p {port} -c fsync=off -c synchronous_commit=off "
             "-c full_page_writes=off -c max_connections=200"

@@ -1,10 +1,12 @@
 """Support for end-to-end tests: real Git repositories with a fixed author, committer and
-date (the user's git configuration switched off), and the installed console script."""
+date (the user's git configuration switched off), the installed console script, and a
+tiny HTTP service for models to run."""
 
 from __future__ import annotations
 
 import json
 import os
+import socket
 import subprocess
 import sys
 import tempfile
@@ -142,3 +144,36 @@ def free_local_addresses(count: int) -> list[str]:
             out.append(str(candidate))
         candidate += 1
     return out
+
+
+def free_port() -> int:
+    """A loopback port nothing listens on now (connections to it are refused)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def http_service(answer: str, start_delay: str = "0") -> str:
+    """The program of a `process` service: after `start_delay` seconds it answers every
+    GET on $HOST:$PORT with 200 and `answer`. Both are Python expressions run in it: a
+    literal (repr("v1")), or what the environment says (os.environ["RECONCILER_MACHINE"])."""
+    return f"""#!/usr/bin/env python3
+import http.server, os, socketserver, time
+time.sleep({start_delay})  # a slow start, when the test wants one
+ANSWER = ({answer}).encode()
+
+class Hello(http.server.BaseHTTPRequestHandler):
+    def do_GET(self):
+        self.send_response(200)
+        self.end_headers()
+        self.wfile.write(ANSWER)
+
+    def log_message(self, *args):
+        pass
+
+class Server(http.server.ThreadingHTTPServer):
+    def server_bind(self):  # without HTTPServer's reverse DNS lookup: no DNS in a namespace
+        socketserver.TCPServer.server_bind(self)
+
+Server((os.environ["HOST"], int(os.environ["PORT"])), Hello).serve_forever()
+"""

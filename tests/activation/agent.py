@@ -7,7 +7,6 @@ import atexit
 import json
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import tempfile
@@ -56,12 +55,6 @@ def ok(command: str, request: Any) -> dict[str, Any]:
     code, out, stderr = run_agent(command, request)
     assert code == 0, (out, stderr)
     return out  # type: ignore[no-any-return]
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def gone(pid: int) -> bool:

@@ -23,7 +23,6 @@ from tests.activation.agent import (
     IDENTITY,
     SERVER,
     SLEEPER,
-    free_port,
     make_package,
     ok,
     process_instance,
@@ -32,6 +31,7 @@ from tests.activation.agent import (
     status_of,
     wait_gone,
 )
+from tests.support import free_port
 
 pytestmark = pytest.mark.skipif(not os.path.isdir("/proc/self"), reason="needs Linux /proc")
 

@@ -21,7 +21,6 @@ from tests.activation.agent import (
     IDENTITY,
     SERVER,
     SLEEPER,
-    free_port,
     gone,
     make_package,
     ok,
@@ -31,6 +30,7 @@ from tests.activation.agent import (
     status_of,
     wait_gone,
 )
+from tests.support import free_port
 
 pytestmark = pytest.mark.skipif(not os.path.isdir("/proc/self"), reason="needs Linux /proc")
 

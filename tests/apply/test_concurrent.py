@@ -15,28 +15,11 @@ from pathlib import Path
 
 import pytest
 
-from tests.support import commit, make_repo, run_cli, run_parallel
+from tests.support import commit, http_service, make_repo, run_cli, run_parallel
 
 pytestmark = pytest.mark.slow
 
 DEPLOYMENTS = [f"d{i}" for i in range(4)]
-
-HELLO = """\
-#!/usr/bin/env python3
-import http.server, os
-
-class Hello(http.server.BaseHTTPRequestHandler):
-    def do_GET(self):
-        self.send_response(200)
-        self.end_headers()
-        self.wfile.write(os.environ["RECONCILER_DEPLOYMENT"].encode())
-
-    def log_message(self, *args):
-        pass
-
-address = (os.environ["HOST"], int(os.environ["PORT"]))
-http.server.ThreadingHTTPServer(address, Hello).serve_forever()
-"""
 
 MODELS = {
     # every deployment reads the same models: each gets its own machine and address
@@ -57,7 +40,7 @@ MODELS = {
         distribution:
           hello: [m1]
     """,
-    "pkgs/hello/bin/hello": HELLO,
+    "pkgs/hello/bin/hello": http_service('os.environ["RECONCILER_DEPLOYMENT"]'),
 }
 
 

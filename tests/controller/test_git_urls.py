@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import asyncio
 import http.server
-import socket
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -16,7 +15,7 @@ import pytest
 
 from reconciler.controller.git import GitError, branch_head, default_branch
 from reconciler.models.source import redact
-from tests.support import run_cli
+from tests.support import free_port, run_cli
 
 SECRET = "glpat-S3cr3tT0ken"
 
@@ -39,12 +38,6 @@ def answers_404() -> Iterator[int]:
     finally:
         server.shutdown()
         server.server_close()
-
-
-def closed_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def urls(port: int) -> list[str]:
@@ -77,7 +70,7 @@ def test_redact(url: str, shown: str) -> None:
 
 
 def test_git_errors_never_show_credentials(answers_404: int) -> None:
-    for port in (answers_404, closed_port()):
+    for port in (answers_404, free_port()):
         for url in urls(port):
             for ask in (branch_head(url, "main"), default_branch(url)):
                 with pytest.raises(GitError) as failed:

@@ -20,6 +20,7 @@ import pytest
 from reconciler.controller.notify import Event, Notifier, Retry
 from reconciler.controller.webhook import verify
 from reconciler.errors import UserError
+from tests.support import free_port
 
 SECRET = "notify-secret-4f1c"
 FAST = Retry(first=0.05, cap=0.2, within=10.0, timeout=2.0)
@@ -80,13 +81,6 @@ def receiving(port: int = 0, answers: Sequence[int] = ()) -> Iterator[Receiver]:
         yield receiver
     finally:
         receiver.stop()
-
-
-def free_port() -> int:
-    """A loopback port nothing listens on (connections to it are refused)."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def test_an_event_arrives_as_json_signed_like_github() -> None:

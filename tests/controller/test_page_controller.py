@@ -11,20 +11,19 @@ from pathlib import Path
 
 import pytest
 
+from tests.controller.support import Controller, Remote
 from tests.controller.test_page_browser import browse, chromium
 from tests.controller.test_page_picture import Elements
-from tests.controller.test_run import Controller, Remote, free_port, remote, start
 
 pytestmark = pytest.mark.slow
-__all__ = ["remote", "start"]  # the fixtures this module uses
 
 
 def test_the_page_of_a_running_controller(
     remote: Remote, start: Callable[..., Controller], tmp_path: Path
 ) -> None:
     binary = chromium()
-    url = f"http://127.0.0.1:{free_port()}"
-    c = start(remote.url, "--listen", url.removeprefix("http://"))  # the last --listen wins
+    c = start(remote.url)
+    url = f"http://127.0.0.1:{c.port}"
     c.wait("Ready", lambda: c.conditions()["Ready"]["status"] == "True")
     c.wait("the page to say so", lambda: "Ready" in _get(url + "/api/deployments/web"))
     served = json.loads(_get(url + "/api/deployments/web"))

@@ -6,25 +6,16 @@ from __future__ import annotations
 
 import json
 import signal
-import subprocess
 import time
 import urllib.request
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
 import pytest
 
-from reconciler.state.db import open_db
-from tests.controller.test_run import (  # noqa: F401 (remote: a fixture)
-    HELLO,
-    Remote,
-    answer,
-    free_port,
-    remote,
-)
+from tests.controller.support import Controller, Remote, answer, read_state, wait_for
 from tests.postgres import Database
-from tests.support import RECONCILER, clean_env, run_cli
+from tests.support import http_service
 
 pytestmark = pytest.mark.slow
 
@@ -48,23 +39,13 @@ def files(message: str) -> dict[str, str]:
             "    command: bin/hello\n    port: auto\n    healthCheck: {http: /, timeout: 20s}\n"
             "distribution:\n  hello: [m1]\n"
         )
-    out["hello/bin/hello"] = HELLO.format(message=message, delay=0)
+    out["hello/bin/hello"] = http_service(repr(message))
     return out
-
-
-def query(url: str, sql: str) -> list[dict[str, Any]]:
-    db = open_db(url, write=False)
-    if db is None:
-        return []
-    try:
-        return list(db.query(sql))
-    finally:
-        db.close()
 
 
 def serving(url: str, message: str) -> bool:
     """Every deployment's instance answers with `message`."""
-    rows = query(
+    rows = read_state(
         url,
         "SELECT a.key, a.value AS address, i.port FROM instances i JOIN allocations a "
         "ON a.key = 'local-address/' || i.deployment || '/m1'",
@@ -78,105 +59,63 @@ def owners(url: str) -> dict[str, str]:
     now = time.time()
     return {
         r["name"].split("/", 1)[1]: r["holder"]
-        for r in query(url, "SELECT name, holder, expires_at FROM leases WHERE name LIKE 'owner/%'")
+        for r in read_state(
+            url, "SELECT name, holder, expires_at FROM leases WHERE name LIKE 'owner/%'"
+        )
         if r["expires_at"] > now
     }
 
 
-def wait(what: str, check: Callable[[], Any], timeout: float, logs: list[Path]) -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            got = check()
-        except (OSError, ValueError, LookupError):
-            got = None
-        if got:
-            return got
-        time.sleep(0.2)
-    tails = "\n".join(log.read_text()[-3000:] for log in logs)
-    raise AssertionError(f"timed out waiting for {what}\n{tails}")
-
-
 def test_three_replicas_share_the_work_and_survive_kill_9(
-    remote: Remote,  # noqa: F811
+    remote: Remote,
     postgres_db: Database,
+    start: Callable[..., Controller],
     tmp_path: Path,
 ) -> None:
     remote.push(files("v1"), "hello v1")
     url = postgres_db.url
     home = tmp_path / "home"  # one host: the replicas share the local machines' folder
-    env = clean_env(RECONCILER_HOME=str(home))
-    ports = [free_port() for _ in range(3)]
-    logs = [tmp_path / f"replica{i}.log" for i in range(3)]
     replicas = [
-        subprocess.Popen(
-            [
-                RECONCILER,
-                "--repo",
-                remote.url,
-                "--state",
-                url,
-                "run",
-                "--listen",
-                f"127.0.0.1:{port}",
-                "--lease-seconds",
-                str(LEASE),
-            ],
-            env=env,
-            stdout=subprocess.DEVNULL,
-            stderr=log.open("w"),
+        start(
+            remote.url, "--lease-seconds", str(LEASE), state=url, env={"RECONCILER_HOME": str(home)}
         )
-        for port, log in zip(ports, logs, strict=True)
+        for _ in range(3)
     ]
-    try:
-        wait("v1 everywhere", lambda: serving(url, "v1"), 180, logs)
-        spread = wait("the work spread over three", lambda: len(set(owners(url).values())) == 3
+    logs = [c.log for c in replicas]
+    wait_for("v1 everywhere", lambda: serving(url, "v1"), 180, logs)
+    spread = wait_for("the work spread over three", lambda: len(set(owners(url).values())) == 3
                       and owners(url), 60, logs)  # fmt: skip
-        with urllib.request.urlopen(f"http://127.0.0.1:{ports[0]}/api/controllers") as r:
-            listed = json.loads(r.read())["controllers"]
-        assert sum(c["live"] for c in listed) == 3
-        assert sorted(d for c in listed for d in c["deployments"]) == DEPLOYMENTS
+    with urllib.request.urlopen(f"http://127.0.0.1:{replicas[0].port}/api/controllers") as r:
+        listed = json.loads(r.read())["controllers"]
+    assert sum(c["live"] for c in listed) == 3
+    assert sorted(d for c in listed for d in c["deployments"]) == DEPLOYMENTS
 
-        victim = replicas[0]
-        mine = {d for d, holder in spread.items() if f"-{victim.pid}-" in holder}
-        assert mine, spread
-        victim.send_signal(signal.SIGKILL)
-        victim.wait()
-        killed = time.monotonic()
-        wait(
-            "its deployments owned by the others",
-            lambda: all(
-                d in (now := owners(url)) and f"-{victim.pid}-" not in now[d] for d in mine
-            ),
-            4 * LEASE,
-            logs,
-        )
-        assert time.monotonic() - killed <= 2 * LEASE + 2  # within two lease lengths (+ a poll)
+    victim = replicas[0].proc
+    mine = {d for d, holder in spread.items() if f"-{victim.pid}-" in holder}
+    assert mine, spread
+    victim.send_signal(signal.SIGKILL)
+    victim.wait()
+    killed = time.monotonic()
+    wait_for(
+        "its deployments owned by the others",
+        lambda: all(d in (now := owners(url)) and f"-{victim.pid}-" not in now[d] for d in mine),
+        4 * LEASE,
+        logs,
+    )
+    assert time.monotonic() - killed <= 2 * LEASE + 2  # within two lease lengths (+ a poll)
 
-        remote.push(files("v2"), "hello v2")
-        wait("v2 everywhere", lambda: serving(url, "v2"), 180, logs)
-        time.sleep(2 * LEASE)  # time for a duplicate, if any replica were to make one
-        twice = query(
-            url,
-            "SELECT deployment, commit_sha, count(*) AS n FROM attempts "
-            "WHERE status = 'succeeded' GROUP BY deployment, commit_sha HAVING count(*) > 1",
-        )
-        assert twice == []
-        per_deployment = query(
-            url,
-            "SELECT deployment, count(*) AS n FROM attempts WHERE status = 'succeeded' "
-            "GROUP BY deployment",
-        )
-        assert {r["deployment"]: r["n"] for r in per_deployment} == dict.fromkeys(DEPLOYMENTS, 2)
-    finally:
-        for proc in replicas:
-            if proc.poll() is None:
-                proc.send_signal(signal.SIGTERM)
-        for proc in replicas:
-            try:
-                proc.wait(timeout=60)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-        for d in DEPLOYMENTS:
-            run_cli("--state", url, "-d", d, "destroy", "--yes", cwd=tmp_path,
-                    env={"RECONCILER_HOME": str(home)})  # fmt: skip
+    remote.push(files("v2"), "hello v2")
+    wait_for("v2 everywhere", lambda: serving(url, "v2"), 180, logs)
+    time.sleep(2 * LEASE)  # time for a duplicate, if any replica were to make one
+    twice = read_state(
+        url,
+        "SELECT deployment, commit_sha, count(*) AS n FROM attempts "
+        "WHERE status = 'succeeded' GROUP BY deployment, commit_sha HAVING count(*) > 1",
+    )
+    assert twice == []
+    per_deployment = read_state(
+        url,
+        "SELECT deployment, count(*) AS n FROM attempts WHERE status = 'succeeded' "
+        "GROUP BY deployment",
+    )
+    assert {r["deployment"]: r["n"] for r in per_deployment} == dict.fromkeys(DEPLOYMENTS, 2)

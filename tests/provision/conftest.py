@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import logging
 import os
-import socket
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
@@ -16,6 +15,7 @@ import pytest
 from reconciler.desired.state import DesiredMachine
 from reconciler.models.schema import SshSettings
 from reconciler.state.provisioning import SqliteRecorder
+from tests.support import free_port
 
 REGION = "us-east-1"
 
@@ -42,13 +42,6 @@ def desired_machine(
         provider=provider or {},
         closure=(),
     )
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
 
 
 @pytest.fixture(scope="session")
