@@ -25,6 +25,7 @@ NAME = "fanout"
 DEPLOYMENT = "fanout"
 SERVICES, DATA_FILES, FIRST_PORT = 8, 9, 9201
 ANSIBLE_ROOT = "/var/lib/ansible-bench"  # on the hosts
+PLAYBOOKS = Path(__file__).resolve().parent / "playbooks"  # lean.yml, per-service.yml
 GOAL_SPEEDUP = 10.0
 
 PORTS = {f"svc{i + 1}": FIRST_PORT + i for i in range(SERVICES)}  # service → port
@@ -72,67 +73,6 @@ def make_repo(path: Path, hosts: Sequence[h.TestHost]) -> Path:
     return path
 
 
-WAIT_FOR = """\
-    - name: wait for {each} to answer
-      ansible.builtin.wait_for: {{host: "{{{{ ansible_host }}}}", port: "{{{{ item.port }}}}", \
-timeout: 10}}
-      loop: "{{{{ services }}}}"
-"""
-SYNC = """\
-      ansible.posix.synchronize:
-        src: "{{{{ packages }}}}/{item}"
-        dest: "{{{{ root }}}}/packages/{item}"
-        use_ssh_args: true
-        verify_host: true
-        rsync_opts: [--mkpath]
-"""
-LEAN = (
-    """\
-- name: 8 services on every host (lean)
-  hosts: bench
-  gather_facts: false
-  tasks:
-    - name: copy the packages (one rsync per host)
-"""
-    + SYNC.format(item="")
-    + """\
-    - name: start the services
-      ansible.builtin.shell: |
-        set -e
-        for s in {{ services | map(attribute='spec') | join(' ') }}; do
-          name=${s%:*}; port=${s#*:}
-          mkdir -p {{ root }}/run/$name
-          cd {{ root }}/run/$name
-          HOST={{ ansible_host }} PORT=$port setsid nohup {{ root }}/packages/$name/bin/svc \\
-            > log 2>&1 < /dev/null &
-        done
-"""
-    + WAIT_FOR.format(each="them")
-)
-PER_SERVICE = (
-    """\
-- name: 8 services on every host (service by service)
-  hosts: bench
-  gather_facts: false
-  tasks:
-    - name: copy each package
-"""
-    + SYNC.format(item="{{ item.name }}/")
-    + """\
-      loop: "{{ services }}"
-    - name: start each service
-      ansible.builtin.shell: |
-        mkdir -p {{ root }}/run/{{ item.name }}
-        cd {{ root }}/run/{{ item.name }}
-        HOST={{ ansible_host }} PORT={{ item.port }} \\
-          setsid nohup {{ root }}/packages/{{ item.name }}/bin/svc > log 2>&1 < /dev/null &
-      loop: "{{ services }}"
-"""
-    + WAIT_FOR.format(each="each")
-)
-PLAYBOOKS = {"lean": LEAN, "per service": PER_SERVICE}
-
-
 def ansible_env(d: Path) -> dict[str, str]:
     # ANSIBLE_REMOTE_TEMP: also where synchronize (run on the controller) stages its module
     return dict(
@@ -169,8 +109,6 @@ def write_ansible(d: Path, control: Path, hosts: Sequence[h.TestHost], packages:
     services = [{"name": n, "port": p, "spec": f"{n}:{p}"} for n, p in PORTS.items()]
     variables = {"packages": str(packages), "root": ANSIBLE_ROOT, "services": services}
     (d / "vars.json").write_text(json.dumps(variables, indent=1))
-    for name, text in PLAYBOOKS.items():
-        (d / f"{name.replace(' ', '-')}.yml").write_text(text)
 
 
 def stop_masters(control: Path) -> None:
@@ -277,7 +215,7 @@ def one_run(tool: str, count: int, work: Path, packages: Path, log: h.Log) -> Ou
         else:
             d, control = work / "ansible", Path(tempfile.mkdtemp(prefix="fanout-cp-"))  # short
             write_ansible(d, control, hosts, packages)
-            playbook = str(d / f"{tool.removeprefix('ansible, ').replace(' ', '-')}.yml")
+            playbook = str(PLAYBOOKS / f"{tool.removeprefix('ansible, ').replace(' ', '-')}.yml")
             cmd = [h.tool("ansible-playbook"), "-e", f"@{d / 'vars.json'}", playbook]
             try:
                 out, done = timed_tool(tool, cmd, ansible_env(d), net, cwd=d)

@@ -201,23 +201,16 @@ def commit(repo: Path, message: str) -> str:
     return git(repo, "rev-parse", "HEAD")
 
 
-def write_models(
-    repo: Path, files: dict[str, Any], deployments: dict[str, list[str]], **settings: Any
-) -> None:
-    """Model files (JSON, which is YAML) and reconciler.yaml naming each deployment's (with
-    the same `settings` for each: interval, failover …)."""
-    for name, doc in files.items():
-        (repo / name).write_text(json.dumps(doc, indent=1))
-    config = {"deployments": {d: {"models": m, **settings} for d, m in deployments.items()}}
-    (repo / "reconciler.yaml").write_text(json.dumps(config, indent=1))
-
-
 def commit_models(
     repo: Path, message: str, files: dict[str, Any], deployments: dict[str, list[str]],
     **settings: Any,
 ) -> str:  # fmt: skip
-    """write_models, then commit: the new commit."""
-    write_models(repo, files, deployments, **settings)
+    """Model files (JSON, which is YAML) and reconciler.yaml naming each deployment's (with
+    the same `settings` for each: interval, failover …), committed: the new commit."""
+    for name, doc in files.items():
+        (repo / name).write_text(json.dumps(doc, indent=1))
+    config = {"deployments": {d: {"models": m, **settings} for d, m in deployments.items()}}
+    (repo / "reconciler.yaml").write_text(json.dumps(config, indent=1))
     return commit(repo, message)
 
 
@@ -605,22 +598,14 @@ def desired_machine(name: str, target_env: str, address: str | None, provider: A
     )  # fmt: skip
 
 
-def ec2_provisioner(session: Any, pool: int) -> Any:
-    from reconciler.provision.ec2 import Ec2Provisioner
-
-    return Ec2Provisioner(session=session, max_pool_connections=pool)
-
-
-def container_provisioner(root: Path, subnet: str) -> Any:
+def provisioners() -> tuple[Any, Any, Any]:
+    """The classes provision.py measures: Ec2Provisioner, ContainerProvisioner and the
+    provisioning record (SqliteRecorder)."""
     from reconciler.provision.container import ContainerProvisioner
-
-    return ContainerProvisioner(root, subnet)
-
-
-def provision_recorder(state: Path, deployment: str) -> Any:
+    from reconciler.provision.ec2 import Ec2Provisioner
     from reconciler.state.provisioning import SqliteRecorder
 
-    return SqliteRecorder.open(state, deployment)
+    return Ec2Provisioner, ContainerProvisioner, SqliteRecorder
 
 
 async def controller(repo: str, state: Path) -> Any:
@@ -750,9 +735,7 @@ class Bench:
         p.add_argument("--quick", action="store_true", help=quick)
         p.add_argument("--repeat", type=int, help=f"runs per timing, best kept ({repeat}; quick 1)")
         p.add_argument("--at", metavar="REF", help="measure reconciler/ as committed at REF")
-        p.add_argument(
-            "--write-results", action="store_true", help="replace its RESULTS.md section"
-        )
+        p.add_argument("--write-results", action="store_true", help="replace its RESULTS.md part")
         self.args = argparse.Namespace()
         self.facts = self.version = self.command = ""
 

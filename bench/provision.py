@@ -11,6 +11,7 @@ import ipaddress
 import logging
 import os
 import random
+import re
 import shutil
 import subprocess
 import sys
@@ -40,12 +41,10 @@ class Round:
 
 
 def timed(items: Sequence[Any], workers: int, work: Callable[[Any], Any]) -> float:
+    """Seconds to do `work` on every item in a pool of `workers` threads (1: one at a time)."""
     start = time.perf_counter()
-    if workers > 1:
-        with ThreadPoolExecutor(workers) as pool:
-            list(pool.map(work, items))
-    else:
-        list(map(work, items))
+    with ThreadPoolExecutor(workers) as pool:
+        list(pool.map(work, items))
     return time.perf_counter() - start
 
 
@@ -111,8 +110,9 @@ def ec2_round(state: Path, settings: dict[str, Any], n: int, workers: int, laten
         return sum(len(r["Instances"]) for p in pages for r in p["Reservations"])
 
     machines = [h.desired_machine(f"m{i:03d}", "ec2", None, settings) for i in range(n)]
-    prov = h.ec2_provisioner(session, max(32, workers * 2))
-    rec, sent = h.provision_recorder(state, deployment), lambda: calls[0]
+    ec2, _, recorder = h.provisioners()
+    prov = ec2(session=session, max_pool_connections=max(32, workers * 2))
+    rec, sent = recorder.open(state, deployment), lambda: calls[0]
     return machines_round("ec2", prov, rec, deployment, machines, workers, live, latency, sent)
 
 
@@ -150,21 +150,16 @@ def run_ec2(machines: int, workers: int, latency: float, repeat: int, state: Pat
         for lat in sorted({0.0, latency}):
             for w in (1, workers):
                 runs = [ec2_round(state, fresh(url, ami), machines, w, lat) for _ in range(repeat)]
-                print("\n".join(f"# {r}" for r in runs), flush=True)
                 rounds.append(best(runs))
         return rounds
 
 
 def free_subnet() -> str:
-    taken = []
-    for line in subprocess.run(["ip", "-o", "-4", "addr", "show"], capture_output=True,
-                               text=True).stdout.splitlines():  # fmt: skip
-        parts = line.split()
-        taken.append(ipaddress.IPv4Interface(parts[parts.index("inet") + 1]).network)
-    routes = subprocess.run(["ip", "-4", "route", "show"], capture_output=True, text=True)
-    for dest in (line.split()[0] for line in routes.stdout.splitlines() if line.split()):
-        if dest[:1].isdigit():
-            taken.append(ipaddress.IPv4Network(dest, strict=False))
+    """A /24 of 10.215.0.0/16 that no address or route of this host overlaps."""
+    ip = [subprocess.run(["ip", "-4", what], capture_output=True, text=True).stdout
+          for what in ("addr", "route")]  # fmt: skip
+    found = re.findall(r"\b\d+\.\d+\.\d+\.\d+(?:/\d+)?", "\n".join(ip))
+    taken = [ipaddress.IPv4Network(x, strict=False) for x in found]
     for x in random.sample(range(1, 255), 254):
         net = ipaddress.IPv4Network(f"10.215.{x}.0/24")
         if not any(n.overlaps(net) for n in taken):
@@ -173,10 +168,9 @@ def free_subnet() -> str:
 
 
 def container_round(root: Path, subnet: str, n: int, workers: int) -> Round:
-    net = ipaddress.IPv4Network(subnet)
-    prov = h.container_provisioner(root, subnet)
-    deployment = f"bench-w{workers}"
-    recorder = h.provision_recorder(root / "state.db", deployment)
+    net, deployment = ipaddress.IPv4Network(subnet), f"bench-w{workers}"
+    _, container, record = h.provisioners()
+    prov, recorder = container(root, subnet), record.open(root / "state.db", deployment)
     machines = [h.desired_machine(f"c{i:02d}", "container", str(net[10 + i]), {}) for i in range(n)]
 
     def live(ids: dict[str, str]) -> int:  # provider ids are the namespaces' names
@@ -256,7 +250,6 @@ def main(argv: Sequence[str] | None = None) -> int:
             for w in (args.workers, 1):
                 runs = [container_round(base / f"c-w{w}-{i}", subnet, containers, w)
                         for i in range(args.repeat)]  # fmt: skip
-                print("\n".join(f"# {r}" for r in runs), flush=True)
                 made.append(best(runs))
     return b.publish(report(b, ec2, made, skipped))
 
