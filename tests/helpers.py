@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+from dataclasses import replace
 from typing import Any
 
 from reconciler.desired.compile import compile_deployment
@@ -11,6 +12,10 @@ from reconciler.errors import InvalidModels
 from reconciler.models.checks import check_model
 from reconciler.models.load import LoadedDeployment
 from reconciler.models.schema import DEFAULT_CONTAINERS, DeploymentConfig, ModelDocument
+from reconciler.plan.against import as_recorded
+from reconciler.plan.diff import make_plan
+from reconciler.plan.types import Plan
+from reconciler.state.recorded import RecordedState
 
 
 def loaded(
@@ -54,3 +59,19 @@ def chain_model(length: int = 3, machines: int = 2) -> dict[str, Any]:
         },
         "distribution": {f"s{i}": [f"m{i % machines}"] for i in range(length)},
     }
+
+
+def case_plan(case: dict[str, Any]) -> Plan:
+    """The plan of a table case (tests/plan/cases/*.yaml): from its `base` deployed (none:
+    nothing yet) with its `failed` machines, which the plan leaves alone, to its `desired`."""
+    if case.get("base") is None:
+        recorded = RecordedState(deployment="test")
+    else:
+        recorded = as_recorded(compiled(case["base"], case.get("base_src")))
+    recorded = replace(recorded, failed=frozenset(case.get("failed", ())))
+    desired = compile_deployment(
+        loaded(case["desired"], case.get("desired_src")),
+        recorded.allocations,
+        failed_machines=recorded.failed,
+    )
+    return make_plan(desired, recorded, **case.get("options", {}))

@@ -3,19 +3,14 @@ record), a desired model, and the plan expected between them."""
 
 from __future__ import annotations
 
-from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 import pytest
 import yaml
 
-from reconciler.desired.compile import compile_deployment
-from reconciler.plan.against import as_recorded
-from reconciler.plan.diff import make_plan
 from reconciler.plan.rollout import describe
-from reconciler.state.recorded import RecordedState
-from tests.helpers import compiled, loaded
+from tests.helpers import case_plan
 
 CASES = sorted((Path(__file__).parent / "cases").glob("*.yaml"))
 
@@ -23,18 +18,7 @@ CASES = sorted((Path(__file__).parent / "cases").glob("*.yaml"))
 @pytest.mark.parametrize("case_file", CASES, ids=[c.stem for c in CASES])
 def test_plan_case(case_file: Path) -> None:
     case: dict[str, Any] = yaml.safe_load(case_file.read_text())
-    if case.get("base") is None:
-        recorded = RecordedState(deployment="test")
-    else:
-        recorded = as_recorded(compiled(case["base"], case.get("base_src")))
-    # the machines failover recorded as failed: the plan leaves them alone
-    recorded = replace(recorded, failed=frozenset(case.get("failed", ())))
-    desired = compile_deployment(
-        loaded(case["desired"], case.get("desired_src")),
-        recorded.allocations,
-        failed_machines=recorded.failed,
-    )
-    plan = make_plan(desired, recorded, **case.get("options", {}))
+    plan = case_plan(case)
     expect = case["expect"]
 
     assert {c.key: c.action for c in plan.instances} == expect["instances"]

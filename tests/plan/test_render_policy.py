@@ -4,37 +4,23 @@ behind (SPEC §9, §10, §12), in each format: one table row per line they rely 
 from __future__ import annotations
 
 import json
-from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 import pytest
 import yaml
 
-from reconciler.desired.compile import compile_deployment
-from reconciler.plan.against import as_recorded
 from reconciler.plan.diff import make_plan
 from reconciler.plan.render import render_json, render_markdown, render_text
 from reconciler.plan.types import Plan
 from reconciler.state.recorded import RecordedState
-from tests.helpers import compiled, loaded
+from tests.helpers import case_plan, compiled
 
 CASES = Path(__file__).parent / "cases"
 
 
 def plan_of(case_name: str) -> Plan:
-    case: dict[str, Any] = yaml.safe_load((CASES / f"{case_name}.yaml").read_text())
-    if case.get("base") is None:
-        recorded = RecordedState(deployment="test")
-    else:
-        recorded = as_recorded(compiled(case["base"], case.get("base_src")))
-    recorded = replace(recorded, failed=frozenset(case.get("failed", ())))
-    desired = compile_deployment(
-        loaded(case["desired"], case.get("desired_src")),
-        recorded.allocations,
-        failed_machines=recorded.failed,
-    )
-    return make_plan(desired, recorded)
+    return case_plan(yaml.safe_load((CASES / f"{case_name}.yaml").read_text()))
 
 
 TEXT = [
