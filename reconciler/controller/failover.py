@@ -26,9 +26,6 @@ from reconciler.state.machines import note_reachability
 from reconciler.state.rows import DeploymentRecord, machine_health
 from reconciler.state.snapshots import KeptSnapshot, kept_snapshots, snapshots_wanted
 
-_last_answered: dict[str, dict[str, float]] = {}  # deployment → machine → when, this process
-_keeping: dict[str, asyncio.Task[list[str]]] = {}  # deployment → its snapshots being kept
-
 
 def after_observation(opts: Options, d: DeploymentLoop, obs: Observation) -> list[str]:
     """Record what failover sees; returns what to say. Sets the loop's reason (and wakes
@@ -39,7 +36,7 @@ def after_observation(opts: Options, d: DeploymentLoop, obs: Observation) -> lis
     now = time.time()
     # a machine that stopped answering did so after it last answered, not when a connect
     # timeout ran out: that is when `after` starts
-    last = _last_answered.setdefault(d.name, {})
+    last = d.last_answered
     gone_since = {m: last.get(m, now) for m, up in seen.items() if not up}
     last.update({m: now for m, up in seen.items() if up})
     db = open_db(opts.state_location, write=True)
@@ -52,7 +49,7 @@ def after_observation(opts: Options, d: DeploymentLoop, obs: Observation) -> lis
         wanted, kept = snapshots_wanted(db, d.name), kept_snapshots(db, d.name)
     finally:
         db.close()
-    said = _kept_problems(d.name)
+    said = _kept_problems(d)
     if failed:
         since = {m: health[m].unreachable_since for m in failed}
         d.reason = "failover: " + "; ".join(
@@ -67,12 +64,12 @@ def after_observation(opts: Options, d: DeploymentLoop, obs: Observation) -> lis
         said.append(d.reason)
     if d.reason:
         d.poke()
-    elif (wanted or kept) and not d.applying and d.name not in _keeping:
+    elif (wanted or kept) and not d.applying and d.keeping is None:
         down = {m for m, h in health.items() if h.failed_since is not None}
         keys = due(obs.record, wanted, kept, {m for m, up in seen.items() if up}, d.interval, now)
         unwanted = any(k not in wanted and s.machine not in down for k, s in kept.items())
         if keys or unwanted:
-            _keeping[d.name] = asyncio.get_running_loop().create_task(
+            d.keeping = asyncio.get_running_loop().create_task(
                 _keep(opts, obs.record, keys, kept, wanted, down)
             )
     return said
@@ -108,12 +105,12 @@ async def _keep(
         db.close()
 
 
-def _kept_problems(deployment: str) -> list[str]:
+def _kept_problems(d: DeploymentLoop) -> list[str]:
     """What went wrong keeping snapshots, once that is done (then it may run again)."""
-    task = _keeping.get(deployment)
+    task = d.keeping
     if task is None or not task.done():
         return []
-    del _keeping[deployment]
+    d.keeping = None
     if task.cancelled():
         return []
     if (error := task.exception()) is not None:

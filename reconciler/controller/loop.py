@@ -99,6 +99,8 @@ class DeploymentLoop:
     reason: str | None = None  # set by failover: apply the same commit again, for this
     applied_for: str | None = None  # the reason of the last apply, once it succeeded
     observed: Observation | None = None  # the machines as last seen
+    last_answered: dict[str, float] = field(default_factory=dict)  # machine → when (failover)
+    keeping: asyncio.Task[list[str]] | None = None  # its snapshots being kept (failover)
     plan_text: str | None = None  # the plan of the head, as last evaluated
     last_plan: str | None = None  # the plan of the commit that last failed or was refused
 
