@@ -25,8 +25,7 @@ DEPLOYMENT = "act"
 LAYERS, PER_LAYER = 3, 10
 DELAY, QUICK_DELAY = 0.2, 0.05
 FIRST_PORT = 9100
-PARALLEL_ADDRESSES = ["127.0.77.11", "127.0.77.12", "127.0.77.13"]
-SERIAL_ADDRESS = "127.0.77.21"
+ADDRESSES = {"parallel": ["127.0.77.11", "127.0.77.12", "127.0.77.13"], "serial": ["127.0.77.21"]}
 GOAL_RATIO = 1.3
 
 
@@ -41,30 +40,27 @@ class Config:
 
     @property
     def addresses(self) -> list[str]:
-        return PARALLEL_ADDRESSES if self.layout == "parallel" else [SERIAL_ADDRESS]
+        return ADDRESSES[self.layout]
 
     @property
     def max_parallel(self) -> int:
+        """A layer at once, or one service at a time."""
         return PER_LAYER if self.layout == "parallel" else 1
 
     @property
     def critical_path(self) -> float:
         """What the graph allows: one DELAY per layer, or one per service one at a time."""
-        return self.delay * (LAYERS if self.layout == "parallel" else LAYERS * PER_LAYER)
-
-
-def service(layer: int, i: int) -> str:
-    return f"s{layer}-{i}"
+        return self.delay * LAYERS * PER_LAYER / self.max_parallel
 
 
 def generate(repo: Path, config: Config) -> None:
     """A committed models repository: one package (the program), 30 services, the machines."""
     env, services = {"DELAY": f"{config.delay:g}"}, {}
     for layer in range(LAYERS):
-        after = {"dependsOn": [service(layer - 1, d) for d in range(PER_LAYER)]} if layer else {}
+        after = {"dependsOn": [f"s{layer - 1}-{d}" for d in range(PER_LAYER)]} if layer else {}
         for i in range(PER_LAYER):
             port = FIRST_PORT + layer * PER_LAYER + i
-            services[service(layer, i)] = h.service(port, env=env, **after)
+            services[f"s{layer}-{i}"] = h.service(port, env=env, **after)
     n, where = len(config.addresses), {"targetEnv": "local", "maxParallel": config.max_parallel}
     machines = {
         f"m{j + 1}": {"deployment": {**where, "address": a}} for j, a in enumerate(config.addresses)
@@ -106,12 +102,8 @@ class Run:
         return self.t1 - self.t0
 
     @property
-    def last_end(self) -> float:
-        return max(i.end for i in self.instances)
-
-    @property
     def window(self) -> float:
-        return self.last_end - self.profiles_done
+        return max(i.end for i in self.instances) - self.profiles_done
 
     def layer(self, k: int) -> list[Instance]:
         return [i for i in self.instances if i.layer == k]
@@ -129,34 +121,30 @@ class Run:
             ("start-up, models, plan", self.started - self.t0),
             ("build, transfer, lock, switch profiles", self.profiles_done - self.started),
             ("activation window", self.window),
-            ("record, unlock, exit", self.t1 - self.last_end),
+            ("record, unlock, exit", self.t1 - self.profiles_done - self.window),
         ]
 
 
-def read_run(config: Config, state: Path, t0: float, t1: float) -> Run:
-    """The attempt and its journal from the state DB, the programs' times from their logs."""
-    attempt = h.last_attempt(state, DEPLOYMENT)
-    if attempt is None or attempt.status != "succeeded":
-        raise RuntimeError(f"attempt: {attempt and attempt.status}")
-    instances = []
-    for step in (s for s in attempt.transition if s.action == "activate"):
-        name = step.detail["instance"].split("@", 1)[0]
-        got = h.bench_times(state, step.target, DEPLOYMENT, name)
-        layer = int(name[1 : name.index("-")])
-        instances.append(Instance(layer, got["forked"], got["start"], got["ready"], step.at))
-    if len(instances) != LAYERS * PER_LAYER:
-        raise RuntimeError(f"{len(instances)} activations journaled, not {LAYERS * PER_LAYER}")
-    return Run(config, t0, t1, attempt.started, max(attempt.ends("switch-profile")), instances)
-
-
 def run_once(config: Config, repo: Path, work: Path, keep_path: bool, log: h.Log) -> Run:
-    """A fresh deployment: apply, read the record, destroy; nothing left running."""
-    state = work / "state.db"
+    """A fresh deployment: apply; the attempt and its journal from the state DB, the programs'
+    times from their logs; destroy; nothing left running."""
+    state, env = work / "state.db", h.child_env(standard_path=not keep_path)
     base = h.reconciler_cmd(repo, state, DEPLOYMENT)
-    env = h.child_env(standard_path=not keep_path)
     try:
         ran = h.run([*base, "apply", "--yes", "--format", "json"], env, timeout=300)
-        result = read_run(config, state, ran.t0, ran.t0 + ran.wall)  # before destroy's attempt
+        attempt = h.last_attempt(state, DEPLOYMENT)
+        if attempt is None or attempt.status != "succeeded":
+            raise RuntimeError(f"attempt: {attempt and attempt.status}")
+        instances = []
+        for step in (s for s in attempt.transition if s.action == "activate"):
+            name = step.detail["instance"].split("@", 1)[0]
+            got = h.bench_times(state, step.target, DEPLOYMENT, name)
+            layer = int(name[1 : name.index("-")])
+            instances.append(Instance(layer, got["forked"], got["start"], got["ready"], step.at))
+        if len(instances) != LAYERS * PER_LAYER:
+            raise RuntimeError(f"{len(instances)} activations journaled, not {LAYERS * PER_LAYER}")
+        profiled = max(attempt.ends("switch-profile"))
+        result = Run(config, ran.t0, ran.t0 + ran.wall, attempt.started, profiled, instances)
         result.cpu, result.busy = ran.cpu, ran.busy
         gone = h.run([*base, "destroy", "--yes"], env, check=False, timeout=300)
         result.destroy_wall = gone.wall
@@ -185,18 +173,11 @@ def run_floor(config: Config, work: Path) -> float:
                                       start_new_session=True))  # fmt: skip
         return address, port
 
-    def listening(address: str, port: int) -> None:
-        h.wait_for(f"{address}:{port} listening", lambda: h.listening(address, port), 10, 0.005)
-
     try:
-        t0 = time.perf_counter()
-        for layer in range(LAYERS):
-            if config.layout == "serial":
-                for i in range(PER_LAYER):
-                    listening(*start(layer, i))
-            else:
-                for where in [start(layer, i) for i in range(PER_LAYER)]:
-                    listening(*where)
+        t0, step = time.perf_counter(), config.max_parallel  # a layer at once, or one at a time
+        for layer, first in ((k, i) for k in range(LAYERS) for i in range(0, PER_LAYER, step)):
+            for a, p in [start(layer, i) for i in range(first, first + step)]:
+                h.wait_for(f"{a}:{p} listening", lambda a=a, p=p: h.listening(a, p), 10, 0.005)
         return time.perf_counter() - t0
     finally:
         for proc in procs:
@@ -210,15 +191,15 @@ def calibrate(keep_path: bool) -> tuple[float, float | None]:
     agent with an unknown command (its imports, then exit)."""
     env = h.child_env(standard_path=not keep_path)
 
+    def once(command: str) -> float:
+        t0 = time.perf_counter()
+        subprocess.run(
+            ["sh", "-c", command], env=env, stdin=subprocess.DEVNULL, capture_output=True
+        )
+        return time.perf_counter() - t0
+
     def best(command: str) -> float:
-        times = []
-        for _ in range(10):
-            t0 = time.perf_counter()
-            subprocess.run(
-                ["sh", "-c", command], env=env, stdin=subprocess.DEVNULL, capture_output=True
-            )
-            times.append(time.perf_counter() - t0)
-        return min(times)
+        return min(once(command) for _ in range(10))
 
     agent = h.agent_script()
     bare = best("python3 -c pass")
@@ -403,11 +384,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 run = run_once(c, repos[c], work, args.keep_path, b.log)
                 results[c].runs.append(run)
                 results[c].floors.append(run_floor(c, work / "floor"))
-                b.log(
-                    f"{c.label}: apply {run.wall:.2f} s, activation window {run.window:.3f} s "
-                    f"(critical {c.critical_path:.2f} s, measured {run.measured_critical:.3f} s, "
-                    f"spawner {results[c].floors[-1]:.3f} s), destroy {run.destroy_wall:.2f} s"
-                )
+                b.log(f"{c.label}: apply {run.wall:.2f} s, activation window {run.window:.3f} s")
                 shutil.rmtree(work, ignore_errors=True)
     return b.publish(report(b, list(results.values()), calibration))
 
