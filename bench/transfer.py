@@ -916,9 +916,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = b.start(argv)
     if problem := h.hosts_problem():
         raise SystemExit(problem)
-    packages = {"rsync": "rsync", "nix-copy-closure": "nix-bin"}
+    only = {s.strip() for s in args.only.split(",")}
+    packages = {"rsync": "rsync", "nix-copy-closure": "nix-bin"}  # fresh's peers
     missing = [pkg for tool, pkg in packages.items() if not shutil.which(tool)]
-    if missing and not (args.no_install or args.quick) and shutil.which("apt-get"):
+    if (
+        missing
+        and "fresh" in only
+        and not (args.no_install or args.quick)
+        and shutil.which("apt-get")
+    ):
         b.log(f"installing {' '.join(missing)} with apt-get")
         env = dict(os.environ, DEBIAN_FRONTEND="noninteractive")
         subprocess.run(["apt-get", "install", "-y", *missing], capture_output=True, env=env)
@@ -927,7 +933,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     tools = [["ssh", "-V"], ["zstd", "-V"], ["rsync", "--version"], ["nix-store", "--version"]]
     b.note(f"asyncssh {asyncssh.__version__}", *map(h.first_line, tools))
     sizes = replace(QUICK if args.quick else Sizes(), repeat=args.repeat)
-    only = {s.strip() for s in args.only.split(",")}
     up, fresh, fan, over = None, [], None, []
     with h.workspace(NAME) as work:
         nix = Nix(work)

@@ -48,13 +48,16 @@ async def transfer_all(
     max_concurrent: int,
     progress: Progress,
     extra: tuple[str, ...] = (),
+    alone: bool = False,
 ) -> dict[str, MachineTransfer]:
-    """`extra`: store paths every machine gets besides its closure (the agent)."""
+    """`extra`: store paths every machine gets besides its closure (the agent). `alone`:
+    nothing follows the transfer (--copy-only), so no connection is kept for later."""
     limit = asyncio.Semaphore(max_concurrent)
 
     async def one(m: DesiredMachine) -> MachineTransfer:
         async with limit:
-            return await transfer_machine(m, targets[m.name], store, infos, progress, extra)
+            target = targets[m.name]
+            return await transfer_machine(m, target, store, infos, progress, extra, alone)
 
     results = await asyncio.gather(*(one(m) for m in machines), return_exceptions=True)
     done: dict[str, MachineTransfer] = {}
@@ -78,6 +81,7 @@ async def transfer_machine(
     infos: dict[str, PathInfo],
     progress: Progress,
     extra: tuple[str, ...] = (),
+    alone: bool = False,
 ) -> MachineTransfer:
     started = time.monotonic()
     expected = {p: infos[p].content_hash for p in (*machine.closure, *extra)}
@@ -93,6 +97,7 @@ async def transfer_machine(
         expected,
         machine.compression,
         local=machine.target_env in ON_THIS_HOST,
+        session=alone,
         on_missing=begin,
         on_bytes=lambda n: progress.advance(machine.name, n),
     )

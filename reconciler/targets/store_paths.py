@@ -136,18 +136,20 @@ async def deliver(
     expected: dict[str, str],
     setting: str,
     local: bool,
+    session: bool = False,
     on_missing: Callable[[list[str]], None] = lambda paths: None,
     on_bytes: Callable[[int], None] = lambda n: None,
 ) -> Delivery:
     """Send the target the paths among `expected` (path → content hash) it lacks, with
     compression `setting` (`choose_compression`); `on_missing` hears which before any byte
-    goes. Through one session of the target's OpenSSH command when it offers one (a single
-    handshake: it answers the store query, then unpacks the stream); else asked and sent
-    over `Target.run`."""
+    goes. `session`: nothing else will be asked of the target, so when it offers an OpenSSH
+    command, ask and send in one session of it (a single handshake: it answers the store
+    query, then unpacks the stream). Else asked over `Target.run` (a connection kept for
+    what follows), and sent as `receive` does."""
     if not expected:
         on_missing([])
         return Delivery([], "none", 0)
-    if isinstance(target, OpenSshReachable):
+    if session and isinstance(target, OpenSshReachable):
         argv = target.openssh_command(_session_command(target.store_dir, target.python))
         if argv is not None:
             done = await _session(target.machine, argv, store, expected, setting, local,
