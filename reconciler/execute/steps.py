@@ -273,6 +273,7 @@ async def transfer(a: Attempt) -> Next:
                 a.options.max_concurrent,
                 progress,
                 extra=(a.agent.path,),
+                alone=a.options.copy_only,
             )
     except TransferFailed as failed:
         record_transfer(a.db, a.desired, {m: r.present for m, r in failed.done.items()})
