@@ -141,14 +141,9 @@ def generate(root: Path, size: Size, env: str) -> None:
     for rel, text in files.items():
         (root / rel).parent.mkdir(parents=True, exist_ok=True)
         (root / rel).write_text(text)
-        if rel.endswith("/bin/x"):
-            (root / rel).chmod(0o755)
+        (root / rel).chmod(0o755 if rel.endswith("/bin/x") else 0o644)
     h.git(root, "init", "-q", "-b", "main")
     h.commit(root, f"bench model {size.label} ({env})")
-
-
-def yaml_files(root: Path) -> list[Path]:
-    return [root / "reconciler.yaml", *(root / f for f in MODEL_FILES)]
 
 
 def parse_seconds(paths: Sequence[Path], repeat: int, collect: bool = True) -> float:
@@ -215,7 +210,7 @@ def measure(cmd: list[str], repo: Path, env: str, size: Size, repeat: int, again
         raise RuntimeError(f"unexpected plan for {size.label}: {summary}")
     if state.exists():
         raise RuntimeError(f"plan created the state file {state}")
-    files = yaml_files(repo)
+    files = [repo / "reconciler.yaml", *(repo / f for f in MODEL_FILES)]
     return Row(
         env, size, sum(p.stat().st_size for p in files),
         parse_seconds(files, repeat), parse_seconds(files, repeat, collect=False),
@@ -332,10 +327,9 @@ def report(
         f"{ver.code}).",
         "",
     ]
-    if doubled := doubling_lines(rows):
-        body += ["Doubling (last two sizes):", "", *doubled, ""]
-    if goals := goal_lines(rows, Size.parse(GOAL_SIZE)):
-        body += ["Goals:", "", *goals, ""]
+    for title, part in (("Doubling (last two sizes)", doubling_lines(rows)),
+                        ("Goals", goal_lines(rows, Size.parse(GOAL_SIZE)))):  # fmt: skip
+        body += [f"{title}:", "", *part, ""] if part else []
     if profiled:
         path, run, what = profiled
         body.append(
@@ -373,8 +367,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         startup = best_of([sys.executable, "-c", "pass"], max(repeat, 5), warm_up=True)
         # `reconciler --version` may exit non-zero; its cost is still the start-up.
         ver = best_of([*cmd, "--version"], max(repeat, 5), check=False, warm_up=True)
-        b.log(f"start-up: python -c pass {startup.seconds:.3f} s, reconciler --version "
-              f"{ver.seconds:.3f} s")  # fmt: skip
         rows: list[Row] = []
         for env in envs:
             for size in sizes:
@@ -382,9 +374,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 shutil.rmtree(repo.parent, ignore_errors=True)
                 generate(repo, size, env)
                 rows.append(row := measure(cmd, repo, env, size, repeat, args.against))
-                b.log(f"{env} {size.label}: parse {row.parse_s:.3f} s, plan json "
-                      f"{row.json.seconds:.2f} s, text {row.text.seconds:.2f} s, "
-                      f"{row.rss_mb:.0f} MB")  # fmt: skip
+                b.log(f"{env} {size.label}: plan json {row.json.seconds:.2f} s")
         profiled = None
         if not args.no_profile:
             goal = Size.parse(GOAL_SIZE)
