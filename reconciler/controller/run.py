@@ -404,18 +404,16 @@ class Controller:
     ) -> None:
         """A rollout in flight (SPEC §9), on each instance of the page and in the metrics:
         the batches before the current one are ready, the current one is replacing (or
-        ready once done), the rest wait."""
+        ready once done), the rest wait. Which batch an instance is in, the journal says."""
         replaced = to_replace = 0
-        for service, p in progress.items():
-            size = len(p["instances"])
-            replaced += (p["batch"] - 1) * size + (size if p["done"] else 0)
-            to_replace += p["batches"] * size
-            ordered = sorted(
-                (i for i in doc["instances"] if i["service"] == service),
-                key=lambda i: (i["machine"], i["key"]),
-            )
-            for n, inst in enumerate(ordered):
-                batch = n // size + 1
+        for p in progress.values():
+            batch_of = {key: n for n, keys in enumerate(p["plan"], start=1) for key in keys}
+            for n, keys in enumerate(p["plan"], start=1):
+                to_replace += len(keys)
+                replaced += len(keys) if n < p["batch"] or (n == p["batch"] and p["done"]) else 0
+            for inst in doc["instances"]:
+                if (batch := batch_of.get(inst["key"])) is None:
+                    continue
                 phase = "ready" if batch < p["batch"] else "waiting"
                 if batch == p["batch"]:
                     phase = "ready" if p["done"] else "replacing"

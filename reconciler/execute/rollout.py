@@ -96,6 +96,7 @@ async def _roll(
             batch=number,
             batches=len(batches),
             instances=list(batch),
+            plan=[list(b) for b in batches],  # every batch: the page places each instance
         )
         t.rolling[rollout.service] = (number, len(batches))
         await asyncio.gather(*(t.deactivate(k) for k in batch))

@@ -59,6 +59,7 @@ def rollout_progress(db: StateDB, deployment: str) -> dict[str, dict[str, Any]]:
             "batch": d["batch"],
             "batches": d["batches"],
             "instances": d["instances"],
+            "plan": d.get("plan") or [],
             "done": r["status"] == "done",
         }
     return progress
