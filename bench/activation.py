@@ -358,9 +358,7 @@ def report(
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    b = h.Bench(NAME, "Time the transition of `reconciler apply`: 3 layers of 10 services "
-                "against its critical path and a serial baseline.",
-                f"DELAY {QUICK_DELAY:g} only, one run each")  # fmt: skip
+    b = h.Bench(NAME, __doc__, f"DELAY {QUICK_DELAY:g} only, one run each")
     b.options.add_argument("--only", default="parallel,serial", help="layouts (both)")
     b.options.add_argument("--no-zero", action="store_true", help="skip DELAY 0 (as --quick)")
     b.options.add_argument("--keep-path", action="store_true", help="reconciler gets your PATH")

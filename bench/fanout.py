@@ -73,16 +73,10 @@ def make_repo(path: Path, hosts: Sequence[h.TestHost]) -> Path:
     return path
 
 
-def ansible_env(d: Path) -> dict[str, str]:
-    # ANSIBLE_REMOTE_TEMP: also where synchronize (run on the controller) stages its module
-    return dict(
-        h.child_env(standard_path=True), ANSIBLE_CONFIG=str(d / "ansible.cfg"),
-        ANSIBLE_HOME=str(d / "home"), ANSIBLE_LOCAL_TEMP=str(d / "tmp"),
-        ANSIBLE_REMOTE_TEMP=str(d / "remote-tmp"),
-    )  # fmt: skip
-
-
-def write_ansible(d: Path, control: Path, hosts: Sequence[h.TestHost], packages: Path) -> None:
+def write_ansible(
+    d: Path, control: Path, hosts: Sequence[h.TestHost], packages: Path
+) -> dict[str, str]:
+    """ansible.cfg, the inventory and the playbooks' variables in `d`: ansible's environment."""
     d.mkdir(parents=True)
     ssh_args = (
         "-F /dev/null -C -o ControlMaster=auto -o ControlPersist=60s "
@@ -109,6 +103,12 @@ def write_ansible(d: Path, control: Path, hosts: Sequence[h.TestHost], packages:
     services = [{"name": n, "port": p, "spec": f"{n}:{p}"} for n, p in PORTS.items()]
     variables = {"packages": str(packages), "root": ANSIBLE_ROOT, "services": services}
     (d / "vars.json").write_text(json.dumps(variables, indent=1))
+    # ANSIBLE_REMOTE_TEMP: also where synchronize (run on the controller) stages its module
+    return dict(
+        h.child_env(standard_path=True), ANSIBLE_CONFIG=str(d / "ansible.cfg"),
+        ANSIBLE_HOME=str(d / "home"), ANSIBLE_LOCAL_TEMP=str(d / "tmp"),
+        ANSIBLE_REMOTE_TEMP=str(d / "remote-tmp"),
+    )  # fmt: skip
 
 
 def stop_masters(control: Path) -> None:
@@ -214,11 +214,11 @@ def one_run(tool: str, count: int, work: Path, packages: Path, log: h.Log) -> Ou
             out.phases = reconciler_phases(state, out.t0, out.t0 + out.wall, hosts)
         else:
             d, control = work / "ansible", Path(tempfile.mkdtemp(prefix="fanout-cp-"))  # short
-            write_ansible(d, control, hosts, packages)
+            env = write_ansible(d, control, hosts, packages)
             playbook = str(PLAYBOOKS / f"{tool.removeprefix('ansible, ').replace(' ', '-')}.yml")
             cmd = [h.tool("ansible-playbook"), "-e", f"@{d / 'vars.json'}", playbook]
             try:
-                out, done = timed_tool(tool, cmd, ansible_env(d), net, cwd=d)
+                out, done = timed_tool(tool, cmd, env, net, cwd=d)
             finally:
                 stop_masters(control)  # closes the sessions: the hosts' CPU of them is collected
             out.phases = ansible_phases(done.stdout)
@@ -319,9 +319,7 @@ def report(
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    b = h.Bench(NAME, "Deploy 8 services fresh to 20 SSH test hosts with reconciler and "
-                "with ansible-playbook; compare wall times.",
-                "3 hosts, one run each, lean playbook only", repeat=2)  # fmt: skip
+    b = h.Bench(NAME, __doc__, "3 hosts, one run each, lean playbook only", repeat=2)
     b.options.add_argument("--hosts", type=int, help="test hosts (20; quick 3)")
     b.options.add_argument("--per-service", action="store_true", help="also per-service playbook")
     tools, skipped, ansible = ["reconciler", "ansible, lean"], "", "ansible-playbook: not installed"

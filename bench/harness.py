@@ -237,8 +237,7 @@ def write_program(path: Path, text: str) -> None:
 def free_port(host: str = "127.0.0.1") -> int:
     with socket.socket() as s:
         s.bind((host, 0))
-        port: int = s.getsockname()[1]
-        return port
+        return int(s.getsockname()[1])
 
 
 def listening(host: str, port: int, timeout: float = 1.0) -> bool:
@@ -729,7 +728,7 @@ class Bench:
     its section of RESULTS.md. The options every benchmark has: --quick (tiny sizes, one run:
     a smoke test that runs the same code paths), --repeat, --at REF and --write-results."""
 
-    def __init__(self, name: str, description: str, quick: str, repeat: int = 3) -> None:
+    def __init__(self, name: str, description: str | None, quick: str, repeat: int = 3) -> None:
         self.name, self.default_repeat, self.log = name, repeat, Log()
         self.options = p = argparse.ArgumentParser(description=description)
         p.add_argument("--quick", action="store_true", help=quick)

@@ -263,19 +263,14 @@ class Bench:
         address = SERVICE_ADDRESS[sc.kind]
         port = h.free_port(address)
         sc.endpoint = f"http://{address}:{port}/"
-        h.new_repo(sc.work)
-        (sc.work / "reconciler.yaml").write_text(
-            f"deployments:\n  {DEPLOYMENT}:\n    models: [models.yaml]\n    branch: main\n"
-            f"    interval: {sc.interval}\n    selfHeal: true\n"
-        )
-        (sc.work / "models.yaml").write_text(
-            f"description: bench/latency.py\nmachines:\n  m1: {{deployment: {{targetEnv: local, "
-            f"address: {address}}}}}\npackages:\n  hello: {{src: hello}}\nservices:\n  hello:\n"
-            f"    package: hello\n    type: process\n    command: bin/hello\n    port: {port}\n"
-            "    healthCheck: {http: /, timeout: 20s}\ndistribution:\n  hello: [m1]\n"
-        )
-        h.write_program(sc.work / "hello" / "bin" / "hello", HELLO.format(message="v1"))
-        h.commit(sc.work, "hello v1")
+        h.write_program(h.new_repo(sc.work) / "hello" / "bin" / "hello", HELLO.format(message="v1"))
+        hello = h.service(port, package="hello", command="bin/hello",
+                          healthCheck={"http": "/", "timeout": "20s"})  # fmt: skip
+        models = {"machines": {"m1": {"deployment": {"targetEnv": "local", "address": address}}},
+                  "packages": {"hello": {"src": "hello"}}, "services": {"hello": hello},
+                  "distribution": {"hello": ["m1"]}, "description": "bench/latency.py"}  # fmt: skip
+        h.commit_models(sc.work, "hello v1", {"models.yaml": models}, {DEPLOYMENT: ["models.yaml"]},
+                        branch="main", interval=sc.interval, selfHeal=True)  # fmt: skip
         sc.repo = str(sc.work)
         if sc.remote:
             h.git(self.served, "init", "-q", "--bare", "-b", "main", f"{sc.kind}.git", env=self.env)
@@ -658,9 +653,7 @@ def report(b: h.Bench, scenarios: Sequence[Scenario]) -> list[str]:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    b = h.Bench(NAME, "Time commit-to-active latency of `reconciler run` (watch, webhook, "
-                "polling) and the cost of a no-op poll.",
-                "1 commit per trigger, polling 1s, 5 no-op calls", repeat=10)  # fmt: skip
+    b = h.Bench(NAME, __doc__, "1 commit per trigger, polling 1s, 5 no-op calls", repeat=10)
     add = b.options.add_argument
     add("--only", default="watch,webhook,polling", help="triggers (all three)")
     add("--poll-interval", type=float, help="s: `interval` of the polling run (2; quick 1)")

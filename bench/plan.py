@@ -340,8 +340,7 @@ def report(
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    b = h.Bench(NAME, "Time `reconciler plan` from empty state against PyYAML's C loader.",
-                f"small sizes ({QUICK_SIZES}), 1 run")  # fmt: skip
+    b = h.Bench(NAME, __doc__, f"small sizes ({QUICK_SIZES}), 1 run")
     add = b.options.add_argument
     add("--sizes", help=f"comma-separated MACHINESxSERVICES ({DEFAULT_SIZES})")
     add("--envs", default="ssh,local", help="machine targetEnvs: ssh, local (both)")

@@ -213,8 +213,7 @@ def report(
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    quick = "few machines (4 EC2, 2 containers), one run: a smoke test"
-    b = h.Bench(NAME, "Time the ec2 (moto) and container provisioners.", quick)
+    b = h.Bench(NAME, __doc__, "few machines (4 EC2, 2 containers), one run: a smoke test")
     add = b.options.add_argument
     add("--machines", type=int, help="EC2 machines (50; quick 4)")
     add("--containers", type=int, help="container machines (10; quick 2)")

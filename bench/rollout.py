@@ -184,9 +184,7 @@ def report(
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    b = h.Bench(NAME, "Time rolling replacement against the instances' start-up, with a "
-                "prober counting the instances answering, and failover after a machine's loss.",
-                f"DELAY {QUICK_DELAY:g}, one run each")  # fmt: skip
+    b = h.Bench(NAME, __doc__, f"DELAY {QUICK_DELAY:g}, one run each")
     b.options.add_argument("--no-failover", action="store_true", help="skip failover (root)")
     args = b.start(argv)
     delay = QUICK_DELAY if args.quick else DELAY
