@@ -4,8 +4,10 @@ tiny HTTP service for models to run."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -151,6 +153,17 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
+
+
+def kill_instances(
+    root: Path, pid_files: str = ".reconciler/machines/*/deployments/*/instances/*/pid.json"
+) -> None:
+    """Kill the process group of every instance the agent recorded below `root` (by
+    default a models repository applied with its default state): whatever a test did, it
+    leaves no process behind."""
+    for pid_file in root.glob(pid_files):
+        with contextlib.suppress(OSError, ValueError, KeyError):
+            os.killpg(json.loads(pid_file.read_text())["pid"], signal.SIGKILL)
 
 
 def http_service(answer: str, start_delay: str = "0") -> str:

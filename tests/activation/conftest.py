@@ -2,14 +2,12 @@
 
 from __future__ import annotations
 
-import contextlib
-import json
-import os
-import signal
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+
+from tests.support import kill_instances
 
 
 @pytest.fixture
@@ -18,6 +16,4 @@ def state_dir(tmp_path: Path) -> Iterator[str]:
     path.mkdir()
     yield str(path)
     # never leave a process behind, whatever the test did
-    for pid_file in path.glob("deployments/*/instances/*/pid.json"):
-        with contextlib.suppress(Exception):
-            os.killpg(json.loads(pid_file.read_text())["pid"], signal.SIGKILL)
+    kill_instances(path, "deployments/*/instances/*/pid.json")

@@ -4,10 +4,7 @@ re-activates exactly what it must; a failing health check rolls everything back.
 
 from __future__ import annotations
 
-import contextlib
 import json
-import os
-import signal
 import subprocess
 import urllib.request
 from collections.abc import Iterator
@@ -16,7 +13,7 @@ from typing import Any
 
 import pytest
 
-from tests.support import commit, make_repo, run_cli
+from tests.support import commit, kill_instances, make_repo, run_cli
 
 pytestmark = pytest.mark.slow
 
@@ -48,12 +45,6 @@ def gone(pid: int) -> bool:
         return True
 
 
-def stop_all(root: Path) -> None:
-    for pid in running_pids(root).values():
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(pid, signal.SIGKILL)
-
-
 def example_repo(path: Path, files: dict[str, str]) -> Path:
     """A committed repository of example-repo's files (as given), programs executable."""
     repo = make_repo(path, files)
@@ -69,7 +60,7 @@ def example(tmp_path: Path) -> Iterator[Path]:
     try:
         yield repo
     finally:
-        stop_all(repo)
+        kill_instances(repo)
 
 
 def get(url: str) -> Any:

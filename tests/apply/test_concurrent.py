@@ -4,10 +4,6 @@ two attempts on the same deployment never overlap."""
 
 from __future__ import annotations
 
-import contextlib
-import json
-import os
-import signal
 import sqlite3
 import urllib.request
 from collections.abc import Iterator
@@ -15,7 +11,14 @@ from pathlib import Path
 
 import pytest
 
-from tests.support import commit, http_service, make_repo, run_cli, run_parallel
+from tests.support import (
+    commit,
+    http_service,
+    kill_instances,
+    make_repo,
+    run_cli,
+    run_parallel,
+)
 
 pytestmark = pytest.mark.slow
 
@@ -52,10 +55,7 @@ def repo(tmp_path: Path) -> Iterator[Path]:
     try:
         yield path
     finally:
-        for pid_file in path.glob(".reconciler/machines/*/deployments/*/instances/*/pid.json"):
-            pid = json.loads(pid_file.read_text())["pid"]
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(pid, signal.SIGKILL)
+        kill_instances(path)
 
 
 def test_applies_of_different_deployments_run_at_once_without_colliding(repo: Path) -> None:

@@ -4,17 +4,14 @@ before the service starts on its new machine."""
 
 from __future__ import annotations
 
-import contextlib
 import json
-import os
-import signal
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from tests.support import commit, make_repo, run_cli
+from tests.support import commit, kill_instances, make_repo, run_cli
 
 pytestmark = pytest.mark.slow
 
@@ -72,9 +69,7 @@ def repo(tmp_path: Path) -> Iterator[Path]:
     try:
         yield path
     finally:
-        for pid_file in path.glob(".reconciler/machines/*/deployments/*/instances/*/pid.json"):
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(json.loads(pid_file.read_text())["pid"], signal.SIGKILL)
+        kill_instances(path)
 
 
 def visit(repo: Path) -> int:

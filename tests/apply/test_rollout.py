@@ -8,7 +8,6 @@ from __future__ import annotations
 import contextlib
 import http.client
 import json
-import os
 import re
 import signal
 import sqlite3
@@ -23,7 +22,7 @@ from typing import Any
 
 import pytest
 
-from tests.support import RECONCILER, clean_env, commit, make_repo, run_cli
+from tests.support import RECONCILER, clean_env, commit, kill_instances, make_repo, run_cli
 
 pytestmark = pytest.mark.slow
 
@@ -107,9 +106,7 @@ def repo(tmp_path: Path) -> Iterator[Path]:
     try:
         yield path
     finally:
-        for pid_file in path.glob(".reconciler/machines/*/deployments/*/instances/*/pid.json"):
-            with contextlib.suppress(ProcessLookupError, ValueError, KeyError):
-                os.killpg(json.loads(pid_file.read_text())["pid"], signal.SIGKILL)
+        kill_instances(path)
 
 
 def apply(repo: Path) -> tuple[int, str, str]:

@@ -22,9 +22,8 @@ from tests.apply.test_apply_local import (
     example_repo,
     gone,
     running_pids,
-    stop_all,
 )
-from tests.support import commit, run_cli, write_files
+from tests.support import commit, kill_instances, run_cli, write_files
 
 pytestmark = pytest.mark.slow
 
@@ -59,7 +58,7 @@ def example(tmp_path: Path) -> Iterator[Path]:
     try:
         yield repo
     finally:
-        stop_all(repo)
+        kill_instances(repo)
 
 
 def cli(repo: Path, *args: str, code: int = 0) -> str:

@@ -15,10 +15,9 @@ from typing import Any
 
 import pytest
 
-from tests.apply.test_apply_local import stop_all
 from tests.apply.test_status_history import GEOLOCATION, commit_program, example  # noqa: F401
 from tests.postgres import PASSWORD, Database
-from tests.support import git, run_cli
+from tests.support import git, kill_instances, run_cli
 
 pytestmark = pytest.mark.slow
 
@@ -112,7 +111,7 @@ def test_every_command_says_the_same_on_postgresql_as_on_sqlite(
         for root in (on_sqlite, on_postgres):
             for pid in machine_pids(root):
                 subprocess.run(["kill", "-9", f"-{pid}"], capture_output=True)
-        stop_all(repo)
+        kill_instances(repo)
     for what, said in sqlite_said.items():
         assert postgres_said[what] == said, what
     # and it was a real deployment, kept where $RECONCILER_HOME says
@@ -145,4 +144,4 @@ def test_the_password_is_never_printed(two_commits: Path, postgres_db: Database)
             assert ":***@" in done.stderr and len(done.stderr.strip().splitlines()) == 1
         cli(repo, env, "--state", url, "-d", "local", "destroy", "--yes")
     finally:
-        stop_all(repo)
+        kill_instances(repo)
