@@ -32,6 +32,11 @@ from reconciler.targets.base import Target, TargetError
 
 _CHUNK = 256 * 1024
 _PIPE_SIZE = 1 << 20  # Linux's default maximum for an unprivileged pipe
+# From this size on, tar writes 128 KiB records rather than 10 KiB: a tenth of the writes,
+# splices and wake-ups per byte; the zeros padding the stream to whole records (under
+# 128 KiB) are then under 2% of it
+_BIG = 8 << 20
+_REPORTED = 4 << 20  # progress is told of the bytes moved in steps of this much
 _STARTED = b"reconciler: receiving\n"  # the machine's shell printed it: the client got there
 
 # stdin: one line {"path": "content hash", …} (read alone: in a session more follows once
@@ -367,7 +372,8 @@ async def _stream(
             packed_r, packed_w = os.pipe()
             try:
                 _widen(packed_r)
-                packer = await _start(_pack_argv(root, members, compression), stdout=packed_w)
+                argv = _pack_argv(root, paths, members, compression)
+                packer = await _start(argv, stdout=packed_w)
             except BaseException:
                 os.close(packed_r)
                 raise
@@ -404,16 +410,20 @@ async def _stream(
 def _relay(source: int, sink: int, report: Callable[[int], None]) -> int:
     """Move everything from pipe `source` to pipe `sink` inside the kernel; the bytes moved.
     Closes both: the client sees the stream's end, the packer a broken pipe."""
-    sent = 0
+    sent = unreported = 0
     try:
         while n := _move(source, sink):
-            sent += n
-            report(n)
+            sent, unreported = sent + n, unreported + n
+            if unreported >= _REPORTED:
+                report(unreported)
+                unreported = 0
     except BrokenPipeError:
         pass  # the client ended early: its exit status says why
     finally:
         os.close(source)
         os.close(sink)
+    if unreported:
+        report(unreported)
     return sent
 
 
@@ -455,10 +465,12 @@ def _members(root: Path, paths: list[str]) -> Iterator[Path]:
         yield Path(members.name)
 
 
-def _pack_argv(root: Path, members: Path, compression: str) -> list[str]:
+def _pack_argv(root: Path, paths: list[str], members: Path, compression: str) -> list[str]:
+    store = LocalStore(root)
+    size = sum(info.size for p in paths if (info := store.info(p)) is not None)
     tar = (
-        "tar --sort=name --numeric-owner --owner=0 --group=0 "
-        '--verbatim-files-from -C "$1" -cf - -T "$2"'
+        f"tar {'-b 256 ' if size >= _BIG else ''}--sort=name --numeric-owner --owner=0 "
+        '--group=0 --verbatim-files-from -C "$1" -cf - -T "$2"'
     )
     script = f"{tar} | {_COMPRESS[compression]}" if compression != "none" else tar
     return ["bash", "-o", "pipefail", "-c", script, "sh", str(root), str(members)]
@@ -468,13 +480,14 @@ async def _tar_stream(
     root: Path, paths: list[str], compression: str
 ) -> AsyncGenerator[bytes, None]:
     with _members(root, paths) as members:
-        async with contextlib.aclosing(_pack(root, members, compression)) as chunks:
+        argv = _pack_argv(root, paths, members, compression)
+        async with contextlib.aclosing(_pack(argv)) as chunks:
             async for chunk in chunks:
                 yield chunk
 
 
-async def _pack(root: Path, members: Path, compression: str) -> AsyncGenerator[bytes, None]:
-    proc = await _start(_pack_argv(root, members, compression), stdout=asyncio.subprocess.PIPE)
+async def _pack(argv: list[str]) -> AsyncGenerator[bytes, None]:
+    proc = await _start(argv, stdout=asyncio.subprocess.PIPE)
     assert proc.stdout is not None and proc.stderr is not None
     try:
         while chunk := await proc.stdout.read(_CHUNK):
