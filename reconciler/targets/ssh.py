@@ -2,7 +2,8 @@
 per machine reused for everything but bulk streams: those go through the OpenSSH client
 when there is one (`openssh_command`), which moves bytes at a fraction of the CPU that
 asyncssh, pure Python per 32 KiB packet, needs. asyncssh (0.15 s of imports) is imported
-only when a connection is made: a transfer to a machine whose key is known needs none.
+only when a connection is made: `apply --copy-only` to a machine whose key is known makes
+none (store_paths.deliver asks and sends in one session of the OpenSSH client).
 
 Host keys: a `hostKey` in the model pins the key; without it the first key seen is
 trusted and recorded, and a later mismatch is refused. The OpenSSH client trusts only
