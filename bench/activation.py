@@ -6,6 +6,7 @@ activation window ≤ 1.3 × the critical path. bench/README.md describes what i
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
 import shlex
 import shutil
@@ -177,7 +178,7 @@ def run_floor(config: Config, work: Path) -> float:
         t0, step = time.perf_counter(), config.max_parallel  # a layer at once, or one at a time
         for layer, first in ((k, i) for k in range(LAYERS) for i in range(0, PER_LAYER, step)):
             for a, p in [start(layer, i) for i in range(first, first + step)]:
-                h.wait_for(f"{a}:{p} listening", lambda a=a, p=p: h.listening(a, p), 10, 0.005)
+                h.wait_for(f"{a}:{p} listening", functools.partial(h.listening, a, p), 10, 0.005)
         return time.perf_counter() - t0
     finally:
         for proc in procs:
