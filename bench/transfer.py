@@ -707,7 +707,25 @@ def overhead_section(b: h.Bench, rows: Sequence[Overhead], repeat: int, baseline
         for m in o.methods[1:]:
             r = o.ratio(m)
             lines.append(f"- {mb(o.size)} MB, {m.name}: {h.verdict(r <= GOAL_OVERHEAD)} ({r:.2f}×)")
-    return [*lines, ""]
+    return [*lines, "", *budget_lines(rows), ""]
+
+
+def budget_lines(rows: Sequence[Overhead]) -> list[str]:
+    """What the goal leaves beyond the raw stream, against what the command spends outside
+    its transfer (the last version measured, compression none)."""
+    out = ["Where the time goes (the last version measured, compression none):", ""]
+    for o in rows:
+        m = [x for x in o.methods if x.name.endswith("compression none")][-1]
+        b_ = best(m.runs)
+        stream = max(t["seconds"] for t in b_.result["transfers"].values())
+        out.append(
+            f"- {mb(o.size)} MB: the goal allows {(GOAL_OVERHEAD - 1) * o.raw.wall:.2f} s beyond "
+            f"the raw stream's {o.raw.wall:.2f} s; the command spends {b_.wall - stream:.2f} s "
+            f"outside its transfer, whose {stream:.2f} s (a handshake, the store query, the "
+            f"stream, unpacking into files, moving them into place) are "
+            f"{stream / o.raw.wall:.2f}× the raw stream's wall time."
+        )
+    return out
 
 
 def mb(n: float) -> str:
