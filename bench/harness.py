@@ -625,7 +625,7 @@ async def controller(repo: str, state: Path) -> Any:
 # Runs in a child interpreter: `reconciler.cli.main(argv)` (the console script's entry point)
 # in-process, optionally under cProfile, timing every garbage-collector pass; results as JSON.
 _DRIVER = """
-import cProfile, gc, json, sys, time
+import contextlib, cProfile, gc, json, sys, time
 out, prof_path, collect, *argv = sys.argv[1:]
 if collect == "off":
     gc.disable()
@@ -637,22 +637,17 @@ def on_gc(phase, info):
         gens[info["generation"]][0] += 1
         gens[info["generation"]][1] += time.perf_counter() - began[0]
 gc.callbacks.append(on_gc)
-prof = cProfile.Profile() if prof_path else None
+prof = cProfile.Profile() if prof_path else contextlib.nullcontext()
 start = time.perf_counter()
-if prof:
-    prof.enable()
-try:
-    from reconciler.cli import main
-    main(argv)
-except SystemExit as e:
-    code = e.code
-else:
-    code = 0
-finally:
-    if prof:
-        prof.disable()
+with prof:
+    try:
+        from reconciler.cli import main
+        main(argv)
+        code = 0
+    except SystemExit as e:
+        code = e.code
 wall = time.perf_counter() - start
-if prof:
+if prof_path:
     prof.dump_stats(prof_path)
 with open(out, "w") as f:
     json.dump({"wall": wall, "code": code, "gc": gens}, f)
