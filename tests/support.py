@@ -13,7 +13,7 @@ import subprocess
 import sys
 import tempfile
 import textwrap
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -78,11 +78,18 @@ def commit(repo: Path, files: Mapping[str, str | None], message: str = "change")
     return git(repo, "rev-parse", "HEAD")
 
 
-def make_repo(path: Path, files: Mapping[str, str | None], branch: str = "main") -> Path:
-    """A new Git repository at path holding files in one commit on `branch`."""
+def make_repo(
+    path: Path, files: Mapping[str, str | None], branch: str = "main", programs: Sequence[str] = ()
+) -> Path:
+    """A new Git repository at path holding files in one commit on `branch`; `programs`
+    (paths in it) made executable in a second commit, when it names any."""
     path.mkdir(parents=True, exist_ok=True)
     git(path, "init", "-q", "-b", branch)
     commit(path, files, "initial models")
+    if programs:
+        for program in programs:
+            (path / program).chmod(0o755)
+        commit(path, {}, "executable")
     return path
 
 

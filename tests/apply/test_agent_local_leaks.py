@@ -77,9 +77,7 @@ def test_destroy_returns_once_the_processes_have_exited(tmp_path: Path) -> None:
         ),
         "packages/slow/bin/slow": SLOW_TO_STOP,
     }
-    repo = make_repo(tmp_path / "models", files)
-    (repo / "packages/slow/bin/slow").chmod(0o755)
-    commit(repo, {}, "executable")
+    repo = make_repo(tmp_path / "models", files, programs=["packages/slow/bin/slow"])
     done = run_cli("apply", "--yes", cwd=repo, timeout=120)
     assert done.returncode == 0, done.stderr
     instance = repo / ".reconciler/machines/m1/deployments/slow"

@@ -47,11 +47,8 @@ def gone(pid: int) -> bool:
 
 def example_repo(path: Path, files: dict[str, str]) -> Path:
     """A committed repository of example-repo's files (as given), programs executable."""
-    repo = make_repo(path, files)
-    for exe in EXAMPLE.glob("packages/*/bin/*"):
-        (repo / exe.relative_to(EXAMPLE)).chmod(0o755)
-    commit(repo, {}, "executables")
-    return repo
+    programs = [str(exe.relative_to(EXAMPLE)) for exe in EXAMPLE.glob("packages/*/bin/*")]
+    return make_repo(path, files, programs=programs)
 
 
 @pytest.fixture

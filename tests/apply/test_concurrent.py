@@ -49,9 +49,7 @@ MODELS = {
 
 @pytest.fixture
 def repo(tmp_path: Path) -> Iterator[Path]:
-    path = make_repo(tmp_path / "models", MODELS)
-    (path / "pkgs/hello/bin/hello").chmod(0o755)
-    commit(path, {}, "executable")
+    path = make_repo(tmp_path / "models", MODELS, programs=["pkgs/hello/bin/hello"])
     try:
         yield path
     finally:

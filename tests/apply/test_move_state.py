@@ -63,9 +63,8 @@ def repo(tmp_path: Path) -> Iterator[Path]:
             "app.yaml": models("m1", move_state=True),
             "pkgs/counter/bin/counter": COUNTER,
         },
+        programs=["pkgs/counter/bin/counter"],
     )
-    (path / "pkgs/counter/bin/counter").chmod(0o755)
-    commit(path, {}, "executable")
     try:
         yield path
     finally:

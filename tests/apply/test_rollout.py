@@ -100,9 +100,8 @@ def repo(tmp_path: Path) -> Iterator[Path]:
             "pkgs/web/bin/web": WEB,
             **version("v1"),
         },
+        programs=["pkgs/web/bin/web"],
     )
-    (path / "pkgs/web/bin/web").chmod(0o755)
-    commit(path, {}, "executable")
     try:
         yield path
     finally:

@@ -40,10 +40,7 @@ def models(tmp_path: Path) -> Path:
         "where.yaml": "distribution:\n  queue: [m1]\n",
         "packages/queue/bin/wrapper": WRAPPER,
     }
-    repo = make_repo(tmp_path / "models", files)
-    (repo / "packages/queue/bin/wrapper").chmod(0o755)
-    commit(repo, {}, "executable")
-    return repo
+    return make_repo(tmp_path / "models", files, programs=["packages/queue/bin/wrapper"])
 
 
 def state(repo: Path, machine: str) -> Path:

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from tests.controller.support import Controller, Remote, hello_files, next_address, read_state
-from tests.support import RECONCILER, clean_env, commit, free_port, git, make_repo, run_cli
+from tests.support import RECONCILER, clean_env, free_port, git, make_repo, run_cli
 
 
 @pytest.fixture
@@ -45,9 +45,7 @@ def remote(tmp_path: Path) -> Iterator[Remote]:
             time.sleep(0.05)
         url = f"git://127.0.0.1:{port}/models.git"
         next_address()
-        work = make_repo(tmp_path / "work", hello_files("v1"))
-        (work / "hello/bin/hello").chmod(0o755)
-        commit(work, {}, "executable")
+        work = make_repo(tmp_path / "work", hello_files("v1"), programs=["hello/bin/hello"])
         git(work, "remote", "add", "origin", url)
         git(work, "push", "-q", "origin", "main")
         yield Remote(url, work)

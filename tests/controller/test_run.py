@@ -24,8 +24,8 @@ from tests.controller.support import (
     next_address,
     read_state,
 )
-from tests.support import commit, make_repo, run_cli
 from tests.support import free_port as free_port  # test_scale and test_failover import it here
+from tests.support import make_repo, run_cli
 
 pytestmark = pytest.mark.slow
 
@@ -116,10 +116,10 @@ def test_run_once_on_a_models_folder_inside_a_local_work_tree(tmp_path: Path) ->
     next_address()
     files = {f"ops/models/{k}": v for k, v in hello_files("local").items()}
     repo = make_repo(
-        tmp_path / "project", {"README": "a project with its models inside\n", **files}
+        tmp_path / "project",
+        {"README": "a project with its models inside\n", **files},
+        programs=["ops/models/hello/bin/hello"],
     )
-    (repo / "ops/models/hello/bin/hello").chmod(0o755)
-    commit(repo, {}, "executable")
     state = tmp_path / "state.db"
     args = ("--repo", str(repo / "ops/models"), "--state", str(state), "run", "--once")
     try:
