@@ -10,13 +10,12 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from reconciler.commands.context import check_format
-from reconciler.commands.status import nothing_recorded
+from reconciler.commands.status import load_record, nothing_recorded
 from reconciler.commands.tables import print_table, short_sha, when
 from reconciler.errors import UserError
 from reconciler.execute.history import attempt_json
 from reconciler.options import Options
-from reconciler.state.rows import AttemptRow, pick_recorded, read_deployment, reading
+from reconciler.state.rows import AttemptRow
 
 NOT_APPLIED = "not_applied"
 
@@ -30,13 +29,7 @@ class Commit:
 
 
 def run(opts: Options, with_git: bool) -> int:
-    from reconciler.state.db import open_db
-
-    check_format(opts, ("text", "json"))
-    db = open_db(opts.state_location, write=False)
-    with reading(opts.state_label):
-        name = pick_recorded(db, opts.deployment)
-        record = read_deployment(db, name) if db is not None and name else None
+    _, name, record = load_record(opts)
     attempts = record.attempts if record else []
     rows = [attempt_json(a) for a in attempts]
     if with_git:

@@ -18,7 +18,7 @@ from reconciler.state.rows import DeploymentRecord, pick_recorded, read_deployme
 def load_record(
     opts: Options,
 ) -> tuple[StateDB | None, str | None, DeploymentRecord | None]:
-    """The state DB (read-only), the deployment's name and its record, for status and check."""
+    """The state DB (read-only), the deployment's name and its record: status, check, history."""
     from reconciler.state.db import open_db
 
     check_format(opts, ("text", "json"))
