@@ -390,9 +390,7 @@ class Bench:
             n = 1
             for _ in range(repeat):
                 # A pause: anywhere in the poll cycle for polling, a short one otherwise.
-                time.sleep(
-                    random.uniform(0.0, 1.1 * sc.period) if sc.period else random.uniform(0.2, 0.7)
-                )
+                time.sleep(random.uniform(*((0.0, 1.1 * sc.period) if sc.period else (0.2, 0.7))))
                 n += 1
                 s = self.measure(sc, c, n)
                 sc.samples.append(s)
@@ -401,9 +399,7 @@ class Bench:
             if sc.kind != "polling" and busy:
                 time.sleep(0.5)
                 sc.busy = self.busy_probe(sc, c, n + 2)
-                self.log(
-                    f"{sc.kind} v{sc.busy.n} committed during an apply: {sc.busy.latency:.3f} s"
-                )
+                self.log(f"{sc.kind} v{sc.busy.n}, during an apply: {sc.busy.latency:.3f} s")
             sc.load = (load0, os.getloadavg()[0])
             # A read of the watched refs (the bench's `git rev-parse`) wakes the controller
             # too; let such a pass end before the SIGTERM.
@@ -415,9 +411,8 @@ class Bench:
                 sc.noop = measure_noop(sc, noop_calls, self.base, self.env)
                 self.log(f"{sc.kind}: no-op reconcile() {h.ms(sc.noop.p95)} ms p95")
         finally:
-            if c is not None:
-                code = c.stop()
-                sc.stop_code = code if sc.stop_code is None else sc.stop_code
+            if c is not None and sc.stop_code is None:  # else stopped already
+                sc.stop_code = c.stop()
             self.destroy(sc)
 
     def destroy(self, sc: Scenario) -> None:
