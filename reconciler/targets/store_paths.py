@@ -37,6 +37,7 @@ _PIPE_SIZE = 1 << 20  # Linux's default maximum for an unprivileged pipe
 # 128 KiB) are then under 2% of it
 _BIG = 8 << 20
 _REPORTED = 4 << 20  # progress is told of the bytes moved in steps of this much
+_LINE_LIMIT = 64 << 20  # the longest line read from a process: a session's answer of all paths
 _STARTED = b"reconciler: receiving\n"  # the machine's shell printed it: the client got there
 
 # stdin: one line {"path": "content hash", …} (read alone: in a session more follows once
@@ -174,8 +175,9 @@ async def deliver(
 
 
 def _session_command(store_dir: str, python: str) -> str:
-    """Answer the store query (a line of JSON in, the paths present and the compressors
-    there out), then read what comes: `skip`, or a compression and the stream."""
+    """Answer the store query (a line of JSON in; the paths present, then the compressors
+    there, a line each out), then read a compression and the stream; the end of its input
+    instead (nothing to send) ends it having changed nothing."""
     s = shlex.quote(store_dir)
     unpack = " ".join(f"{c}) {_unpack_command(store_dir, c)};;" for c in _COMPRESS)
     return (
@@ -447,7 +449,12 @@ async def _start(
 ) -> asyncio.subprocess.Process:
     """A process in its own process group (stopping it stops its children too)."""
     return await asyncio.create_subprocess_exec(
-        *argv, stdin=stdin, stdout=stdout, stderr=asyncio.subprocess.PIPE, start_new_session=True
+        *argv,
+        stdin=stdin,
+        stdout=stdout,
+        stderr=asyncio.subprocess.PIPE,
+        start_new_session=True,
+        limit=_LINE_LIMIT,
     )
 
 
