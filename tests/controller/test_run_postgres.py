@@ -36,6 +36,8 @@ def test_the_controller_deploys_each_commit_on_a_postgresql_state(
     c.wait("Ready", lambda: c.conditions()["Ready"]["status"] == "True", timeout=90)
     remote.push(hello_files("v2"), "hello v2")
     c.wait("v2 to serve", lambda: answer(c.endpoint()) == "v2", timeout=90)
+    # v2 answers before its apply records generation 2
+    c.wait("generation 2", lambda: c.query("SELECT 1 FROM attempts WHERE generation = 2"))
     generations = c.query("SELECT generation FROM attempts WHERE generation IS NOT NULL")
     assert sorted(r["generation"] for r in generations) == [1, 2]
     assert list(home.glob("machines/m1/deployments/web/instances/hello/pid.json"))
