@@ -292,3 +292,13 @@ async def _git_import_keys(keyring: Path, home: str) -> None:
     )
     if code not in (0, 2):  # 2: some keys were already there or skipped
         raise GitError(f"{keyring}: cannot import the GPG keyring: {err.strip()}")
+
+
+def local_git_dir(repo: str) -> str:
+    """The git dir of a local --repo (a work tree, a folder inside one, or a bare one)."""
+    import git
+
+    try:
+        return str(git.Repo(repo, search_parent_directories=True).git_dir)
+    except (git.InvalidGitRepositoryError, git.NoSuchPathError):
+        raise UserError(f"--repo {repo}: not a Git repository") from None

@@ -23,7 +23,7 @@ import random
 import signal
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
@@ -91,7 +91,7 @@ class DeploymentLoop:
     next_poll: float = 0.0
     child: asyncio.subprocess.Process | Fork | None = None
     applying: str | None = None  # the commit being applied now
-    on_apply: Callable[[DeploymentLoop], None] | None = None  # says Reconciling at once
+    on_apply: Callable[[DeploymentLoop], Awaitable[None]] | None = None  # says Reconciling
     passes: int = 0
     in_pass: bool = False  # a replica never gives back a deployment in the middle of a pass
     fence: str | None = None  # the owner lease an apply started now must still hold
@@ -145,7 +145,7 @@ class DeploymentLoop:
         except UserError as e:
             return self._fail("invalid", Reason.INVALID_MODELS, str(e), started)
         self.plan_text, changes, git_dir = loaded.plan_text, loaded.changes, loaded.git_dir
-        record = _deployment_row(self.opts, self.name)
+        record = await asyncio.to_thread(_deployment_row, self.opts, self.name)
         last = record.last_applied_sha if record else None
         rewound = last and last != head and not await is_ancestor(git_dir, last, head)
         if rewound and not self.allow_rewind:
@@ -173,7 +173,7 @@ class DeploymentLoop:
         async with self.applies:
             self.applying = head
             if self.on_apply is not None:
-                self.on_apply(self)
+                await self.on_apply(self)
             try:
                 reason = self.reason
                 outcome = await self._apply(head)

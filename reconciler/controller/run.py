@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any
 
 from reconciler.controller.evaluate import Evaluator
 from reconciler.controller.failover import after_observation
-from reconciler.controller.git import GitError, Heads, Signers
+from reconciler.controller.git import GitError, Heads, Signers, local_git_dir
 from reconciler.controller.loop import DeploymentLoop, PassResult, now_iso
 from reconciler.controller.observer import Rounds
 from reconciler.controller.ownership import Ownership
@@ -94,7 +94,8 @@ class Controller:
         self.rounds = Rounds(self.opts)
         self.announced = asyncio.Event()  # a commit was announced (watcher, webhook)
         self.last_docs: dict[str, tuple[Any, dict[str, Any]]] = {}  # name → (what, doc)
-        self.remote = settings.opts.repo if is_remote(settings.opts.repo) else _git_dir(self.opts)
+        repo = settings.opts.repo
+        self.remote = repo if is_remote(repo) else local_git_dir(repo)
 
     async def run(self) -> int:
         from reconciler.controller.http import HttpServer, HttpSettings
@@ -358,20 +359,26 @@ class Controller:
         from reconciler.state.journal import rollout_progress
         from reconciler.state.rows import read_deployment
 
-        db = open_db(self.opts.state_location, write=False)
+        # every read and write of the state here runs in a worker thread: a writer waits its
+        # turn behind the applies' own writes, and the event loop must not wait with it
+        db = await asyncio.to_thread(open_db, self.opts.state_location, False)
         try:
-            record = seen.record if seen else read_deployment(db, d.name) if db else None
+            if seen is not None or db is None:
+                record = seen.record if seen else None
+            else:
+                record = await asyncio.to_thread(read_deployment, db, d.name)
             if db is None or record is None:
                 doc = nothing_json(d.name)
             else:
                 obs = seen or await observe_async(db, record, self.opts.state_root)
                 drifted = [i.row.key for i in obs.instances if i.state in ("dead", "missing")]
                 if d.self_heal and drifted and not d.child and await self.heal(d, drifted):
-                    record = read_deployment(db, d.name) or record
+                    record = await asyncio.to_thread(read_deployment, db, d.name) or record
                     obs = await observe_async(db, record, self.opts.state_root)
                 doc = status_json(obs)
                 if d.applying:
-                    self.show_rollouts(d, doc, rollout_progress(db, d.name))
+                    progress = await asyncio.to_thread(rollout_progress, db, d.name)
+                    self.show_rollouts(d, doc, progress)
                 by_state: dict[str, int] = {}
                 for i in obs.instances:
                     by_state[i.state] = by_state.get(i.state, 0) + 1
@@ -392,8 +399,8 @@ class Controller:
         if seen is not None and last is not None and last[0] == what:
             self.view.put(d.name, {**last[1], "controller": d.info(last[1]["controller"])})
             return  # nothing changed since the last document: nothing to store
-        doc["conditions"] = self.store_conditions(d)
-        doc["controller"] = d.info()
+        doc["conditions"] = await self.store_conditions(d)
+        doc["controller"] = await asyncio.to_thread(d.info)
         doc["owner"] = {"replica": self.ownership.id, "thisReplica": True}
         await asyncio.to_thread(self.share_status, d.name, doc)
         self.view.put(d.name, doc)
@@ -473,15 +480,23 @@ class Controller:
             self.say(f"{d.name}: self-heal: {p}")
         return bool(healed)
 
-    def reconciling(self, d: DeploymentLoop) -> None:
+    async def reconciling(self, d: DeploymentLoop) -> None:
         """An apply starts: say so now, not after it (the page and API show it)."""
         doc = self.view.deployment(d.name)
         if doc is not None:
-            self.view.put(d.name, {**doc, "conditions": self.store_conditions(d)})
+            self.view.put(d.name, {**doc, "conditions": await self.store_conditions(d)})
 
-    def store_conditions(self, d: DeploymentLoop) -> list[dict[str, Any]]:
+    async def store_conditions(self, d: DeploymentLoop) -> list[dict[str, Any]]:
         """The conditions as they follow from the record, what was observed last and the
-        loop's own Stalled and Reconciling; stored with their transition times."""
+        loop's own Stalled and Reconciling; stored with their transition times (in a
+        worker thread: the write waits its turn behind the applies')."""
+        stored, before, record = await asyncio.to_thread(self._store_conditions, d)
+        self.notify_transitions(d, before, stored, record)
+        return stored
+
+    def _store_conditions(
+        self, d: DeploymentLoop
+    ) -> tuple[list[dict[str, Any]], list[dict[str, Any]], DeploymentRecord | None]:
         from reconciler.execute.conditions import conditions
         from reconciler.state.db import open_db
         from reconciler.state.deployments import store_conditions
@@ -495,8 +510,7 @@ class Controller:
             stored = store_conditions(db, d.name, computed)
         finally:
             db.close()
-        self.notify_transitions(d, record.conditions if record else [], stored, record)
-        return stored
+        return stored, record.conditions if record else [], record
 
     def notify_transitions(
         self,
@@ -567,16 +581,6 @@ def _failover_after(dep: Any) -> float | None:
     """`failover: {after}` of a deployment in reconciler.yaml (off when absent)."""
     failover = getattr(dep, "failover", None)
     return None if failover is None else float(failover.after)
-
-
-def _git_dir(opts: Options) -> str:
-    """A local --repo (a work tree, a folder inside one, or a bare repository)."""
-    import git
-
-    try:
-        return str(git.Repo(opts.repo, search_parent_directories=True).git_dir)
-    except (git.InvalidGitRepositoryError, git.NoSuchPathError):
-        raise UserError(f"--repo {opts.repo}: not a Git repository") from None
 
 
 def run(settings: RunSettings) -> int:
