@@ -10,6 +10,7 @@ import time
 import urllib.request
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -83,10 +84,8 @@ def test_three_replicas_share_the_work_and_survive_kill_9(
     ]
     logs = [c.log for c in replicas]
     wait_for("v1 everywhere", lambda: serving(url, "v1"), 180, logs)
-    spread = wait_for("the work spread over three", lambda: len(set(owners(url).values())) == 3
-                      and owners(url), 60, logs)  # fmt: skip
-    with urllib.request.urlopen(f"http://127.0.0.1:{replicas[0].port}/api/controllers") as r:
-        listed = json.loads(r.read())["controllers"]
+    spread = wait_for("every deployment owned, by three", lambda: _spread(url), 60, logs)
+    listed = wait_for("the replicas listed", lambda: _listed(replicas[0].port), 30, logs)
     assert sum(c["live"] for c in listed) == 3
     assert sorted(d for c in listed for d in c["deployments"]) == DEPLOYMENTS
 
@@ -119,3 +118,16 @@ def test_three_replicas_share_the_work_and_survive_kill_9(
         "GROUP BY deployment",
     )
     assert {r["deployment"]: r["n"] for r in per_deployment} == dict.fromkeys(DEPLOYMENTS, 2)
+
+
+def _spread(url: str) -> dict[str, str] | None:
+    """Who owns each deployment, once all are owned and by three replicas."""
+    found = owners(url)
+    return found if len(found) == len(DEPLOYMENTS) and len(set(found.values())) == 3 else None
+
+
+def _listed(port: int) -> list[dict[str, Any]] | None:
+    """/api/controllers, once it lists every deployment (it reads the leases as they are)."""
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/api/controllers") as r:
+        listed: list[dict[str, Any]] = json.loads(r.read())["controllers"]
+    return listed if sum(len(c["deployments"]) for c in listed) == len(DEPLOYMENTS) else None
