@@ -957,7 +957,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         if nix.problem:
             b.log(f"skipping nix-copy-closure: {nix.problem}")
         try:
-            count = max(sizes.upgrade_hosts, sizes.fanout_hosts)
+            wanted = {"upgrade": sizes.upgrade_hosts, "fanout": sizes.fanout_hosts}
+            count = max([1, *(n for k, n in wanted.items() if k in only)])  # fresh, overhead: 1
             with h.host_network(count, work / "net") as net:
                 hosts = Hosts(net)
                 b.facts += (
