@@ -278,6 +278,10 @@ def _open_postgres(url: str, write: bool) -> StateDB | None:
             _apply(db, version)
         else:
             db.begin_view()
+            version = db.schema_version()  # a writer may have migrated it meanwhile
+            if version == current_version():
+                db.execute("ROLLBACK")
+                return db
             for statement in _statements(version, db.dialect):
                 db.execute(statement)
             db.execute("SET TRANSACTION READ ONLY")

@@ -30,3 +30,27 @@ def test_replicas_starting_together_migrate_once(postgres_db: Database) -> None:
     numbers = [r["number"] for r in db.query("SELECT number FROM migrations ORDER BY number")]
     db.close()
     assert numbers == list(range(1, current_version() + 1))  # each applied once
+
+
+def test_a_process_opening_the_state_again_reuses_its_connection(postgres_db: Database) -> None:
+    """A controller opens the state several times per deployment and pass: each opening
+    must not cost the server a new backend (and both sides a SCRAM exchange)."""
+    backends = set()
+    for _ in range(5):
+        db = open_db(postgres_db.url, write=True)
+        assert db is not None
+        backends.add(next(db.query("SELECT pg_backend_pid() AS pid"))["pid"])
+        db.close()
+    assert len(backends) == 1
+
+
+def test_a_kept_connection_the_server_dropped_is_replaced(postgres_db: Database) -> None:
+    db = open_db(postgres_db.url, write=True)
+    assert db is not None
+    first = next(db.query("SELECT pg_backend_pid() AS pid"))["pid"]
+    db.close()
+    postgres_db.server.admin(f"SELECT pg_terminate_backend({first})")
+    db = open_db(postgres_db.url, write=True)
+    assert db is not None
+    assert next(db.query("SELECT pg_backend_pid() AS pid"))["pid"] != first
+    db.close()
