@@ -76,6 +76,16 @@ class Measure:
     def transfer(self, machine: str) -> dict[str, Any]:
         return dict(self.result["transfers"][machine])
 
+    @property
+    def stream(self) -> float | None:
+        """The slowest machine's transfer seconds in apply's JSON (None: not an apply)."""
+        return max((t["seconds"] for t in self.result.get("transfers", {}).values()), default=None)
+
+    def cpu_cells(self) -> str:
+        """CPU s: the Python process, the rest of the local side, the hosts' sessions."""
+        rest = self.cpu_local - (self.cpu_python or 0.0)
+        return f"| {secs(self.cpu_python)} | {rest:.2f} | {secs(self.cpu_hosts)} "
+
 
 class Hosts:
     """The test hosts, and what the benchmark reads of them from the root namespace."""
@@ -303,6 +313,8 @@ class Method:
     note: str = ""
     payload: bool = True  # False: nothing to send, the fixed cost
     wire: int | None = None  # apply's wireBytes
+    group: str = ""  # fan-out: methods of a group compare with its 1-host one
+    hosts: int = 1
     runs: list[Measure] = field(default_factory=list)
     seconds: list[float] = field(default_factory=list)  # transfer time (JSON) if not wall
 
@@ -315,22 +327,27 @@ class Method:
         return best(self.runs).wall
 
     @property
+    def transfer(self) -> float | None:
+        """The best slowest machine's transfer seconds, for a reconciler apply."""
+        return self.best_seconds if self.apply_json else None
+
+    @property
     def worst_seconds(self) -> float:
         return max(self.seconds) if self.seconds else max(m.wall for m in self.runs)
 
 
 def run_rounds(hosts: Hosts, group: Sequence[h.TestHost], methods: Sequence[Method], repeat: int,
-               log: Callable[[str], None]) -> None:  # fmt: skip
+               log: h.Log, what: str) -> None:  # fmt: skip
     """`repeat` rounds, each running every method once: on a noisy machine, methods compared
     with each other then see the same disturbances, and each keeps its best."""
     for _ in range(repeat):
         for m in methods:
             m.prepare()
             m.runs.append(hosts.measure(group, m.run))
-            if m.apply_json:
-                m.seconds.append(max(t["seconds"] for t in m.runs[-1].result["transfers"].values()))
+            if m.apply_json and (stream := m.runs[-1].stream) is not None:
+                m.seconds.append(stream)
     for m in methods:
-        log(f"{m.name}: best {m.best_seconds:.2f} s, wall {m.best_wall:.2f} s")
+        log(f"{what}: {m.name}: best {m.best_seconds:.2f} s, wall {m.best_wall:.2f} s")
 
 
 @dataclass
@@ -350,16 +367,22 @@ class Fresh:
         return next(m for m in self.methods if m.name == name)
 
 
+def connect(host: h.TestHost, **extra: Any) -> Any:
+    """An asyncssh connection to the test host, as reconciler's SSH target makes it."""
+    import asyncssh
+
+    key, user = [str(host.identity_file)], host.user
+    return asyncssh.connect(host.address, host.port, username=user, agent_path=None,
+                            client_keys=key, known_hosts=None, **extra)  # fmt: skip
+
+
 def asyncssh_cat(host: h.TestHost, data: Path, cipher: str | None = None) -> Measure:
     """What reconciler's SSH target does, minus reconciler: connect, one channel, stream
     256 KiB chunks with drain(), wait for the exit status."""
-    import asyncssh
 
     async def cat() -> None:
         extra = {"encryption_algs": [cipher]} if cipher else {}
-        async with asyncssh.connect(host.address, host.port, username=host.user, agent_path=None,
-                                    client_keys=[str(host.identity_file)], known_hosts=None,
-                                    **extra) as conn:  # fmt: skip
+        async with connect(host, **extra) as conn:
             proc = await conn.create_process("cat > /dev/null", encoding=None)
             with open(data, "rb") as f:
                 while chunk := f.read(256 * KIB):
@@ -377,16 +400,12 @@ def asyncssh_cat(host: h.TestHost, data: Path, cipher: str | None = None) -> Mea
 
 def ciphers(host: h.TestHost) -> str:
     """The ciphers OpenSSH and asyncssh negotiate with the test hosts' sshd."""
-    import asyncssh
-
     ssh = host.ssh_command()
     out = subprocess.run([*ssh[:-1], "-v", ssh[-1], "true"], capture_output=True, text=True).stderr
     found = re.search(r"client->server cipher: (\S+)", out)
 
     async def probe() -> str:
-        key = [str(host.identity_file)]
-        async with asyncssh.connect(host.address, username=host.user, known_hosts=None,
-                                    client_keys=key, agent_path=None) as c:  # fmt: skip
+        async with connect(host) as c:
             return str(c.get_extra_info("send_cipher"))
 
     return f"OpenSSH {found.group(1) if found else '?'}, asyncssh {asyncio.run(probe())}"
@@ -460,26 +479,27 @@ def profile_apply(models: Models, deployment: str) -> list[str]:
 def run_fresh(
     hosts: Hosts, work: Path, sizes: Sizes, nix: Nix, log: h.Log, profile: bool
 ) -> list[Fresh]:
-    host, src = hosts.all[0], work / "fresh" / "src"
-    kinds = {k: v for k, v in (("mixed", 0.5), ("random", 1.0)) if k in sizes.contents}
-    files = {
-        n: content_tree(10 + i, src / n, sizes.fresh_bytes, s)
-        for i, (n, s) in enumerate(kinds.items())
-    }
-    deployments = {
-        f"{n}-{c}": {"m": machine(host, [n], c)} for n in kinds for c in ("auto", "none")
-    }
-    packages = {n: {"src": f"src/{n}"} for n in kinds}
-    repo_with(work / "fresh", packages, deployments, "one big package each")
-    models = Models(work / "fresh", work / "state-fresh" / "state.db")
+    shares = {k: v for k, v in (("mixed", 0.5), ("random", 1.0)) if k in sizes.contents}
     return [
-        fresh_one(hosts, models, work, n, files[n], sizes, nix, log, profile and n == "mixed")
-        for n in kinds
-    ]
+        fresh_one(hosts, work, n, one_package(hosts.all[0], work / n, sizes.fresh_bytes, s, 10 + i),
+                  sizes, nix, log, profile and n == "mixed")
+        for i, (n, s) in enumerate(shares.items())
+    ]  # fmt: skip
 
 
-def fresh_one(hosts: Hosts, models: Models, work: Path, name: str, files: int, sizes: Sizes,
-              nix: Nix, log: h.Log, profile: bool) -> Fresh:  # fmt: skip
+def one_package(host: h.TestHost, repo: Path, size: int, share: float, seed: int) -> int:
+    """A models repository of one package (named as the folder; `share` of its bytes random)
+    in the deployments NAME-none and NAME-auto, a machine on `host` each. Returns its files."""
+    name = repo.name
+    files = content_tree(seed, repo / "src" / name, size, share)
+    deployments = {f"{name}-{c}": {"m": machine(host, [name], c)} for c in ("none", "auto")}
+    repo_with(repo, {name: {"src": f"src/{name}"}}, deployments, "one big package")
+    return files
+
+
+def fresh_one(hosts: Hosts, work: Path, name: str, files: int, sizes: Sizes, nix: Nix,
+              log: h.Log, profile: bool) -> Fresh:  # fmt: skip
+    models = Models(work / name, work / f"state-{name}" / "state.db")
     host, store = hosts.all[0], models.state.parent / "store"
     hosts.reset([host])
     first = models.apply(f"{name}-auto")
@@ -525,14 +545,12 @@ def fresh_one(hosts: Hosts, models: Models, work: Path, name: str, files: int, s
         try:
             nix_path, added = nix.add(store / path)
             forget = functools.partial(nix.forget_remote, nix_path)
-            copy, note = (
-                functools.partial(nix.copy, host, nix_path),
-                f"nix-store --add took {added:.2f} s",
-            )
+            copy = functools.partial(nix.copy, host, nix_path)
+            note = f"nix-store --add took {added:.2f} s"
             methods.append(Method("nix-copy-closure", forget, copy, note=note))
         except RuntimeError as exc:
             nix.problem = str(exc)
-    run_rounds(hosts, [host], methods, sizes.repeat, lambda s: log(f"fresh/{name}: {s}"))
+    run_rounds(hosts, [host], methods, sizes.repeat, log, f"fresh/{name}")
     for m in (m for m in methods if m.name.startswith("reconciler, compression")):
         t = best(m.runs).transfer("m")
         m.note, m.wire = f"used {t['compression']}", t["wireBytes"]
@@ -546,19 +564,7 @@ def fresh_one(hosts: Hosts, models: Models, work: Path, name: str, files: int, s
     return f
 
 
-@dataclass
-class FanoutRow:
-    what: str
-    group: str  # rows of a group compare with its 1-host row
-    hosts: int
-    wall: float
-    transfer: float | None  # the slowest machine's JSON seconds
-    python: float | None
-    local: float
-    remote: float | None
-
-
-def run_fanout(hosts: Hosts, work: Path, sizes: Sizes, log: h.Log) -> tuple[int, list[FanoutRow]]:
+def run_fanout(hosts: Hosts, work: Path, sizes: Sizes, log: h.Log) -> tuple[int, list[Method]]:
     targets = hosts.all[: sizes.fanout_hosts]
     content_tree(20, work / "fanout" / "src" / "app", sizes.fanout_bytes, 0.5)
     deployments: dict[str, dict[str, Any]] = {}
@@ -573,29 +579,21 @@ def run_fanout(hosts: Hosts, work: Path, sizes: Sizes, log: h.Log) -> tuple[int,
     first = models.apply("one-auto").transfer("f0")  # builds
     tar = tar_of(models.state.parent / "store", first["sent"], work / "fanout.tar")
     reset = functools.partial(hosts.reset, targets)
-    cases: list[tuple[Method, str, int]] = []
+    cases: list[Method] = []
     for comp, concurrent in (("auto", None), ("none", None), ("none", 2)):
         what = f"reconciler, compression {comp}"
         label = f"{what}, --max-concurrent {concurrent}" if concurrent else what
         for dep, n in ((f"one-{comp}", 1), (f"all-{comp}", len(targets))):
             if not concurrent or n > 1:  # with one machine, the same as without
                 run = functools.partial(models.apply, dep, None, concurrent)
-                cases.append((Method(label, reset, run, apply_json=True), what, n))
+                cases.append(Method(label, reset, run, apply_json=True, group=what, hosts=n))
     for n in (1, len(targets)):
         run = functools.partial(timed, [[*t.ssh_command(), CATTED] for t in targets[:n]], tar)
-        cases.append((Method(CAT, reset, run), "ssh", n))
-    run_rounds(
-        hosts, targets, [m for m, _, _ in cases], sizes.repeat, lambda s: log(f"fanout: {s}")
-    )
-    rows = []
-    for m, group, n in cases:
-        b, transfer = best(m.runs), m.best_seconds if m.apply_json else None
-        rows.append(
-            FanoutRow(m.name, group, n, b.wall, transfer, b.cpu_python, b.cpu_local, b.cpu_hosts)
-        )
+        cases.append(Method(CAT, reset, run, group="ssh", hosts=n))
+    run_rounds(hosts, targets, cases, sizes.repeat, log, "fanout")
     tar.unlink()
     hosts.reset(targets)
-    return first["size"], rows
+    return first["size"], cases
 
 
 @dataclass
@@ -632,10 +630,7 @@ def run_overhead(hosts: Hosts, work: Path, sizes: Sizes, log: h.Log,
     reset = functools.partial(hosts.reset, [host])
     for size in sizes.overhead_bytes:
         name = f"o{size // MB}"
-        files = content_tree(30 + size // MB, work / name / "src" / "app", size, 0.5)
-        deployments = {f"{name}-{c}": {"m": machine(host, ["app"], c)} for c in ("none", "auto")}
-        repo_with(work / name, {"app": {"src": "src/app"}}, deployments, "one big package")
-        o, stores = Overhead(0, files), list[Path]()
+        o, stores = Overhead(0, one_package(host, work / name, size, 0.5, 30 + size // MB)), []
         for label, env in versions.items():
             models = Models(work / name, work / f"state-{name}-{label}" / "state.db", env)
             stores.append(models.state.parent / "store")
@@ -650,16 +645,12 @@ def run_overhead(hosts: Hosts, work: Path, sizes: Sizes, log: h.Log,
         raw = f"{pack} | {shlex.join([*host.ssh_command(), CATTED])}"
         peer = functools.partial(timed, [["bash", "-o", "pipefail", "-c", raw]])
         o.methods.insert(0, Method(RAW, reset, peer))
-        run_rounds(hosts, [host], o.methods, sizes.repeat, functools.partial(say, log, name))
+        run_rounds(hosts, [host], o.methods, sizes.repeat, log, f"overhead/{name}")
         out.append(o)
         for folder in (work / name, *(s.parent for s in stores)):
             shutil.rmtree(folder, ignore_errors=True)
     reset()
     return out
-
-
-def say(log: h.Log, name: str, text: str) -> None:
-    log(f"overhead/{name}: {text}")
 
 
 def overhead_section(b: h.Bench, rows: Sequence[Overhead], repeat: int, baseline: str) -> list[str]:
@@ -668,15 +659,9 @@ def overhead_section(b: h.Bench, rows: Sequence[Overhead], repeat: int, baseline
         *b.header(f"{h.best_of(repeat, 'round')} per size")[1:],
         *([f"*before*: reconciler as committed at {baseline}; *after*: the snapshot above.", ""]
           if baseline else []),
-        "A fresh closure (one package of half random bytes, half text; and the agent) to one "
-        "OpenSSH test host: `reconciler … apply --copy-only --yes --format json` paired in rounds "
-        f"with a raw `tar -C STORE -cf - PATHS | ssh HOST '{CATTED}'` of the same files, each once "
-        "per round, the host's store emptied and `sync` run before each. *× raw*: wall time over "
-        "the raw stream's, best over best (in brackets the median of each round's own ratio); "
-        "*transfer s*: the machine's `seconds` in apply's JSON (connect, store query, stream, "
-        "unpack, finalize); *fixed s*: the rest of the command's wall time (start-up, models, "
-        "plan, recording); *CPU s*: the command and its children plus the host's ssh sessions, "
-        "in the best run.",
+        "A fresh closure to one OpenSSH test host: `reconciler … apply --copy-only` paired in "
+        f"rounds with a raw `tar -C STORE -cf - PATHS | ssh HOST '{CATTED}'` of the same files "
+        "(README.md, *Overhead*, says what each column is; CPU and split: the best run).",
         "",
     ]  # fmt: skip
     for o in rows:
@@ -690,12 +675,10 @@ def overhead_section(b: h.Bench, rows: Sequence[Overhead], repeat: int, baseline
         ]
         for m in o.methods:
             b_, walls = best(m.runs), [r.wall for r in m.runs]
-            stream = max(
-                (t["seconds"] for t in b_.result.get("transfers", {}).values()), default=None
-            )
+            stream = b_.stream
             fixed = b_.wall - stream if stream is not None else None
             lines.append(
-                f"| {m.name.replace('|', chr(92) + '|')} | {m.best_wall:.2f} "
+                f"| {cell(m.name)} | {m.best_wall:.2f} "
                 f"| {statistics.median(walls):.2f} "
                 f"| {o.ratio(m):.2f}× ({o.median_ratio(m):.2f}×) | {secs(stream)} | {secs(fixed)} "
                 f"| {total_cpu(b_):.2f} | {total_cpu(b_) / raw:.2f}× |"
@@ -717,7 +700,7 @@ def budget_lines(rows: Sequence[Overhead]) -> list[str]:
     for o in rows:
         m = [x for x in o.methods if x.name.endswith("compression none")][-1]
         b_ = best(m.runs)
-        stream = max(t["seconds"] for t in b_.result["transfers"].values())
+        stream = b_.stream or 0.0
         out.append(
             f"- {mb(o.size)} MB: the goal allows {(GOAL_OVERHEAD - 1) * o.raw.wall:.2f} s beyond "
             f"the raw stream's {o.raw.wall:.2f} s; the command spends {b_.wall - stream:.2f} s "
@@ -726,6 +709,10 @@ def budget_lines(rows: Sequence[Overhead]) -> list[str]:
             f"{stream / o.raw.wall:.2f}× the raw stream's wall time."
         )
     return out
+
+
+def cell(text: str) -> str:
+    return text.replace("|", "\\|")
 
 
 def mb(n: float) -> str:
@@ -788,10 +775,9 @@ def fresh_section(f: Fresh) -> list[str]:
         b, t = best(m.runs), m.best_seconds
         speed = f"| {f.size / t / MB:,.0f} | {cat / t:.0%} " if m.payload else "| – | – "
         lines.append(
-            f"| {m.name.replace('|', chr(92) + '|')} | {t:.2f} | {m.worst_seconds:.2f} {speed}"
+            f"| {cell(m.name)} | {t:.2f} | {m.worst_seconds:.2f} {speed}"
             f"| {m.best_wall:.2f} | {mb(m.wire) if m.wire else '–'} | {mb(sum(b.tx.values()))} "
-            f"| {secs(b.cpu_python)} | {b.cpu_local - (b.cpu_python or 0.0):.2f} "
-            f"| {secs(b.cpu_hosts)} | {m.note} |"
+            f"{b.cpu_cells()}| {m.note} |"
         )
     by = {m.name.removeprefix("reconciler, compression "): m for m in f.methods}
     none, auto, nothing = by["none"], by["auto"], by["reconciler, nothing to send"]
@@ -825,12 +811,13 @@ def fresh_section(f: Fresh) -> list[str]:
     ]  # fmt: skip
 
 
-def fanout_section(size: int, rows: Sequence[FanoutRow]) -> list[str]:
+def single(r: Method, rows: Sequence[Method]) -> Method:
+    """The 1-host method that fan-out method `r` compares with."""
+    return next(o for o in rows if o.group == r.group and o.hosts == 1)
+
+
+def fanout_section(size: int, rows: Sequence[Method]) -> list[str]:
     many = [r for r in rows if r.hosts > 1]
-
-    def one(r: FanoutRow) -> FanoutRow:
-        return next(o for o in rows if o.group == r.group and o.hosts == 1)
-
     lines = [
         f"### 3. Fan-out: {mb(size)} MB (half random) to {many[0].hosts} hosts vs 1",
         "",
@@ -841,22 +828,23 @@ def fanout_section(size: int, rows: Sequence[FanoutRow]) -> list[str]:
         "|---|--:|--:|--:|--:|--:|--:|--:|",
     ]
     for r in rows:
+        ratio = f"{r.best_wall / single(r, rows).best_wall:.2f}×" if r.hosts > 1 else ""
         lines.append(
-            f"| {r.what} | {r.hosts} | {r.wall:.2f} | {secs(r.transfer)} | {secs(r.python)} "
-            f"| {r.local - (r.python or 0.0):.2f} | {secs(r.remote)} "
-            f"| {f'{r.wall / one(r).wall:.2f}×' if r.hosts > 1 else ''} |"
+            f"| {r.name} | {r.hosts} | {r.best_wall:.2f} | {secs(r.transfer)} "
+            f"{best(r.runs).cpu_cells()}| {ratio} |"
         )
     lines.append("")
     for r in many:
-        if r.python is not None:
+        if (python := best(r.runs).cpu_python) is not None:
             lines.append(
-                f"- {r.what}: reconciler's own process used {r.python:.2f} CPU s — one thread, so "
-                f"its wall time could not drop below {r.python / one(r).wall:.2f}× the 1-host wall."
+                f"- {r.name}: reconciler's own process used {python:.2f} CPU s — one thread, so "
+                f"its wall time could not drop below {python / single(r, rows).best_wall:.2f}× "
+                "the 1-host wall."
             )
     return [*lines, ""]
 
 
-def goal_lines(up: Upgrade | None, fresh: list[Fresh], fan: Sequence[FanoutRow]) -> list[str]:
+def goal_lines(up: Upgrade | None, fresh: list[Fresh], fan: Sequence[Method]) -> list[str]:
     out = ["### Goals", ""]
     for comp in ("auto", "none") if up else ():
         rows = [r for r in up.rows if r.compression == comp] if up else []
@@ -880,20 +868,20 @@ def goal_lines(up: Upgrade | None, fresh: list[Fresh], fan: Sequence[FanoutRow])
                 f"against OpenSSH `{like}`: {peer:.0%})"
             )
     for r in (r for r in fan if r.hosts > 1):
-        o = next(x for x in fan if x.group == r.group and x.hosts == 1)
-        ratio, mine = r.wall / o.wall, r.what.startswith("reconciler")
+        o = single(r, fan)
+        ratio, mine = r.best_wall / o.best_wall, r.apply_json
         rt, ot = r.transfer, o.transfer
         t = f"; slowest machine's transfer {rt / ot:.2f}×" if rt and ot else ""
         out.append(
-            f"- Fan-out, {r.what}: {r.hosts} hosts within 2× of 1 host"
+            f"- Fan-out, {r.name}: {r.hosts} hosts within 2× of 1 host"
             f"{f' — {h.verdict(ratio <= GOAL_FANOUT)}' if mine else ' (peer)'} ({ratio:.2f}×: "
-            f"{r.wall:.2f} s vs {o.wall:.2f} s{t})"
+            f"{r.best_wall:.2f} s vs {o.best_wall:.2f} s{t})"
         )
     return out
 
 
 def report(b: h.Bench, up: Upgrade | None, fresh: list[Fresh],
-           fan: tuple[int, list[FanoutRow]] | None, nix: Nix) -> list[str]:  # fmt: skip
+           fan: tuple[int, list[Method]] | None, nix: Nix) -> list[str]:  # fmt: skip
     lines = [
         *b.header(),
         *(upgrade_section(up) if up else []),
@@ -936,13 +924,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         raise SystemExit(problem)
     only = {s.strip() for s in args.only.split(",")}
     packages = {"rsync": "rsync", "nix-copy-closure": "nix-bin"}  # fresh's peers
-    missing = [pkg for tool, pkg in packages.items() if not shutil.which(tool)]
-    if (
-        missing
-        and "fresh" in only
-        and not (args.no_install or args.quick)
-        and shutil.which("apt-get")
-    ):
+    missing = [pkg for tool, pkg in packages.items() if not shutil.which(tool)] * ("fresh" in only)
+    if missing and not (args.no_install or args.quick) and shutil.which("apt-get"):
         b.log(f"installing {' '.join(missing)} with apt-get")
         env = dict(os.environ, DEBIAN_FRONTEND="noninteractive")
         subprocess.run(["apt-get", "install", "-y", *missing], capture_output=True, env=env)
