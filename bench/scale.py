@@ -135,7 +135,8 @@ def controllers(repo: Path, state: str, replicas: int, log: Path) -> Iterator[li
     """`replicas` × `reconciler run` (sshd's PATH: python3 is not a pyenv shim there)."""
     cmd = [*h.reconciler_cmd(repo, state), "-q", "run", *APPLIES, "--listen"]
     with contextlib.ExitStack() as stack:
-        env = h.child_env(standard_path=True)
+        # a host registry of its own: not the claims earlier runs' deleted states left
+        env = {**h.child_env(standard_path=True), "RECONCILER_HOST_REGISTRY": str(log.parent)}
         run = [
             h.background([*cmd, f"127.0.0.1:{h.free_port()}"], env, log) for _ in range(replicas)
         ]

@@ -44,7 +44,8 @@ def taken_on_host(state: Path, registry: Path | None = None) -> frozenset[str]:
     """Loopback addresses the rest of the host uses: not to be handed out by `state`."""
     claims = _claims(registry or registry_dir())
     mine = _owner(state)
-    claimed = {a for a, (owner, _) in claims.items() if owner != mine and Path(owner).exists()}
+    live = {owner: Path(owner).exists() for owner, _ in claims.values() if owner != mine}
+    claimed = {a for a, (owner, _) in claims.items() if live.get(owner)}
     ours = {a for a, (owner, _) in claims.items() if owner == mine}
     return frozenset(claimed | (listening_on_loopback() - ours))
 
