@@ -201,15 +201,7 @@ async def _session(
     """`deliver` through the OpenSSH client `ssh` running `_session_command`; None when it
     did not answer the query (it never reached the machine, or was refused there): nothing
     was changed, and the caller asks over its own connection, which says why."""
-    sending_r, sending_w = os.pipe()
-    _widen(sending_r)
-    try:
-        client = await _start(ssh, stdin=sending_r, stdout=asyncio.subprocess.PIPE)
-    except BaseException:
-        os.close(sending_w)
-        raise
-    finally:
-        os.close(sending_r)
+    client, sending_w = await _start_fed(ssh)
     assert client.stdout is not None
     try:
         await asyncio.to_thread(_write_all, sending_w, json.dumps(expected).encode() + b"\n")
@@ -339,6 +331,12 @@ async def _send_through(
 ) -> int | None:
     """Pack `paths` into the OpenSSH client `ssh`; the bytes sent, or None when the client
     never reached the machine's shell (nothing was changed there)."""
+    client, sending_w = await _start_fed(ssh)
+    return await _stream(machine, client, sending_w, root, paths, compression, on_bytes)
+
+
+async def _start_fed(ssh: list[str]) -> tuple[asyncio.subprocess.Process, int]:
+    """The OpenSSH client `ssh`, reading a (widened) pipe: it and the pipe's writing end."""
     sending_r, sending_w = os.pipe()
     _widen(sending_r)
     try:
@@ -348,7 +346,7 @@ async def _send_through(
         raise
     finally:
         os.close(sending_r)
-    return await _stream(machine, client, sending_w, root, paths, compression, on_bytes)
+    return client, sending_w
 
 
 async def _stream(
