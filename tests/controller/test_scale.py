@@ -11,7 +11,6 @@ import os
 import signal
 import sqlite3
 import subprocess
-import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,8 +18,8 @@ from typing import Any
 
 import pytest
 
-from tests.controller.test_run import answer, free_port, next_address
-from tests.support import RECONCILER, clean_env, commit, make_repo, run_cli
+from tests.controller.support import answer, next_address, wait_for
+from tests.support import RECONCILER, clean_env, commit, free_port, make_repo, run_cli
 
 pytestmark = pytest.mark.slow
 
@@ -83,17 +82,7 @@ class Watched:
     addresses: dict[str, str]  # deployment → its machine's
 
     def wait(self, what: str, check: Callable[[], Any]) -> Any:
-        deadline = time.monotonic() + 90
-        while time.monotonic() < deadline:
-            assert self.proc.poll() is None, self.log.read_text()
-            try:
-                got = check()
-            except (OSError, ValueError, LookupError, sqlite3.Error):
-                got = None
-            if got:
-                return got
-            time.sleep(0.1)
-        raise AssertionError(f"timed out waiting for {what}\n{self.log.read_text()}")
+        return wait_for(what, check, 90, [self.log], [self.proc])
 
     def query(self, sql: str) -> list[tuple[Any, ...]]:
         conn = sqlite3.connect(f"file:{self.state}?mode=ro", uri=True, timeout=10)
