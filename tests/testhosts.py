@@ -113,6 +113,11 @@ class TestHost:
     sshd_log: Path = field(compare=False)
     sshd_config: Path = field(compare=False)
 
+    def deployment(self) -> dict[str, Any]:
+        """A model's `deployment` of a machine that is this host (its key pinned)."""
+        ssh = {"host": self.address, "identityFile": str(self.identity_file)}
+        return {"targetEnv": "ssh", "ssh": {**ssh, "hostKey": self.host_key}}
+
     def ssh_command(self) -> list[str]:
         """argv for ``ssh`` reaching this host non-interactively; append the remote command.
 

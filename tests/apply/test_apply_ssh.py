@@ -20,21 +20,8 @@ def test_stafftracker_over_ssh(
     ssh_network_factory: Callable[[int], TestHostNetwork], tmp_path: Path
 ) -> None:
     net = ssh_network_factory(2)
-    physical = {
-        "machines": {
-            f"test{i + 1}": {
-                "deployment": {
-                    "targetEnv": "ssh",
-                    "ssh": {
-                        "host": h.address,
-                        "identityFile": str(h.identity_file),
-                        "hostKey": h.host_key,
-                    },
-                }
-            }
-            for i, h in enumerate(net.hosts)
-        }
-    }
+    machines = {f"test{i + 1}": {"deployment": h.deployment()} for i, h in enumerate(net.hosts)}
+    physical = {"machines": machines}
     files = example_files()
     files["network/physical-ssh.yaml"] = json.dumps(physical)
     files["reconciler.yaml"] = (

@@ -45,19 +45,7 @@ Server((os.environ["HOST"], int(os.environ["PORT"])), Hello).serve_forever()
 
 
 def models(net: TestHostNetwork) -> dict[str, str]:
-    machines = {
-        f"m{i + 1}": {
-            "deployment": {
-                "targetEnv": "ssh",
-                "ssh": {
-                    "host": h.address,
-                    "identityFile": str(h.identity_file),
-                    "hostKey": h.host_key,
-                },
-            }
-        }
-        for i, h in enumerate(net.hosts)
-    }
+    machines = {f"m{i + 1}": {"deployment": h.deployment()} for i, h in enumerate(net.hosts)}
     model = {
         "machines": machines,
         "packages": {"hello": {"src": "pkgs/hello"}},

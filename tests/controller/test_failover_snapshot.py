@@ -29,19 +29,7 @@ DB = "/var/lib/reconciler/deployments/notes/state/db/db.sqlite"
 
 
 def models(net: TestHostNetwork) -> dict[str, str]:
-    machines = {
-        f"m{i + 1}": {
-            "deployment": {
-                "targetEnv": "ssh",
-                "ssh": {
-                    "host": h.address,
-                    "identityFile": str(h.identity_file),
-                    "hostKey": h.host_key,
-                },
-            }
-        }
-        for i, h in enumerate(net.hosts)
-    }
+    machines = {f"m{i + 1}": {"deployment": h.deployment()} for i, h in enumerate(net.hosts)}
     model = {
         "machines": machines,
         "packages": {"db": {"src": "pkgs/db"}},
