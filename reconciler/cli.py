@@ -227,11 +227,16 @@ def apply(
     ] = False,
 ) -> int:
     """Run the plan: provision, build, transfer only what machines lack, then activate."""
+    scope = sorted({n.strip() for n in (only or "").split(",") if n.strip()}) or None
+    if copy_only and not dry_run:  # first: the handshakes run while the imports below do
+        from reconciler.execute.warm_up import warm_recorded
+
+        warm_recorded(ctx.obj, scope, max_concurrent)
     from reconciler.commands import apply as cmd
     from reconciler.execute.steps import AttemptOptions
 
     options = AttemptOptions(
-        scope=cmd.parse_only(only),
+        scope=scope,
         max_concurrent=max_concurrent,
         copy_only=copy_only,
         provision_only=provision_only,

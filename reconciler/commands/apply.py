@@ -121,11 +121,5 @@ def check_scope(deployment: str, machines: Iterable[str], only: list[str] | None
         )
 
 
-def parse_only(only: str | None) -> list[str] | None:
-    if not only:
-        return None
-    return sorted({n.strip() for n in only.split(",") if n.strip()})
-
-
 def _confirm(question: str) -> bool:
     return input(f"{question} Only 'yes' is accepted: ").strip() == "yes"

@@ -4,20 +4,14 @@ from __future__ import annotations
 
 import sys
 from types import TracebackType
+from typing import TYPE_CHECKING
 
-from rich.console import Console
-from rich.progress import (
-    BarColumn,
-    DownloadColumn,
-    Progress,
-    TaskID,
-    TextColumn,
-    TimeElapsedColumn,
-    TransferSpeedColumn,
-)
-
-from reconciler.execute.transfer import MachineTransfer
 from reconciler.text import human_bytes, plural
+
+if TYPE_CHECKING:
+    from rich.progress import TaskID
+
+    from reconciler.execute.transfer import MachineTransfer
 
 
 def describe(result: MachineTransfer) -> str:
@@ -55,6 +49,17 @@ class BarProgress:
     """Bars count bytes on the wire; the total shown is the unpacked size."""
 
     def __init__(self) -> None:
+        # imported here: rich is a tenth of the start of a command that shows no bars
+        from rich.console import Console
+        from rich.progress import (
+            BarColumn,
+            DownloadColumn,
+            Progress,
+            TextColumn,
+            TimeElapsedColumn,
+            TransferSpeedColumn,
+        )
+
         self.progress = Progress(
             TextColumn("{task.description:<20}"),
             BarColumn(),

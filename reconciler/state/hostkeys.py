@@ -1,6 +1,10 @@
-"""Host keys trusted on first use, recorded in the state DB."""
+"""Host keys trusted on first use, recorded in the state DB; and how each recorded machine
+was reached (what a connection made before the models are read can go by)."""
 
 from __future__ import annotations
+
+import json
+from typing import Any
 
 from reconciler.state.db import StateDB, now, transaction
 
@@ -23,3 +27,14 @@ class RecordedHostKeys:
                 "ON CONFLICT DO NOTHING",
                 [host, port, key, now()],
             )
+
+
+def recorded_connections(db: StateDB, deployment: str) -> dict[str, dict[str, Any]]:
+    """machine → its connection as last recorded (`DesiredMachine.connection`)."""
+    return {
+        r["name"]: json.loads(r["connection"] or "{}")
+        for r in db.query(
+            "SELECT name, connection FROM machines WHERE deployment = ? ORDER BY name",
+            [deployment],
+        )
+    }

@@ -33,14 +33,7 @@ def open_target(
     if env in ("ssh", "container", "ec2") and ssh and ssh.get("host"):
         from reconciler.targets.ssh import SshEndpoint, SshTarget
 
-        endpoint = SshEndpoint(
-            ssh["host"],
-            ssh.get("port", 22),
-            ssh.get("user", "root"),
-            ssh.get("identityFile"),
-            ssh.get("hostKey"),
-        )
-        return SshTarget(name, state_dir or DEFAULT_STATE_DIR, endpoint, host_keys)
+        return SshTarget(name, state_dir or DEFAULT_STATE_DIR, SshEndpoint.of(ssh), host_keys)
     if env in ("container", "ec2"):
         raise UserError(
             f"machine {name}: the {env} machine is not provisioned yet; "

@@ -9,18 +9,26 @@ Host keys: a `hostKey` in the model pins the key; without it the first key seen 
 trusted and recorded, and a later mismatch is refused. The OpenSSH client trusts only
 the key the asyncssh connection verified or, before it connects, the pinned or recorded
 key the connection would demand.
+
+Warm connections (`warm`): `apply --copy-only` starts an OpenSSH master connection to each
+machine recorded for the deployment as its first step, so the handshake (0.12 s here,
+most of it the server's) runs while the command loads its models and plans; the session
+that asks and sends rides on it when its endpoint and demanded key are the same.
 """
 
 from __future__ import annotations
 
 import asyncio
+import atexit
 import contextlib
 import functools
 import os
 import shutil
+import subprocess
 import sys
 import tempfile
-from collections.abc import Callable
+import time
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -42,6 +50,25 @@ class SshEndpoint:
     user: str
     identity_file: str | None
     host_key: str | None  # pinned "type base64"
+
+    @classmethod
+    def of(cls, ssh: Mapping[str, Any]) -> SshEndpoint:
+        """From a connection's `ssh` part (DesiredMachine.connection, or as recorded)."""
+        return cls(
+            ssh["host"],
+            ssh.get("port", 22),
+            ssh.get("user", "root"),
+            ssh.get("identityFile"),
+            ssh.get("hostKey"),
+        )
+
+    def demanded_key(self, store: HostKeyStore) -> str | None:
+        """The host key a connection will demand, known without asking the machine: pinned
+        by the model, else recorded when first seen (unless a known_hosts file given to the
+        controller, which comes first, is in force)."""
+        if self.host_key:
+            return " ".join(self.host_key.split()[:2])
+        return None if os.environ.get(KNOWN_HOSTS_ENV) else store.recorded(self.host, self.port)
 
 
 def key_text(key: asyncssh.SSHKey) -> str:
@@ -261,47 +288,22 @@ class SshTarget(Target):
             raise TargetError(self.machine, f"connection lost: {exc}") from None
         return done.exit_status if done.exit_status is not None else 255
 
-    def openssh_command(self, command: str) -> list[str] | None:
+    async def openssh_command(self, command: str) -> list[str] | None:
         """argv of the OpenSSH client running `command` on this machine: same user, same
         key (or agent and default keys, as asyncssh), trusting only the host key the
-        connection verified or, before connecting, the one it would demand (`_demanded`).
+        connection verified or, before connecting, the one it would demand; through the
+        warm master connection to the same endpoint and key when there is one (`warm`).
         None without an `ssh` client, or before connecting to a machine of unknown key."""
         client = shutil.which("ssh")
         key = self._conn.get_server_host_key() if self._conn is not None else None
-        seen = key_text(key) if key is not None else self._demanded()
+        seen = key_text(key) if key is not None else self.endpoint.demanded_key(self.host_keys)
         if client is None or seen is None:
             return None
         if self._known_hosts is None:
-            folder = tempfile.mkdtemp(prefix="reconciler-ssh-")  # 0700
-            self._known_hosts = os.path.join(folder, "known_hosts")
-            with open(self._known_hosts, "w") as f:
-                f.write(f"{_ALIAS} {seen}\n")
-        e = self.endpoint
-        config = os.path.expanduser("~/.ssh/config")  # the one file asyncssh reads too
-        argv = [
-            client, "-F", config if os.access(config, os.R_OK) else os.devnull,
-            "-T", "-x", "-a", "-p", str(e.port), "-l", e.user, "-c", ",".join(_CIPHERS),
-            "-o", "BatchMode=yes", "-o", "ConnectTimeout=15", "-o", "ServerAliveInterval=15",
-            "-o", "ControlMaster=no", "-o", "ControlPath=none", "-o", "LogLevel=ERROR",
-            "-o", f"KexAlgorithms={','.join(_KEX)}",
-            "-o", f"HostKeyAlgorithms={','.join(_key_algorithms(seen))}",
-            "-o", f"HostKeyAlias={_ALIAS}", "-o", f"UserKnownHostsFile={self._known_hosts}",
-            "-o", "GlobalKnownHostsFile=/dev/null", "-o", "StrictHostKeyChecking=yes",
-            "-o", "UpdateHostKeys=no", "-o", "CheckHostIP=no",
-        ]  # fmt: skip
-        if e.identity_file:
-            argv += ["-i", os.path.expanduser(e.identity_file)]
-            argv += ["-o", "IdentitiesOnly=yes", "-o", "IdentityAgent=none"]
-        return [*argv, "--", e.host, command]
-
-    def _demanded(self) -> str | None:
-        """The host key a connection would demand without asking the machine: pinned by
-        the model, else recorded when first seen (unless a known_hosts file given to the
-        controller, which comes first, is in force)."""
-        e = self.endpoint
-        if e.host_key:
-            return " ".join(e.host_key.split()[:2])
-        return None if os.environ.get(KNOWN_HOSTS_ENV) else self.host_keys.recorded(e.host, e.port)
+            self._known_hosts = _known_hosts_file(seen)
+        via = await _masters.ready(self.endpoint, seen)
+        argv = _openssh_argv(client, self.endpoint, seen, self._known_hosts, via or "none")
+        return [*argv, "--", self.endpoint.host, command]
 
     async def close(self) -> None:
         if self._known_hosts is not None:
@@ -311,6 +313,103 @@ class SshTarget(Target):
             self._conn.close()
             await self._conn.wait_closed()
             self._conn = None
+
+
+def _known_hosts_file(key: str) -> str:
+    """A private known_hosts file trusting `key` alone, under `_ALIAS`."""
+    folder = tempfile.mkdtemp(prefix="reconciler-ssh-")  # 0700
+    path = os.path.join(folder, "known_hosts")
+    with open(path, "w") as f:
+        f.write(f"{_ALIAS} {key}\n")
+    return path
+
+
+def _openssh_argv(
+    client: str, e: SshEndpoint, key: str, known_hosts: str, control: str, master: bool = False
+) -> list[str]:
+    """The OpenSSH client's options for endpoint `e`, demanding host `key`; `control`: the
+    master connection's socket, or "none"."""
+    config = os.path.expanduser("~/.ssh/config")  # the one file asyncssh reads too
+    argv = [
+        client, "-F", config if os.access(config, os.R_OK) else os.devnull,
+        "-T", "-x", "-a", "-p", str(e.port), "-l", e.user, "-c", ",".join(_CIPHERS),
+        "-o", "BatchMode=yes", "-o", "ConnectTimeout=15", "-o", "ServerAliveInterval=15",
+        "-o", f"ControlMaster={'yes' if master else 'no'}", "-o", f"ControlPath={control}",
+        "-o", "LogLevel=ERROR", "-o", f"KexAlgorithms={','.join(_KEX)}",
+        "-o", f"HostKeyAlgorithms={','.join(_key_algorithms(key))}",
+        "-o", f"HostKeyAlias={_ALIAS}", "-o", f"UserKnownHostsFile={known_hosts}",
+        "-o", "GlobalKnownHostsFile=/dev/null", "-o", "StrictHostKeyChecking=yes",
+        "-o", "UpdateHostKeys=no", "-o", "CheckHostIP=no",
+    ]  # fmt: skip
+    if e.identity_file:
+        argv += ["-i", os.path.expanduser(e.identity_file)]
+        argv += ["-o", "IdentitiesOnly=yes", "-o", "IdentityAgent=none"]
+    return argv
+
+
+def warm(endpoints: Iterable[tuple[SshEndpoint, str]]) -> None:
+    """Start a master connection to each (endpoint, host key it must show) now; sessions
+    to that endpoint demanding that key ride on it (`SshTarget.openssh_command`) until
+    `stop_warm` (at the latest when this process exits)."""
+    _masters.start(endpoints)
+
+
+def stop_warm() -> None:
+    _masters.stop()
+
+
+class _Masters:
+    """The warm OpenSSH master connections of this process. Each runs `cat` on its machine,
+    reading a pipe only this process holds: however this process ends, the master's own
+    session ends, and the master with it once the sessions riding on it are done."""
+
+    WAIT = 20.0  # at most this long for a handshake; ConnectTimeout bounds the TCP part
+
+    def __init__(self) -> None:
+        self.running: dict[tuple[SshEndpoint, str], tuple[subprocess.Popen[bytes], str]] = {}
+
+    def start(self, endpoints: Iterable[tuple[SshEndpoint, str]]) -> None:
+        client = shutil.which("ssh")
+        for e, key in endpoints:
+            if client is None or (e, key) in self.running:
+                continue
+            if not self.running:
+                atexit.register(self.stop)
+            known_hosts = _known_hosts_file(key)
+            socket = os.path.join(os.path.dirname(known_hosts), "master")
+            argv = _openssh_argv(client, e, key, known_hosts, socket, master=True)
+            null = subprocess.DEVNULL
+            proc = subprocess.Popen(
+                [*argv, "--", e.host, "exec cat > /dev/null"],
+                stdin=subprocess.PIPE, stdout=null, stderr=null,
+            )  # fmt: skip
+            self.running[(e, key)] = (proc, socket)
+
+    async def ready(self, e: SshEndpoint, key: str) -> str | None:
+        """The socket of the master to `e` demanding `key` once it is connected; None
+        without one, or when it failed (a connection of one's own then says why)."""
+        if (e, key) not in self.running:
+            return None
+        proc, socket = self.running[(e, key)]
+        deadline = time.monotonic() + self.WAIT
+        while proc.poll() is None and time.monotonic() < deadline:
+            if os.path.exists(socket):  # OpenSSH links it into place once listening
+                return socket
+            await asyncio.sleep(0.005)
+        return None
+
+    def stop(self) -> None:
+        for proc, socket in self.running.values():
+            with contextlib.suppress(OSError):
+                proc.terminate()
+            proc.wait()
+            if proc.stdin is not None:
+                proc.stdin.close()
+            shutil.rmtree(os.path.dirname(socket), ignore_errors=True)
+        self.running.clear()
+
+
+_masters = _Masters()
 
 
 class _SshChannel:

@@ -126,7 +126,7 @@ _DECOMPRESS = {"zstd": "zstd -q -d -c", "gzip": "gzip -d -c", "none": ""}
 
 @runtime_checkable
 class OpenSshReachable(Protocol):
-    def openssh_command(self, command: str) -> list[str] | None: ...
+    async def openssh_command(self, command: str) -> list[str] | None: ...
 
 
 @dataclass(frozen=True)
@@ -156,7 +156,7 @@ async def deliver(
         on_missing([])
         return Delivery([], "none", 0)
     if session and isinstance(target, OpenSshReachable):
-        argv = target.openssh_command(_session_command(target.store_dir, target.python))
+        argv = await target.openssh_command(_session_command(target.store_dir, target.python))
         if argv is not None:
             done = await _session(target.machine, argv, store, expected, setting, local,
                                   on_missing, on_bytes)  # fmt: skip
@@ -283,7 +283,7 @@ async def receive(
     if compression != "none" and not await target.has_command(compression):
         raise TargetError(target.machine, f"compression {compression}: not installed there")
     command = _unpack_command(target.store_dir, compression)
-    if isinstance(target, OpenSshReachable) and (argv := target.openssh_command(command)):
+    if isinstance(target, OpenSshReachable) and (argv := await target.openssh_command(command)):
         sent = await _send_through(target.machine, argv, store.root, paths, compression, on_bytes)
         if sent is not None:
             return sent

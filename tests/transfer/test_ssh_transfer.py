@@ -213,7 +213,7 @@ def test_the_stream_client_reaches_only_the_machine_the_connection_verified(
     async def attempt() -> tuple[list[str], Done, Done]:
         try:
             await target.check("true")
-            argv = target.openssh_command("hostname")
+            argv = await target.openssh_command("hostname")
             assert argv is not None
             same = subprocess.run(argv, capture_output=True, text=True, timeout=30)
             elsewhere = [other.address if a == host.address else a for a in argv]
