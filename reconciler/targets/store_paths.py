@@ -58,10 +58,14 @@ for path, expected in want.items():
 print(json.dumps(have))
 """
 
-# argv: store, incoming folder. Moves each unpacked path, then its meta, into place; a
-# path already there with the same meta is kept, one with another content hash replaced.
+# argv: store, incoming folder. Started beside the unpacking (its start-up off the end of
+# the transfer), it waits for the line saying the unpacking succeeded; then moves each
+# unpacked path, then its meta, into place; a path already there with the same meta is
+# kept, one with another content hash replaced.
 _FINALIZE = r"""
 import os, shutil, sys
+if sys.stdin.readline() != "unpacked\n":
+    sys.exit(1)  # the unpacking failed, and said why
 store, incoming = sys.argv[1], sys.argv[2]
 def writable(root):
     for d, _, _ in os.walk(root):
@@ -316,8 +320,7 @@ def _unpack_command(store_dir: str, compression: str) -> str:
         f'set -e; T={t}; mkdir -p "$T" {s}/{META}; '
         'trap \'chmod -R u+w "$T" 2>/dev/null; rm -rf "$T"\' EXIT HUP INT TERM PIPE; '
         "B=; if tar --version 2>/dev/null | grep -q 'GNU tar'; then B='-b 256 -B'; fi; "
-        f"{unpack}; "
-        f'python3 -c {shlex.quote(_FINALIZE)} {s} "$T"'
+        f'({unpack} && echo unpacked) | python3 -c {shlex.quote(_FINALIZE)} {s} "$T"'
     )
 
 

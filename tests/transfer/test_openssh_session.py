@@ -70,3 +70,28 @@ def test_a_pinned_machine_the_openssh_client_cannot_reach_gets_its_paths_over_as
     lib = next(p for p in sent if p.endswith("-lib"))
     assert (host.var_lib / STORE / lib / "data.txt").read_text() == "library v1\n" * 4000
     assert store_paths(host) == set(sent)
+
+
+def test_an_unpacking_that_fails_there_moves_nothing_into_place(
+    two: TestHostNetwork, tmp_path: Path
+) -> None:
+    """The paths are moved into place by a process started beside the unpacking: it must
+    wait for the unpacking to succeed. A full disk there cuts it off half way."""
+    host = two.hosts[0]
+    repo = repo_of(tmp_path / "models", pinned([host]))
+    copy(repo)
+    commit(repo, {"src/lib/data.txt": "library v2\n" * 40000})  # 440 KB
+    incoming = f"/var/lib/{STORE}/.incoming"
+    host.run(f"mount -t tmpfs -o size=64k tmpfs {incoming}")
+    try:
+        done = run_cli("-d", "fleet", "apply", "--copy-only", cwd=repo)
+    finally:
+        host.run(f"umount {incoming}")
+    assert done.returncode == 1
+    assert "No space left on device" in done.stderr and "Traceback" not in done.stderr
+    before = store_paths(host)
+    sent = copy(repo)["transfers"]["h0"]["sent"]
+    assert {p.split("-", 1)[1] for p in sent} == {"lib", "app"}, "a path counted as present"
+    assert set(sent).isdisjoint(before)
+    lib = next(p for p in sent if p.endswith("-lib"))
+    assert (host.var_lib / STORE / lib / "data.txt").read_text() == "library v2\n" * 40000
