@@ -293,15 +293,18 @@ class SshTarget(Target):
         key (or agent and default keys, as asyncssh), trusting only the host key the
         connection verified or, before connecting, the one it would demand; through the
         warm master connection to the same endpoint and key when there is one (`warm`).
-        None without an `ssh` client, or before connecting to a machine of unknown key."""
+        None without an `ssh` client, before connecting to a machine of unknown key, or
+        when the warm master could not connect."""
         client = shutil.which("ssh")
         key = self._conn.get_server_host_key() if self._conn is not None else None
         seen = key_text(key) if key is not None else self.endpoint.demanded_key(self.host_keys)
         if client is None or seen is None:
             return None
+        via = await _masters.ready(self.endpoint, seen)
+        if via is None and _masters.failed(self.endpoint, seen):
+            return None  # as a session of its own would: the connection tries, and says why
         if self._known_hosts is None:
             self._known_hosts = _known_hosts_file(seen)
-        via = await _masters.ready(self.endpoint, seen)
         argv = _openssh_argv(client, self.endpoint, seen, self._known_hosts, via or "none")
         return [*argv, "--", self.endpoint.host, command]
 
@@ -397,6 +400,12 @@ class _Masters:
                 return socket
             await asyncio.sleep(0.005)
         return None
+
+    def failed(self, e: SshEndpoint, key: str) -> bool:
+        """The master to `e` demanding `key` ended without being stopped: it could not
+        connect (or was refused, or lost its connection)."""
+        running = self.running.get((e, key))
+        return running is not None and running[0].poll() is not None
 
     def stop(self) -> None:
         for proc, socket in self.running.values():

@@ -113,3 +113,30 @@ def test_a_machine_moved_to_another_host_gets_its_paths_there(
     assert store_paths(new) == set(sent) and sent
     assert not (old.var_lib / STORE).exists()
     assert masters(old) == []
+
+
+def test_a_master_that_could_not_connect_leaves_the_session_to_the_connection(
+    two: TestHostNetwork, tmp_path: Path
+) -> None:
+    """No second try through the OpenSSH client (a silent machine would make the command
+    wait out one more connect timeout): the asyncssh connection tries, and says why."""
+    host = two.hosts[0]
+    db = open_db(tmp_path / "state.db", write=True)
+    assert db is not None
+    closed = SshEndpoint(host.address, 1, host.user, str(host.identity_file), host.host_key)
+    key = closed.demanded_key(RecordedHostKeys(db))
+    assert key is not None
+    target = SshTarget("h0", "/var/lib/reconciler", closed, RecordedHostKeys(db))
+
+    async def session() -> list[str] | None:
+        try:
+            return await target.openssh_command("hostname")
+        finally:
+            await target.close()
+
+    try:
+        warm([(closed, key)])
+        assert asyncio.run(session()) is None
+    finally:
+        stop_warm()
+    assert masters(host) == []
