@@ -12,7 +12,7 @@ import json
 import shlex
 import tempfile
 import zipfile
-from collections.abc import Iterable
+from collections.abc import Awaitable, Callable, Iterable
 from pathlib import Path
 from typing import Any
 
@@ -170,6 +170,25 @@ def answer_of(answers: dict[str, Any], command: str) -> Any:
     """The agent's answer to `command` when it succeeded, else None."""
     got = answers.get(command)
     return got.get("answer") if isinstance(got, dict) and got.get("code") == 0 else None
+
+
+Ask = Callable[[str, dict[str, Any]], Awaitable[dict[str, Any]]]  # (command, request) → answer
+
+
+async def fetch_snapshot(
+    ask: Ask, target: Target, deployment: str, service: str, instance: Any | None
+) -> tuple[str, bytes]:
+    """Have the agent on `target` (asked through `ask`: a session's, or calls of its own)
+    snapshot `service`'s state, naming its recorded activation `instance` when it has one
+    (a wrapper snapshots itself), and read the snapshot back: its path there, its bytes."""
+    request = {"stateDir": target.state_dir, "deployment": deployment, "service": service}
+    if instance:
+        request["instance"] = instance
+    there = str((await ask("snapshot", request))["path"])
+    data = await target.read_file(there)
+    if data is None:
+        raise AgentError(target.machine, f"the snapshot of {service} vanished")
+    return there, data
 
 
 async def call(target: Target, agent: str, command: str, request: dict[str, Any]) -> dict[str, Any]:

@@ -15,8 +15,9 @@ import shlex
 import time
 from collections.abc import Collection, Mapping
 from pathlib import Path
+from typing import Any
 
-from reconciler.execute.agent_client import AgentError, call, ensure_agent, ship
+from reconciler.execute.agent_client import AgentError, call, ensure_agent, fetch_snapshot, ship
 from reconciler.state.db import StateDB
 from reconciler.state.hostkeys import RecordedHostKeys
 from reconciler.state.rows import DeploymentRecord, InstanceRow
@@ -113,18 +114,18 @@ async def _take(
 ) -> tuple[float, str, int, str]:
     """Snapshot one instance on its machine and copy it here: (taken_at, path, size,
     sha256). The machine's own copy is removed once it is here."""
-    request = {"stateDir": target.state_dir, "deployment": deployment, "service": inst.service}
+    instance = None
     if inst.type != "sqlite-database":  # a wrapper snapshots itself, a process its folder
         if inst.request is None:
             raise AgentError(target.machine, "no recorded activation request to snapshot with")
-        request["instance"] = inst.request["instance"]
+        instance = inst.request["instance"]
     taken_at = time.time()
-    answer = await call(target, agent, "snapshot", request)
-    there = str(answer["path"])
-    data = await target.read_file(there)
+
+    async def ask(command: str, request: dict[str, Any]) -> dict[str, Any]:
+        return await call(target, agent, command, request)
+
+    there, data = await fetch_snapshot(ask, target, deployment, inst.service, instance)
     await target.run(f"rm -f {shlex.quote(there)}")
-    if data is None:
-        raise AgentError(target.machine, f"the snapshot of {inst.key} vanished")
     folder = snapshot_folder(state_root, deployment, inst.key)
     folder.mkdir(parents=True, exist_ok=True, mode=0o700)
     path = folder / os.path.basename(there)

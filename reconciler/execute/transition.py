@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from reconciler.desired.state import DesiredInstance, DesiredState
-from reconciler.execute.agent_client import AgentError, AgentSession
+from reconciler.execute.agent_client import AgentError, AgentSession, fetch_snapshot
 from reconciler.execute.keep_snapshots import age, read_kept
 from reconciler.execute.leases import WAIT_FOR_HELD, Leases
 from reconciler.execute.outcome import Failed, Reason, Stalled
@@ -248,20 +248,18 @@ class Transition:
     async def take_snapshot(self, move: StateMove, wrapper: bool) -> tuple[str, bytes]:
         """The snapshot of a live machine's instance: its file name and bytes."""
         old = self.old_requests.get(f"{move.service}@{move.source}", {}).get("instance")
-        snap = await self.agent_call(
-            move.source,
-            "snapshot",
-            {
-                "stateDir": self.state_dir(move.source),
-                "deployment": self.desired.deployment,
-                "service": move.service,
-                **({"instance": old} if wrapper and old else {}),
-            },
+
+        async def ask(command: str, request: dict[str, Any]) -> dict[str, Any]:
+            return await self.agent_call(move.source, command, request)
+
+        there, data = await fetch_snapshot(
+            ask,
+            self.targets[move.source],
+            self.desired.deployment,
+            move.service,
+            old if wrapper else None,
         )
-        data = await self.targets[move.source].read_file(snap["path"])
-        if data is None:
-            raise AgentError(move.source, f"snapshot of {move.service} vanished")
-        return os.path.basename(snap["path"]), data
+        return os.path.basename(there), data
 
     async def switch_profiles(self) -> None:
         """All machines at once (each switch is one atomic rename there)."""
