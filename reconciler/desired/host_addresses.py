@@ -10,18 +10,21 @@ the host skips them even while nothing listens there.
 
 The registry is `$RECONCILER_HOST_REGISTRY`, else `/run/reconciler` (root), else
 `$XDG_RUNTIME_DIR/reconciler`, else `~/.local/state/reconciler`. A claim whose state DB
-no longer exists is stale: it neither blocks nor survives the next claim of its address.
+no longer exists is stale: it blocks nothing, and the next `taken_on_host` that sees it
+deletes it (so that reading the registry stays as long as the live claims). Claiming and
+sweeping take turns on the registry's lock file: a claim being replaced is never swept.
 """
 
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import ipaddress
 import json
 import os
 import socket
 import struct
-from collections.abc import Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
 
 LOCAL = "local-address/"
@@ -42,11 +45,14 @@ def registry_dir() -> Path:
 
 def taken_on_host(state: Path, registry: Path | None = None) -> frozenset[str]:
     """Loopback addresses the rest of the host uses: not to be handed out by `state`."""
-    claims = _claims(registry or registry_dir())
+    folder = (registry or registry_dir()) / "local-addresses"
+    claims = _claims(folder)
     mine = _owner(state)
     live = {owner: Path(owner).exists() for owner, _ in claims.values() if owner != mine}
     claimed = {a for a, (owner, _) in claims.items() if live.get(owner)}
     ours = {a for a, (owner, _) in claims.items() if owner == mine}
+    if stale := [a for a, (owner, _) in claims.items() if live.get(owner) is False]:
+        _sweep(folder, stale)
     return frozenset(claimed | (listening_on_loopback() - ours))
 
 
@@ -70,17 +76,18 @@ def claim(
     mine = _owner(state)
     prefix = f"{LOCAL}{deployment}/"
     wanted = {v: k for k, v in allocations.items() if k.startswith(prefix)}
-    clashes = [
-        key for address, key in sorted(wanted.items()) if not _take(folder / address, mine, key)
-    ]
-    for key, address in held.items():
-        if (
-            key.startswith(prefix)
-            and address not in wanted
-            and _claim_of(folder / address) == (mine, key)
-        ):
-            with contextlib.suppress(FileNotFoundError):
-                (folder / address).unlink()
+    with _turn(folder, wait=True):
+        clashes = [
+            key for address, key in sorted(wanted.items()) if not _take(folder / address, mine, key)
+        ]
+        for key, address in held.items():
+            if (
+                key.startswith(prefix)
+                and address not in wanted
+                and _claim_of(folder / address) == (mine, key)
+            ):
+                with contextlib.suppress(FileNotFoundError):
+                    (folder / address).unlink()
     return clashes
 
 
@@ -117,11 +124,44 @@ def _owner(state: Path) -> str:
     return str(Path(state).resolve())
 
 
-def _claims(registry: Path) -> dict[str, tuple[str, str]]:
+@contextlib.contextmanager
+def _turn(folder: Path, wait: bool) -> Iterator[bool]:
+    """The registry's lock, released even on kill -9; yields False when `wait` is off and
+    another process holds it (or there is no lock to take)."""
+    try:
+        fd = os.open(folder / ".lock", os.O_CREAT | os.O_RDWR, 0o644)
+    except OSError:
+        yield wait  # a registry we cannot write: nothing to sweep, claims as before
+        return
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
+        except BlockingIOError:
+            yield False
+            return
+        yield True
+    finally:
+        os.close(fd)
+
+
+def _sweep(folder: Path, addresses: Iterable[str]) -> None:
+    """Delete these claims if their state DB is still gone, unless someone is claiming
+    (they would be replaced then anyway: a later reader sweeps what is left)."""
+    with _turn(folder, wait=False) as ours:
+        if not ours:
+            return
+        for address in addresses:
+            found = _claim_of(folder / address)
+            if found is not None and not Path(found[0]).exists():
+                with contextlib.suppress(OSError):
+                    (folder / address).unlink()
+
+
+def _claims(folder: Path) -> dict[str, tuple[str, str]]:
     """address → (the state DB that claimed it, its allocation key)."""
     out = {}
     with contextlib.suppress(OSError):
-        for path in (registry / "local-addresses").iterdir():
+        for path in folder.iterdir():
             if not path.name.startswith(".") and (found := _claim_of(path)) is not None:
                 out[path.name] = found  # (a dot: a claim being written)
     return out

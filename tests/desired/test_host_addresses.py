@@ -4,6 +4,7 @@ Real files for the state DBs and the registry, real sockets."""
 
 from __future__ import annotations
 
+import fcntl
 import json
 import socket
 from pathlib import Path
@@ -91,3 +92,38 @@ def test_addresses_a_deployment_no_longer_has_are_given_back(
     taken = taken_on_host(tests, registry)
     assert "127.0.0.81" not in taken
     assert {"127.0.0.80", "127.0.0.82"} <= taken
+
+
+def claimed_files(registry: Path) -> list[str]:
+    return sorted(p.name for p in (registry / "local-addresses").iterdir() if p.name[0] != ".")
+
+
+def test_claims_of_a_state_that_is_gone_are_swept_by_the_next_reader(
+    states: tuple[Path, Path, Path], tmp_path: Path
+) -> None:
+    """Else every first apply on the host reads every claim ever made (thousands, after
+    many test runs), however few states still live."""
+    demo, tests, registry = states
+    other = tmp_path / "other.db"
+    other.write_bytes(b"")
+    claim(demo, "test", {"local-address/test/a": "127.0.0.90"}, registry, held={})
+    claim(other, "test", {"local-address/test/a": "127.0.0.91"}, registry, held={})
+    demo.unlink()
+    assert claimed_files(registry) == ["127.0.0.90", "127.0.0.91"]
+    taken = taken_on_host(tests, registry)
+    assert "127.0.0.91" in taken and "127.0.0.90" not in taken
+    assert claimed_files(registry) == ["127.0.0.91"]
+
+
+def test_a_reader_does_not_wait_for_a_claim_in_progress_nor_sweep_under_it(
+    states: tuple[Path, Path, Path],
+) -> None:
+    demo, tests, registry = states
+    claim(demo, "test", {"local-address/test/a": "127.0.0.92"}, registry, held={})
+    demo.unlink()
+    with open(registry / "local-addresses" / ".lock", "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # as `claim` holds it
+        assert "127.0.0.92" not in taken_on_host(tests, registry)
+        assert claimed_files(registry) == ["127.0.0.92"]
+    taken_on_host(tests, registry)
+    assert claimed_files(registry) == []
