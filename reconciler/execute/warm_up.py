@@ -16,8 +16,6 @@ from reconciler.targets.ssh import SshEndpoint, warm
 
 def warm_recorded(opts: Options, scope: list[str] | None, most: int) -> None:
     """Warm connections to the first `most` recorded SSH machines (of `scope`, if given)."""
-    if opts.deployment is None:
-        return
     try:
         db = open_db(opts.state_location, write=False)
     except Exception:  # the command itself opens the state next and says what is wrong

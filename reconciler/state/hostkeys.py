@@ -29,12 +29,12 @@ class RecordedHostKeys:
             )
 
 
-def recorded_connections(db: StateDB, deployment: str) -> dict[str, dict[str, Any]]:
-    """machine → its connection as last recorded (`DesiredMachine.connection`)."""
-    return {
-        r["name"]: json.loads(r["connection"] or "{}")
-        for r in db.query(
-            "SELECT name, connection FROM machines WHERE deployment = ? ORDER BY name",
-            [deployment],
-        )
-    }
+def recorded_connections(db: StateDB, deployment: str | None) -> dict[str, dict[str, Any]]:
+    """machine → its connection as last recorded (`DesiredMachine.connection`), of
+    `deployment`; None: of the one deployment the state has machines of (a repository of
+    one deployment needs no -d), else none."""
+    where, params = ("WHERE deployment = ?", [deployment]) if deployment else ("", [])
+    rows = list(db.query(f"SELECT deployment, name, connection FROM machines {where}", params))
+    if len({r["deployment"] for r in rows}) != 1:
+        return {}
+    return {r["name"]: json.loads(r["connection"] or "{}") for r in rows}

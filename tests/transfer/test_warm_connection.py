@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from reconciler.state.db import open_db
-from reconciler.state.hostkeys import RecordedHostKeys
+from reconciler.state.hostkeys import RecordedHostKeys, recorded_connections
 from reconciler.targets.ssh import SshEndpoint, SshTarget, stop_warm, warm
 from tests.support import commit
 from tests.testhosts import TestHost, TestHostNetwork
@@ -140,3 +140,22 @@ def test_a_master_that_could_not_connect_leaves_the_session_to_the_connection(
     finally:
         stop_warm()
     assert masters(host) == []
+
+
+def test_without_d_the_one_deployment_the_state_recorded_is_warmed(
+    two: TestHostNetwork, tmp_path: Path
+) -> None:
+    """A repository of one deployment needs no -d: the state's one deployment is the
+    one to reach early (with several, none is guessed)."""
+    host = two.hosts[0]
+    repo = repo_of(tmp_path / "models", pinned([host]))
+    copy(repo)
+    db = open_db(repo / ".reconciler" / "state.db", write=False)
+    assert db is not None
+    try:
+        found = recorded_connections(db, None)
+        assert recorded_connections(db, "another") == {}
+    finally:
+        db.close()
+    assert list(found) == ["h0"]
+    assert SshEndpoint.of(found["h0"]["ssh"]).host == host.address
