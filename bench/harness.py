@@ -452,7 +452,8 @@ def workspace(prefix: str, keep: Path | None = None) -> Iterator[Path]:
 
 def kill_leftovers(root: Path) -> list[int]:
     """SIGKILL the process group of every recorded instance still running under `root` (only
-    processes whose command line names a path under it: ours), and say so. Agents still
+    processes whose command line names a path under it, or that run in a folder under it:
+    ours), and say so. Agents still
     running (an apply killed half-way leaves them) are waited for first, up to 15 s: they
     may yet start a program."""
     wait_until(lambda: not pids_naming(root, b"agent"), 15, 0.1)
@@ -460,12 +461,20 @@ def kill_leftovers(root: Path) -> list[int]:
     for pid_file in root.glob("**/deployments/*/instances/*/pid.json"):
         with contextlib.suppress(OSError, ValueError, KeyError, ProcessLookupError):
             pid = int(json.loads(pid_file.read_text())["pid"])
-            if str(root).encode() in cmdline(pid):
+            if str(root).encode() in cmdline(pid) or _runs_under(pid, root):
                 os.killpg(pid, signal.SIGKILL)
                 killed.append(pid)
     if killed:
         print(f"killed {len(killed)} leftover processes under {root}", file=sys.stderr)
     return killed
+
+
+def _runs_under(pid: int, root: Path) -> bool:
+    """Its working folder is under `root` (an instance such as `exec sleep` names no path)."""
+    try:
+        return os.readlink(f"/proc/{pid}/cwd").startswith(f"{root}/")
+    except OSError:
+        return False
 
 
 # --- Internals: the test hosts' private parts, the state DB, reconciler's modules ----------

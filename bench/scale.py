@@ -135,8 +135,10 @@ def controllers(repo: Path, state: str, replicas: int, log: Path) -> Iterator[li
     """`replicas` × `reconciler run` (sshd's PATH: python3 is not a pyenv shim there)."""
     cmd = [*h.reconciler_cmd(repo, state), "-q", "run", *APPLIES, "--listen"]
     with contextlib.ExitStack() as stack:
-        # a host registry of its own: not the claims earlier runs' deleted states left
-        env = {**h.child_env(standard_path=True), "RECONCILER_HOST_REGISTRY": str(log.parent)}
+        # a host registry of its own (not the claims earlier runs' deleted states left), and
+        # with PostgreSQL the machines and store in the workspace, not in ./.reconciler
+        env = {**h.child_env(standard_path=True), "RECONCILER_HOST_REGISTRY": str(log.parent),
+               "RECONCILER_HOME": str(log.parent / "home")}  # fmt: skip
         run = [
             h.background([*cmd, f"127.0.0.1:{h.free_port()}"], env, log) for _ in range(replicas)
         ]
