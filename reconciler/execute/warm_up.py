@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import itertools
 
+from reconciler.errors import UserError
 from reconciler.options import Options
 from reconciler.state.db import database_errors, open_db
 from reconciler.state.hostkeys import RecordedHostKeys, recorded_connections
@@ -15,10 +16,12 @@ from reconciler.targets.ssh import SshEndpoint, warm
 
 
 def warm_recorded(opts: Options, scope: list[str] | None, most: int) -> None:
-    """Warm connections to the first `most` recorded SSH machines (of `scope`, if given)."""
+    """Warm connections to the first `most` recorded SSH machines (of `scope`, if given).
+    A state it cannot read, or a damaged record, it leaves to the command, which opens the
+    state next and says what is wrong."""
     try:
         db = open_db(opts.state_location, write=False)
-    except Exception:  # the command itself opens the state next and says what is wrong
+    except _unusable():
         return
     if db is None:
         return
@@ -32,8 +35,13 @@ def warm_recorded(opts: Options, scope: list[str] | None, most: int) -> None:
             if (key := (e := SshEndpoint.of(ssh)).demanded_key(keys))
         )
         chosen = list(itertools.islice(endpoints, most))
-    except database_errors():
+    except _unusable():
         return
     finally:
         db.close()
     warm(chosen)
+
+
+def _unusable() -> tuple[type[Exception], ...]:
+    """What reading the state can raise (asked when raised: psycopg's once it is loaded)."""
+    return (UserError, OSError, ValueError, *database_errors())
