@@ -9,13 +9,13 @@ where it is, when it was taken, its size and hash."""
 from __future__ import annotations
 
 import asyncio
+import functools
 import hashlib
 import os
 import shlex
 import time
 from collections.abc import Collection, Mapping
 from pathlib import Path
-from typing import Any
 
 from reconciler.execute.agent_client import AgentError, call, ensure_agent, fetch_snapshot, ship
 from reconciler.state.db import StateDB
@@ -120,10 +120,7 @@ async def _take(
             raise AgentError(target.machine, "no recorded activation request to snapshot with")
         instance = inst.request["instance"]
     taken_at = time.time()
-
-    async def ask(command: str, request: dict[str, Any]) -> dict[str, Any]:
-        return await call(target, agent, command, request)
-
+    ask = functools.partial(call, target, agent)
     there, data = await fetch_snapshot(ask, target, deployment, inst.service, instance)
     await target.run(f"rm -f {shlex.quote(there)}")
     folder = snapshot_folder(state_root, deployment, inst.key)

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import os
 import shlex
 import time
@@ -248,12 +249,8 @@ class Transition:
     async def take_snapshot(self, move: StateMove, wrapper: bool) -> tuple[str, bytes]:
         """The snapshot of a live machine's instance: its file name and bytes."""
         old = self.old_requests.get(f"{move.service}@{move.source}", {}).get("instance")
-
-        async def ask(command: str, request: dict[str, Any]) -> dict[str, Any]:
-            return await self.agent_call(move.source, command, request)
-
         there, data = await fetch_snapshot(
-            ask,
+            functools.partial(self.agent_call, move.source),
             self.targets[move.source],
             self.desired.deployment,
             move.service,
